@@ -1,0 +1,17 @@
+"""scadv: adversarial robustness of single-cell RNA-seq classifiers, as a scanpy plugin.
+
+Namespaces follow scanpy: :mod:`scadv.pp` (preprocessing), :mod:`scadv.tl` (tools),
+:mod:`scadv.pl` (plots) and :mod:`scadv.datasets`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, pl, pp, tl
+from ._errors import ScadvInputError
+
+try:
+    __version__ = version("scadv")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["ScadvInputError", "__version__", "datasets", "pl", "pp", "tl"]

@@ -1,0 +1,92 @@
+"""Every key scadv reads or writes in an AnnData, in one place.
+
+Layout
+------
+``adata.uns['scadv']``
+    The namespace of all scadv records: ``'prepare'`` (the preprocessing recipe),
+    one entry per stored classifier (default ``'classifier'``), one entry per
+    attack run (default ``'pgd'`` / ``'fgsm'``) and ``'provenance'``.
+Per-cell results
+    Columns and matrices are prefixed so they never collide with user keys:
+    the default classifier writes ``obs['scadv_pred']``, ``obs['scadv_split']``,
+    ``obsm['scadv_proba']`` and ``obsm['X_scadv_emb']``; a classifier stored under
+    another key ``k`` writes ``scadv_k_pred`` and so on. An attack stored under key
+    ``a`` writes ``layers['scadv_a_eps0.1']`` and ``obs['scadv_a_eps0.1_pred']`` etc.
+"""
+
+from __future__ import annotations
+
+UNS = "scadv"
+PREFIX = "scadv"
+PREPARE = "prepare"
+PROVENANCE = "provenance"
+DEFAULT_MODEL = "classifier"
+COUNTS_LAYER = "counts"
+#: obs column written by :func:`scadv.pp.prepare` with each cell's library size (total
+#: counts over all genes) before normalisation.
+LIBRARY_SIZE = f"{PREFIX}_library_size"
+
+SPLIT_TRAIN = "train"
+SPLIT_VAL = "val"
+SPLIT_TEST = "test"
+SPLIT_UNLABELLED = "unlabelled"
+SPLITS = (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST, SPLIT_UNLABELLED)
+
+
+def cell_prefix(model_key: str) -> str:
+    """Prefix of the per-cell outputs of the classifier stored under ``model_key``."""
+    return PREFIX if model_key == DEFAULT_MODEL else f"{PREFIX}_{model_key}"
+
+
+def pred(model_key: str) -> str:
+    """``obs`` column holding the predicted class."""
+    return f"{cell_prefix(model_key)}_pred"
+
+
+def split(model_key: str) -> str:
+    """``obs`` column holding the train / val / test / unlabelled split."""
+    return f"{cell_prefix(model_key)}_split"
+
+
+def proba(model_key: str) -> str:
+    """``obsm`` key of the class probabilities (columns in the model's class order)."""
+    return f"{cell_prefix(model_key)}_proba"
+
+
+def embedding(model_key: str) -> str:
+    """``obsm`` key of the last hidden layer (the cell embedding)."""
+    return f"X_{cell_prefix(model_key)}_emb"
+
+
+def default_attack_key(method: str, model_key: str) -> str:
+    """Default ``key_added`` of an attack: ``'pgd'`` for the default model, else ``'pgd_<model>'``."""
+    return method if model_key == DEFAULT_MODEL else f"{method}_{model_key}"
+
+
+def format_eps(eps: float) -> str:
+    """Readable, round-trippable text of a budget: ``0.1`` → ``'0.1'``, ``1.0`` → ``'1'``."""
+    return f"{float(eps):g}"
+
+
+def attack_layer(attack_key: str, eps: float) -> str:
+    """``layers`` key of the adversarial matrix for one budget, e.g. ``scadv_pgd_eps0.1``."""
+    return f"{PREFIX}_{attack_key}_eps{format_eps(eps)}"
+
+
+def attack_pred(attack_key: str, eps: float) -> str:
+    """``obs`` column with the class predicted for the adversarial cell (NaN: not attacked)."""
+    return f"{attack_layer(attack_key, eps)}_pred"
+
+
+def attack_flipped(attack_key: str, eps: float) -> str:
+    """``obs`` column, categorical ``False``/``True``: did the predicted class change (NaN: not
+    attacked)."""
+    return f"{attack_layer(attack_key, eps)}_flipped"
+
+
+def attack_flipped_to(attack_key: str, eps: float) -> str:
+    """``obs`` column for colouring a UMAP: the new class, ``'unchanged'``, or NaN."""
+    return f"{attack_layer(attack_key, eps)}_flipped_to"
+
+
+UNCHANGED = "unchanged"

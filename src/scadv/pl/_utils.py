@@ -1,0 +1,46 @@
+"""Shared plumbing of the plotting functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import scanpy as sc
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from .. import _keys as K
+from .._errors import ScadvInputError
+
+
+def record(adata: AnnData, key: str, *, needs: tuple[str, ...], made_by: str) -> Mapping[str, Any]:
+    """``adata.uns['scadv'][key]`` with the entries a plot needs, or a clear error."""
+    ns = adata.uns.get(K.UNS)
+    rec = ns.get(key) if isinstance(ns, Mapping) else None
+    if not isinstance(rec, Mapping) or any(n not in rec for n in needs):
+        raise ScadvInputError(
+            f"no {made_by} results under adata.uns['scadv'][{key!r}]; run {made_by} first "
+            "(or pass key=... naming the run to plot)."
+        )
+    return rec
+
+
+def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    """The axes to draw into: the user's, or a new figure's."""
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes:
+    """Save and/or show as asked (``show=None`` follows ``scanpy.settings.autoshow``)."""
+    if save is not None:
+        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+    if show is None:
+        show = bool(sc.settings.autoshow) and plt.get_backend().lower() != "agg"
+    if show:
+        plt.show()
+    return ax

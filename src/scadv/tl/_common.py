@@ -1,0 +1,140 @@
+"""Pieces shared by the ``scadv.tl`` functions: stored models, splits, metrics, cell choice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from sklearn.metrics import confusion_matrix
+
+from .. import _keys as K
+from .. import _model as M
+from .._errors import ScadvInputError
+
+Cells = Literal["test", "all"] | Sequence[str] | np.ndarray
+
+
+def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
+                 source: AnnData | Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """The stored classifier ``model`` of ``source`` (default: ``adata``), validated."""
+    if isinstance(source, Mapping):
+        M.architecture(source)
+        return source
+    holder = adata if source is None else source
+    ns = holder.uns.get(K.UNS)
+    record = ns.get(model) if isinstance(ns, Mapping) else None
+    if record is None:
+        known = sorted(k for k, v in (ns or {}).items()
+                       if isinstance(v, Mapping) and str(v.get("kind", "")) == M.MODEL_KIND)
+        where = "adata" if source is None else "the source AnnData"
+        raise ScadvInputError(
+            f"no scadv classifier {model!r} in {where}.uns['scadv'] (stored classifiers: "
+            f"{known or 'none'}). Train one with scadv.tl.train_classifier(adata, label_key), "
+            "or pass model=<key of a stored classifier>."
+        )
+    M.architecture(record)
+    return record
+
+
+def class_index(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    """Integer class per cell (-1 for missing labels or labels the model does not know)."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.asarray([lookup.get(v, -1) if isinstance(v, str) else -1 for v in labels],
+                      dtype=np.int64)
+
+
+def stratified_split(y: np.ndarray, *, test_size: float, val_size: float, seed: int) -> np.ndarray:
+    """Per class, shuffle and assign ``test`` / ``val`` / ``train``; unlabelled cells (-1) stay out.
+
+    Every class gets at least one test and one validation cell and keeps at least one training
+    cell, so each class needs three labelled cells.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.full(len(y), K.SPLIT_UNLABELLED, dtype=object)
+    for c in np.unique(y[y >= 0]):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = max(1, round(test_size * len(idx)))
+        n_val = max(1, round(val_size * len(idx)))
+        if n_test + n_val >= len(idx):
+            n_test, n_val = 1, 1
+        out[idx[:n_test]] = K.SPLIT_TEST
+        out[idx[n_test:n_test + n_val]] = K.SPLIT_VAL
+        out[idx[n_test + n_val:]] = K.SPLIT_TRAIN
+    return out
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class accuracy (recall) and the confusion matrix.
+
+    Cells with ``y_true < 0`` (no label) are ignored. Per-class values are arrays in class
+    order (NaN for a class with no cells).
+    """
+    keep = y_true >= 0
+    yt, yp = y_true[keep], y_pred[keep]
+    cm = confusion_matrix(yt, yp, labels=np.arange(n_classes)) if len(yt) else np.zeros(
+        (n_classes, n_classes), dtype=np.int64)
+    n_per = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(n_per > 0, np.diag(cm) / np.maximum(n_per, 1), np.nan)
+    present = n_per > 0
+    return {
+        "n_cells": int(len(yt)),
+        "accuracy": float((yt == yp).mean()) if len(yt) else float("nan"),
+        "balanced_accuracy": float(np.nanmean(per_class[present])) if present.any() else float("nan"),
+        "per_class_accuracy": per_class.astype(np.float64),
+        "n_cells_per_class": n_per.astype(np.int64),
+        "confusion_matrix": cm.astype(np.int64),
+    }
+
+
+def select_cells(adata: AnnData, cells: Cells, *, model: str) -> np.ndarray:
+    """Boolean mask of the cells an attack acts on."""
+    if isinstance(cells, str):
+        if cells == "all":
+            return np.ones(adata.n_obs, dtype=bool)
+        if cells == "test":
+            key = K.split(model)
+            if key not in adata.obs:
+                raise ScadvInputError(
+                    f"cells='test' needs the split column obs[{key!r}] written by "
+                    "scadv.tl.train_classifier; these cells were not split (e.g. new data). "
+                    "Pass cells='all' or a list of cell names."
+                )
+            mask = (adata.obs[key] == K.SPLIT_TEST).to_numpy()
+            if not mask.any():
+                raise ScadvInputError(f"no cell has obs[{key!r}] == 'test'; pass cells='all'.")
+            return mask
+        raise ScadvInputError(f"cells must be 'test', 'all', cell names or a boolean mask, got {cells!r}.")
+    arr = np.asarray(cells)
+    if arr.dtype == bool:
+        if arr.shape != (adata.n_obs,):
+            raise ScadvInputError(f"a boolean cells mask needs {adata.n_obs} entries, got {arr.shape}.")
+        mask = arr.copy()
+    else:
+        idx = adata.obs_names.get_indexer(arr.astype(str))
+        if (idx < 0).any():
+            raise ScadvInputError(
+                f"{int((idx < 0).sum())} requested cells are not in adata.obs_names "
+                f"(e.g. {arr[idx < 0][:5].tolist()})."
+            )
+        mask = np.zeros(adata.n_obs, dtype=bool)
+        mask[idx] = True
+    if not mask.any():
+        raise ScadvInputError("the cell selection is empty; select at least one cell.")
+    return mask
+
+
+def check_model_space(adata: AnnData, record: Mapping[str, Any], *, action: str) -> None:
+    """Refuse an AnnData whose genes are not exactly the model's (in order)."""
+    genes = np.asarray(record["genes"]).astype(str)
+    if adata.n_vars != len(genes) or not np.array_equal(np.asarray(adata.var_names), genes):
+        raise ScadvInputError(
+            f"{action} needs adata in the model's input space ({len(genes)} model genes as "
+            f"var_names), but adata has {adata.n_vars} genes"
+            + (" in another order or with other names" if adata.n_vars == len(genes) else "")
+            + ". Bring it there first: scadv.pp.transform(adata, reference=<prepared training "
+            "AnnData>)."
+        )

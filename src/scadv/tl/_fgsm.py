@@ -1,0 +1,60 @@
+"""``scadv.tl.fgsm``: the fast gradient sign method (one full-size step)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scanpy.logging as logg
+from anndata import AnnData
+
+from .. import _device as D
+from .. import _keys as K
+from .. import _provenance as P
+from .. import _validate as V
+from . import _attack as A
+from . import _common as C
+
+
+def fgsm(
+    adata: AnnData,
+    *,
+    eps: float | Sequence[float] = (0.05, 0.1, 0.15),
+    norm: A.Norm = "linf",
+    loss: A.Loss = "ce",
+    target: str | None = None,
+    away_from: A.AwayFrom = "prediction",
+    genes: Sequence[str] | np.ndarray | None = None,
+    clip: A.Clip = None,
+    keep_zeros: bool = False,
+    cells: C.Cells = "test",
+    model: str = K.DEFAULT_MODEL,
+    key_added: str | None = None,
+    batch_size: int = 2048,
+    device: D.Device = "auto",
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    r"""Fast gradient sign method: one step of size ε, :math:`x' = x_0 + \varepsilon \,
+    \mathrm{sign}(\nabla_x L)` (L∞; the normalised gradient under L2).
+
+    The one-step case of :func:`scadv.tl.pgd`; all options mean the same there. The default
+    ``key_added`` is ``'fgsm'``.
+
+    Returns
+    -------
+    A copy if ``copy=True``, else ``None``. Writes the same keys as :func:`scadv.tl.pgd`
+    (``layers['scadv_fgsm_eps<e>']``, ``obs['scadv_fgsm_eps<e>_pred' / '_flipped' /
+    '_flipped_to']``, ``uns['scadv']['fgsm']``).
+    """
+    start = logg.info("running FGSM attack")
+    params = P.call_params(locals(), fgsm)
+    eps_t = A.check_budget(eps, norm=norm, loss=loss, steps=1, n_restarts=1, alpha=None)
+    adata = V.start(adata, copy=copy)
+    budget = A.Budget(eps=eps_t, norm=norm, alpha=eps_t, steps=1, random_start=False,
+                      n_restarts=1, loss=loss)
+    A.attack(adata, method="fgsm", start=start, params=params, budget=budget, target=target,
+             away_from=away_from, genes=genes, clip=clip, keep_zeros=keep_zeros, cells=cells,
+             model=model, key_added=key_added, batch_size=batch_size, seed=0, device=device,
+             progress=progress)
+    return adata if copy else None
