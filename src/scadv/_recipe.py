@@ -188,7 +188,8 @@ def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None 
 
     Tried in this order; the first that applies is used:
 
-    1. ``adata`` was prepared with this very recipe (and ``layer`` is None): ``adata.X``.
+    1. ``adata`` was prepared with this very recipe: ``adata.X``, or ``layers[layer]`` when
+       that layer holds model-space values (e.g. an adversarial layer).
     2. ``layers[layer]`` if given, else ``adata.X`` then ``adata.raw``, whichever holds raw
        counts or log-normalised values covering the model genes: the recipe is applied
        (normalise counts to ``target_sum`` using each cell's total over all its genes, log1p,
@@ -200,9 +201,16 @@ def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None 
     """
     genes = np.asarray(recipe["genes"]).astype(str)
     own = stored(adata)
-    if layer is None and same(own, recipe):
-        x, _ = align(adata.X, adata.var_names, genes, missing_genes="error", what=what)
-        return ModelInput(_dense(x), source=f"{what}.X", kind="prepared")
+    if same(own, recipe):
+        if layer is None:
+            x, _ = align(adata.X, adata.var_names, genes, missing_genes="error", what=what)
+            return ModelInput(_dense(x), source=f"{what}.X", kind="prepared")
+        x = V.matrix(adata, layer)
+        V.check_finite(x, what=f"{what}.layers[{layer!r}]")
+        if V.detect_kind(x, what=f"{what}.layers[{layer!r}]") == "scaled":
+            # a layer already in model space, e.g. an adversarial layer written by scadv
+            x, _ = align(x, adata.var_names, genes, missing_genes="error", what=what)
+            return ModelInput(_dense(x), source=f"{what}.layers[{layer!r}]", kind="prepared")
 
     sources: list[tuple[Any, Sequence[str], str]] = []
     if layer is not None:

@@ -15,6 +15,8 @@ DataKind = Literal["counts", "lognorm", "scaled"]
 
 #: Largest value a log1p-normalised matrix plausibly holds (log1p(1e6) ≈ 13.8).
 _MAX_LOGNORM = 30.0
+#: A z-scored matrix has many negative values; fewer than this fraction means corruption.
+_MIN_NEGATIVE_FRACTION = 0.01
 
 
 def start(adata: AnnData, *, copy: bool, modifies: bool = True) -> AnnData:
@@ -119,14 +121,22 @@ def check_counts(x: np.ndarray | sparse.spmatrix, *, what: str) -> None:
 def detect_kind(x: np.ndarray | sparse.spmatrix, *, what: str) -> DataKind:
     """Classify a matrix as raw ``'counts'``, ``'lognorm'`` (log1p-normalised) or ``'scaled'``.
 
-    Rules: any negative value → scaled (z-scored); non-negative whole numbers → counts;
+    Rules: negative values (at least 1% of the stored values) → scaled (z-scored); a few
+    stray negatives → error; non-negative whole numbers → counts;
     non-negative fractional values up to 30 → log-normalised. Anything else (e.g. normalised
     but not log-transformed) is refused, since guessing would silently mis-transform it.
     """
     vals = _values(x)
     if vals.size == 0:
         return "counts"
-    if vals.min() < 0:
+    n_neg = int((vals < 0).sum())
+    if n_neg:
+        if n_neg < _MIN_NEGATIVE_FRACTION * vals.size:
+            raise ScadvInputError(
+                f"{what} has {n_neg} negative values among {vals.size} otherwise non-negative "
+                "ones: it is neither counts (never negative) nor z-scored data (about half "
+                "negative). Check how it was made; pass raw counts if you have them."
+            )
         return "scaled"
     if is_integer_valued(x):
         return "counts"

@@ -30,6 +30,7 @@ def prepare(
     max_value: float = 10.0,
     flavor: Flavor | None = None,
     include_genes: Sequence[str] = (),
+    expect: Literal["auto", "counts", "lognorm", "scaled"] = "auto",
     layer: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -69,6 +70,9 @@ def prepare(
     include_genes
         Genes always kept as model input in addition to the highly variable ones (e.g. known
         markers). Unknown names are an error.
+    expect
+        What the input is: ``'auto'`` (default) detects it; naming it (e.g. ``'counts'``)
+        turns a mismatch into an error instead of a different processing path.
     layer
         Read the input from ``adata.layers[layer]`` instead of ``adata.X``.
     copy
@@ -93,7 +97,8 @@ def prepare(
     start = logg.info("preparing data for scadv")
     params = P.call_params(locals(), prepare)
     adata = V.start(adata, copy=copy)
-    _check_options(n_top_genes=n_top_genes, target_sum=target_sum, max_value=max_value)
+    _check_options(n_top_genes=n_top_genes, target_sum=target_sum, max_value=max_value,
+                   expect=expect)
 
     existing = R.stored(adata)
     if existing is not None and np.array_equal(np.asarray(existing["genes"]).astype(str),
@@ -105,7 +110,14 @@ def prepare(
     x = V.matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     V.check_finite(x, what=where, adata=adata)
+    if expect == "counts":
+        V.check_counts(x, what=where)
     kind = V.detect_kind(x, what=where)
+    if expect not in ("auto", kind):
+        raise ScadvInputError(
+            f"expect={expect!r}, but {where} looks like {_KIND_TEXT[kind].split(':')[0]}. "
+            "Pass the matching matrix (layer=...), or expect='auto'."
+        )
     logg.info(f"    {where} looks like {_KIND_TEXT[kind]}")
     missing = [g for g in include_genes if g not in adata.var_names]
     if missing:
@@ -176,7 +188,10 @@ _KIND_TEXT = {
 }
 
 
-def _check_options(*, n_top_genes: int, target_sum: float, max_value: float) -> None:
+def _check_options(*, n_top_genes: int, target_sum: float, max_value: float, expect: str) -> None:
+    if expect not in ("auto", "counts", "lognorm", "scaled"):
+        raise ScadvInputError(
+            f"expect must be 'auto', 'counts', 'lognorm' or 'scaled', got {expect!r}.")
     if int(n_top_genes) < 1:
         raise ScadvInputError(f"n_top_genes must be a positive number, got {n_top_genes}.")
     if not target_sum > 0:

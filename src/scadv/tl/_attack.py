@@ -174,7 +174,7 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
             raise ScadvInputError(f"target {target!r} is not a class of the model ({classes}).")
         target_idx = classes.index(str(target))
 
-    mask = C.select_cells(adata, cells, model=model)
+    mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     mi = R.model_input(adata, record["prepare"])
     x0 = mi.x[mask]
     V.check_finite(x0, what="adata.X")

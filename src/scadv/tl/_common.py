@@ -90,13 +90,18 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str,
     }
 
 
-def select_cells(adata: AnnData, cells: Cells, *, model: str) -> np.ndarray:
-    """Boolean mask of the cells an attack acts on."""
+def split_column(record: Mapping[str, Any], model: str) -> str:
+    """The ``obs`` column holding the split a stored model was trained with."""
+    return str(record.get("split_key", K.split(model)))
+
+
+def select_cells(adata: AnnData, cells: Cells, *, split_key: str) -> np.ndarray:
+    """Boolean mask of the cells an attack acts on (``'test'``: the model's test split)."""
     if isinstance(cells, str):
         if cells == "all":
             return np.ones(adata.n_obs, dtype=bool)
         if cells == "test":
-            key = K.split(model)
+            key = split_key
             if key not in adata.obs:
                 raise ScadvInputError(
                     f"cells='test' needs the split column obs[{key!r}] written by "

@@ -38,8 +38,42 @@ def fgsm(
     r"""Fast gradient sign method: one step of size ε, :math:`x' = x_0 + \varepsilon \,
     \mathrm{sign}(\nabla_x L)` (L∞; the normalised gradient under L2).
 
-    The one-step case of :func:`scadv.tl.pgd`; all options mean the same there. The default
-    ``key_added`` is ``'fgsm'``.
+    The one-step case of :func:`scadv.tl.pgd` (``alpha=eps, steps=1``).
+
+    Parameters
+    ----------
+    adata
+        In the model's input space (prepared, or transformed with :func:`scadv.pp.transform`).
+    eps
+        One or several budgets, in z-score units of the model input.
+    norm
+        ``'linf'`` (sign of the gradient) or ``'l2'`` (normalised gradient).
+    loss
+        ``'ce'`` (cross-entropy, the classic FGSM) or ``'margin'``.
+    target
+        Push cells toward this class instead of away from their current class.
+    away_from
+        ``'prediction'`` (default) or ``'label'``; see :func:`scadv.tl.pgd`.
+    genes
+        Only these model genes (names or a boolean mask) may change.
+    clip
+        ``'observed'`` or ``(low, high)``: keep values in a box.
+    keep_zeros
+        Genes at zero expression stay at zero; expressed genes stay above zero.
+    cells
+        ``'test'`` (default), ``'all'``, cell names or a boolean mask.
+    model
+        Key of the stored classifier to attack.
+    key_added
+        Name of this attack run; default ``'fgsm'`` (``'fgsm_<model>'`` for other models).
+    batch_size
+        Cells per batch.
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    progress
+        Show a progress bar.
+    copy
+        Return a copy instead of writing into ``adata``.
 
     Returns
     -------

@@ -1,0 +1,127 @@
+"""Shared fixtures: real PBMC3k (skipped cleanly when absent) and small synthetic data."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from scipy import sparse
+
+matplotlib.use("Agg")
+sc.settings.verbosity = 0
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+#: Folder with the shared data; override with SCADV_DATA=/path/to/data.
+DATA = Path(os.environ.get("SCADV_DATA", REPO.parent / "shared" / "data"))
+PBMC3K = DATA / "pbmc3k_raw.h5ad"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path.name} not found in {path.parent} (set SCADV_DATA to the folder "
+                    "holding the shared data to run this test)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc3k_path() -> Path:
+    return _need(PBMC3K)
+
+
+@pytest.fixture(scope="session")
+def _pbmc3k_raw(pbmc3k_path: Path) -> ad.AnnData:
+    return ad.read_h5ad(pbmc3k_path)
+
+
+@pytest.fixture
+def pbmc3k_raw(_pbmc3k_raw: ad.AnnData) -> ad.AnnData:
+    """Raw PBMC3k counts (a fresh copy per test)."""
+    return _pbmc3k_raw.copy()
+
+
+@pytest.fixture(scope="session")
+def _pbmc3k_trained(_pbmc3k_raw: ad.AnnData) -> ad.AnnData:
+    import scadv
+
+    adata = _pbmc3k_raw.copy()
+    scadv.pp.prepare(adata)
+    scadv.tl.train_classifier(adata, "cell_type", progress=False)
+    scadv.tl.pgd(adata, progress=False)
+    return adata
+
+
+@pytest.fixture
+def pbmc3k_trained(_pbmc3k_trained: ad.AnnData) -> ad.AnnData:
+    """PBMC3k prepared, with the default classifier trained and PGD run (a fresh copy)."""
+    return _pbmc3k_trained.copy()
+
+
+def make_counts(n_per_class: int = 40, n_classes: int = 3, n_genes: int = 300,
+                n_markers: int = 15, seed: int = 0, label_key: str = "cell_type") -> ad.AnnData:
+    """Synthetic UMI counts: each class over-expresses its own block of marker genes."""
+    rng = np.random.default_rng(seed)
+    n = n_per_class * n_classes
+    labels = np.repeat([f"type{i}" for i in range(n_classes)], n_per_class)
+    base = rng.gamma(0.6, 1.0, size=n_genes)
+    rates = np.tile(base, (n, 1))
+    for c in range(n_classes):
+        rows = labels == f"type{c}"
+        block = slice(c * n_markers, (c + 1) * n_markers)
+        rates[np.ix_(rows, np.arange(n_genes)[block])] *= 8.0
+    library = rng.lognormal(0.0, 0.3, size=(n, 1))
+    counts = rng.poisson(rates * library).astype(np.float32)
+    adata = ad.AnnData(
+        X=sparse.csr_matrix(counts),
+        obs=pd.DataFrame({label_key: pd.Categorical(labels)},
+                         index=[f"cell{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]),
+    )
+    return adata
+
+
+@pytest.fixture
+def counts() -> ad.AnnData:
+    """120 synthetic cells × 300 genes of raw counts, three classes in obs['cell_type']."""
+    return make_counts()
+
+
+@pytest.fixture
+def small_trained() -> ad.AnnData:
+    """Synthetic data prepared and with a quickly trained classifier (for fast edge cases)."""
+    import scadv
+
+    adata = make_counts()
+    scadv.pp.prepare(adata, n_top_genes=100)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
+    return adata
+
+
+def snapshot(adata: ad.AnnData) -> dict:
+    """Everything a failed call must leave unchanged."""
+    x = adata.X.toarray() if sparse.issparse(adata.X) else np.array(adata.X, copy=True)
+    return {
+        "X": x,
+        "obs": adata.obs.copy(),
+        "var_names": adata.var_names.copy(),
+        "layers": sorted(adata.layers),
+        "obsm": sorted(adata.obsm),
+        "uns": sorted(adata.uns),
+        "raw": adata.raw is not None,
+    }
+
+
+def assert_unchanged(adata: ad.AnnData, before: dict) -> None:
+    after = snapshot(adata)
+    np.testing.assert_array_equal(after["X"], before["X"])
+    pd.testing.assert_frame_equal(after["obs"], before["obs"])
+    assert after["var_names"].equals(before["var_names"])
+    for key in ("layers", "obsm", "uns", "raw"):
+        assert after[key] == before[key], key
