@@ -159,6 +159,9 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
         Clean inputs and, per cell, the class to leave (untargeted) or reach (targeted).
     budget, constraints
         The threat model.
+    batch_size
+        Cells per batch; a batch holds one row per cell and budget. The buffers of one batch
+        are allocated once and reused by every batch.
     early_stop
         Freeze each row at its first success (default); ``False`` runs all steps and returns
         the last iterate (classic PGD).
@@ -176,38 +179,42 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
     for p in model.parameters():
         p.requires_grad_(False)
     fast = isinstance(model, M.MLP) and objective is None
-    counts = stats if stats is not None else {}
-    gen = D.generator(seed, device)
-    eps = torch.tensor(budget.eps, dtype=torch.float32, device=device)
-    alpha = torch.tensor(budget.alpha, dtype=torch.float32, device=device)
-    genes = None if constraints.genes is None else torch.as_tensor(
-        constraints.genes, dtype=torch.float32, device=device)
-    lower = None if constraints.lower is None else torch.as_tensor(
-        constraints.lower, dtype=torch.float32, device=device)
-    upper = None if constraints.upper is None else torch.as_tensor(
-        constraints.upper, dtype=torch.float32, device=device)
-
     n_classes = model.head.out_features if fast else _n_out(model, d, device)
+    ws = _Workspace(min(batch_size, n) * n_eps, d, device, budget=budget,
+                    box=budget.norm == "linf" or constraints.lower is not None
+                    or constraints.upper is not None,
+                    per_row_mask=constraints.keep_zeros is not None)
+    shared = _Shared(
+        model=model, budget=budget, targeted=targeted, early_stop=early_stop, fast=fast,
+        objective=objective, gen=D.generator(seed, device),
+        counts=stats if stats is not None else {},
+        eps=torch.tensor(budget.eps, dtype=torch.float32, device=device),
+        alpha=torch.tensor(budget.alpha, dtype=torch.float32, device=device),
+        genes=None if constraints.genes is None else torch.as_tensor(
+            constraints.genes, dtype=torch.float32, device=device),
+        lower=None if constraints.lower is None else torch.as_tensor(
+            constraints.lower, dtype=torch.float32, device=device),
+        upper=None if constraints.upper is None else torch.as_tensor(
+            constraints.upper, dtype=torch.float32, device=device),
+    )
     adv_out = np.empty((n_eps, n, d), dtype=np.float32)
     logit_out = np.empty((n_eps, n, n_classes), dtype=np.float32)
     restarts = budget.n_restarts if budget.random_start else 1
-    bar = tqdm(total=-(-n // batch_size) * restarts * budget.steps, desc="attack", unit="step",
-               disable=not progress, leave=False)
+    shared.bar = tqdm(total=-(-n // batch_size) * restarts * budget.steps, desc="attack",
+                      unit="step", disable=not progress, leave=False, mininterval=0.5)
     try:
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             keep_zeros = None if constraints.keep_zeros is None else constraints.keep_zeros[lo:hi]
-            batch = _Batch(model, torch.as_tensor(x0[lo:hi], device=device),
-                           torch.as_tensor(y[lo:hi], device=device), eps, alpha, budget,
-                           n_classes=n_classes,
-                           genes=genes, keep_zeros=keep_zeros, lower=lower, upper=upper,
-                           targeted=targeted, early_stop=early_stop, fast=fast,
-                           objective=objective, gen=gen, bar=bar, counts=counts)
-            x_adv, logits = batch.attack(restarts)
-            adv_out[:, lo:hi] = x_adv.view(n_eps, hi - lo, d).cpu().numpy()
+            out = _output_view(adv_out, lo, hi, device)
+            batch = _Batch(shared, ws, torch.as_tensor(x0[lo:hi], device=device),
+                           torch.as_tensor(y[lo:hi], device=device), keep_zeros, out, n_classes)
+            out, logits = batch.attack(restarts)
+            if out.device.type != "cpu" or not _shares_memory(out, adv_out):
+                adv_out[:, lo:hi] = out.cpu().numpy()
             logit_out[:, lo:hi] = logits.view(n_eps, hi - lo, -1).cpu().numpy()
     finally:
-        bar.close()
+        shared.bar.close()
         for p, flag in zip(model.parameters(), params):
             p.requires_grad_(flag)
     return adv_out, logit_out
@@ -218,60 +225,100 @@ def _n_out(model: nn.Module, d: int, device: torch.device) -> int:
         return int(model(torch.zeros(1, d, device=device)).shape[1])
 
 
-class _Batch:
-    """One batch of cells × budgets, attacked in place in preallocated buffers.
+def _output_view(adv_out: np.ndarray, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """Where a batch's results go: straight into the numpy output on the CPU (no extra
+    buffer, no copy), a device buffer otherwise."""
+    view = torch.from_numpy(adv_out)[:, lo:hi]
+    return view if device.type == "cpu" else torch.empty(view.shape, device=device)
 
-    Row ``r`` is budget ``r // b`` of cell ``r % b``. The first ``n`` rows of each buffer hold
-    the rows still being attacked; ``idx[:n]`` says which original row each one is.
+
+def _shares_memory(t: torch.Tensor, arr: np.ndarray) -> bool:
+    return t.device.type == "cpu" and np.shares_memory(t.numpy(), arr)
+
+
+@dataclass
+class _Shared:
+    """What every batch of one attack shares."""
+
+    model: nn.Module
+    budget: Budget
+    targeted: bool
+    early_stop: bool
+    fast: bool
+    objective: Objective | None
+    gen: torch.Generator
+    counts: dict[str, int]
+    eps: torch.Tensor  # (n_eps,)
+    alpha: torch.Tensor  # (n_eps,)
+    genes: torch.Tensor | None  # (d,) 0/1
+    lower: torch.Tensor | None  # (d,)
+    upper: torch.Tensor | None  # (d,)
+    bar: tqdm | None = None
+
+
+class _Workspace:
+    """Row × gene buffers, allocated once per attack and reused by every batch.
+
+    Compaction swaps buffer roles instead of copying through a scratch buffer: after a step
+    the gradient buffer ``G`` is free, so a buffer is compacted by gathering its kept rows
+    into ``G`` and exchanging the two.
     """
 
-    def __init__(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-                 alpha: torch.Tensor, budget: Budget, *, n_classes: int,
-                 genes: torch.Tensor | None,
-                 keep_zeros: np.ndarray | None, lower: torch.Tensor | None,
-                 upper: torch.Tensor | None, targeted: bool, early_stop: bool, fast: bool,
-                 objective: Objective | None, gen: torch.Generator, bar: tqdm,
-                 counts: dict[str, int]) -> None:
-        self.model, self.budget, self.targeted = model, budget, targeted
-        self.early_stop, self.fast, self.objective = early_stop, fast, objective
-        self.gen, self.bar, self.counts = gen, bar, counts
+    def __init__(self, rows: int, d: int, device: torch.device, *, budget: Budget, box: bool,
+                 per_row_mask: bool) -> None:
+        def buf() -> torch.Tensor:
+            return torch.empty((rows, d), device=device)
+
+        self.X, self.G = buf(), buf()
+        self.LO, self.HI = (buf(), buf()) if box else (None, None)
+        self.X0 = buf() if budget.norm == "l2" else None
+        self.M = buf() if per_row_mask else None
+
+    def compact(self, n: int, where: torch.Tensor) -> None:
+        """Keep rows ``where`` (sorted) of the first ``n`` rows, moved to the front."""
+        k = len(where)
+        for name in ("X", "LO", "HI", "X0", "M"):
+            buf = getattr(self, name)
+            if buf is not None:
+                torch.index_select(buf[:n], 0, where, out=self.G[:k])
+                setattr(self, name, self.G)
+                self.G = buf
+
+
+class _Batch:
+    """One batch of cells × budgets, attacked in place in the workspace.
+
+    Row ``r`` is budget ``r // b`` of cell ``r % b``. The first ``n`` rows of each workspace
+    buffer hold the rows still being attacked; ``idx[:n]`` says which original row each is.
+    """
+
+    def __init__(self, shared: _Shared, ws: _Workspace, x0: torch.Tensor, y: torch.Tensor,
+                 keep_zeros: np.ndarray | None, out: torch.Tensor, n_classes: int) -> None:
+        self.s, self.ws = shared, ws
         self.x0, self.b = x0, x0.shape[0]
-        self.n_eps = len(budget.eps)
-        rows = self.n_eps * self.b
+        self.n_eps = len(shared.budget.eps)
+        self.rows = self.n_eps * self.b
         device = x0.device
         self.y_rows = y.repeat(self.n_eps)
-        self.eps_rows = eps.repeat_interleave(self.b).unsqueeze(1)
-        self.alpha_rows = alpha.repeat_interleave(self.b).unsqueeze(1)
-        self.lower, self.upper = lower, upper
-        movable = genes
+        self.eps_rows = shared.eps.repeat_interleave(self.b).unsqueeze(1)
+        self.alpha_rows = shared.alpha.repeat_interleave(self.b).unsqueeze(1)
+        movable = shared.genes
         if keep_zeros is not None:
             free = torch.as_tensor(~keep_zeros, dtype=torch.float32, device=device)
-            movable = free if genes is None else free * genes
-        self.per_row_mask = movable is not None and movable.dim() == 2
-        self.movable = movable  # (d,) or (b, d) — expanded per row when per-row
-        shape = (rows, x0.shape[1])
-        self.X = torch.empty(shape, device=device)  # iterate
-        self.G = torch.empty(shape, device=device)  # input gradient
-        self.S = torch.empty(shape, device=device)  # scratch for compaction
-        self.OUT = torch.empty(shape, device=device)  # results, by original row
-        self.LO = torch.empty(shape, device=device) if self._needs_box() else None
-        self.HI = torch.empty(shape, device=device) if self._needs_box() else None
-        self.X0 = torch.empty(shape, device=device) if budget.norm == "l2" else None
-        self.M = torch.empty(shape, device=device) if self.per_row_mask else None
-        self.out_logits = torch.empty((rows, n_classes), device=device)
-        self.succeeded = torch.zeros(rows, dtype=torch.bool, device=device)
-
-    def _needs_box(self) -> bool:
-        return self.budget.norm == "linf" or self.lower is not None or self.upper is not None
+            movable = free if movable is None else free * movable
+        self.movable = movable  # (d,) or (b, d)
+        self.out = out  # (n_eps, b, d)
+        self.out_logits = torch.empty((self.rows, n_classes), device=device)
+        self.succeeded = torch.zeros(self.rows, dtype=torch.bool, device=device)
 
     # ---- set-up of the rows to attack -----------------------------------------------------
 
     def _load(self, rows: torch.Tensor) -> int:
-        """Fill the buffers' first rows for the original rows ``rows``; returns their count."""
-        n = len(rows)
+        """Fill the workspace's first rows for the original rows ``rows``; returns their count."""
+        ws, n = self.ws, len(rows)
         cells = rows % self.b
-        X = self.X[:n]
-        if n == self.X.shape[0]:
+        X = ws.X[:n]
+        if n == self.rows:
             X.view(self.n_eps, self.b, -1).copy_(self.x0.expand(self.n_eps, -1, -1))
         else:
             torch.index_select(self.x0, 0, cells, out=X)
@@ -279,140 +326,140 @@ class _Batch:
         self.y = self.y_rows[rows]
         self.eps = self.eps_rows[rows]
         self.alpha = self.alpha_rows[rows].clone()
-        if self.X0 is not None:
-            self.X0[:n].copy_(X)
-        if self.M is not None:
-            torch.index_select(self.movable, 0, cells, out=self.M[:n])
-        if self.LO is not None:
+        if ws.X0 is not None:
+            ws.X0[:n].copy_(X)
+        if ws.M is not None:
+            torch.index_select(self.movable, 0, cells, out=ws.M[:n])
+        if ws.LO is not None:
             self._box(n)
-        if self.budget.random_start:
+        if self.s.budget.random_start:
             self._random_start(n)
         return n
 
     def _box(self, n: int) -> None:
         """Per-row bounds: the L∞ ball ∩ the allowed range, widened where the clean value lies
         outside the range (the constraint itself never moves a clean cell)."""
-        X, LO, HI = self.X[:n], self.LO[:n], self.HI[:n]
-        if self.budget.norm == "linf":
+        ws, s = self.ws, self.s
+        X, LO, HI = ws.X[:n], ws.LO[:n], ws.HI[:n]
+        if s.budget.norm == "linf":
             torch.sub(X, self.eps, out=LO)
             torch.add(X, self.eps, out=HI)
         else:
             LO.fill_(float("-inf"))
             HI.fill_(float("inf"))
-        scratch = self.S[:n]
-        if self.lower is not None:
-            torch.minimum(X, self.lower, out=scratch)
+        scratch = ws.G[:n]
+        if s.lower is not None:
+            torch.minimum(X, s.lower, out=scratch)
             torch.maximum(LO, scratch, out=LO)
-        if self.upper is not None:
-            torch.maximum(X, self.upper, out=scratch)
+        if s.upper is not None:
+            torch.maximum(X, s.upper, out=scratch)
             torch.minimum(HI, scratch, out=HI)
 
     def _mask(self, n: int) -> torch.Tensor | None:
-        return self.M[:n] if self.M is not None else self.movable
+        return self.ws.M[:n] if self.ws.M is not None else self.movable
 
     def _random_start(self, n: int) -> None:
-        X, noise = self.X[:n], self.G[:n]
-        if self.budget.norm == "linf":
-            noise.uniform_(-1.0, 1.0, generator=self.gen).mul_(self.eps)
+        ws, gen = self.ws, self.s.gen
+        X, noise = ws.X[:n], ws.G[:n]
+        if self.s.budget.norm == "linf":
+            noise.uniform_(-1.0, 1.0, generator=gen).mul_(self.eps)
         else:
-            noise.normal_(generator=self.gen)
+            noise.normal_(generator=gen)
             if (mask := self._mask(n)) is not None:
                 noise.mul_(mask)
-            radius = torch.rand((n, 1), generator=self.gen, device=X.device) * self.eps
+            radius = torch.rand((n, 1), generator=gen, device=X.device) * self.eps
             noise.mul_(radius / noise.norm(dim=1, keepdim=True).clamp_min(1e-12))
         if (mask := self._mask(n)) is not None:
             noise.mul_(mask)
         X.add_(noise)
-        if self.LO is not None:
-            torch.clamp(X, self.LO[:n], self.HI[:n], out=X)
+        if ws.LO is not None:
+            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)
 
     # ---- the iteration ---------------------------------------------------------------------
 
     def attack(self, restarts: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(self.X.shape[0], device=self.X.device)
+        rows = torch.arange(self.rows, device=self.x0.device)
         for restart in range(restarts):
             n = self._load(rows)
-            self._iterate(n, shared_start=restart == 0 and not self.budget.random_start)
+            self._iterate(n, shared_start=restart == 0 and not self.s.budget.random_start)
             rows = torch.nonzero(~self.succeeded).squeeze(1)
             if len(rows) == 0:
                 break
-        return self.OUT, self.out_logits
+        return self.out, self.out_logits
 
     def _evaluate(self, n: int, *, need_grad: bool, blocks: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and success of the first ``n`` rows, and their gradient into ``G``.
 
         With ``blocks > 1`` the rows are identical copies of the first ``n / blocks`` rows:
         those are evaluated once and repeated.
         """
+        s, ws = self.s, self.ws
         m = n // blocks
-        grad_out = self.G[:m] if need_grad else None
-        fn = mlp_input_grad if self.fast else autograd_input_grad
-        extra = {} if self.fast else {"objective": self.objective}
-        logits, _, success, _ = fn(self.model, self.X[:m], self.y[:m], loss=self.budget.loss,
-                                   targeted=self.targeted, grad_out=grad_out, **extra)
-        self.counts["forward_rows"] = self.counts.get("forward_rows", 0) + m
-        self.counts["backward_rows"] = self.counts.get("backward_rows", 0) + (m if need_grad else 0)
+        grad_out = ws.G[:m] if need_grad else None
+        if s.fast:
+            logits, _, success, _ = mlp_input_grad(s.model, ws.X[:m], self.y[:m],
+                                                   loss=s.budget.loss, targeted=s.targeted,
+                                                   grad_out=grad_out)
+        else:
+            logits, _, success, _ = autograd_input_grad(
+                s.model, ws.X[:m], self.y[:m], loss=s.budget.loss, targeted=s.targeted,
+                grad_out=grad_out, objective=s.objective)
+        s.counts["forward_rows"] = s.counts.get("forward_rows", 0) + m
+        s.counts["backward_rows"] = s.counts.get("backward_rows", 0) + (m if need_grad else 0)
         if blocks > 1:
             if need_grad:
-                self.G[m:n].view(blocks - 1, m, -1).copy_(self.G[:m].expand(blocks - 1, -1, -1))
+                ws.G[m:n].view(blocks - 1, m, -1).copy_(ws.G[:m].expand(blocks - 1, -1, -1))
             logits, success = logits.repeat(blocks, 1), success.repeat(blocks)
         return logits, success
 
     def _iterate(self, n: int, *, shared_start: bool) -> None:
-        budget = self.budget
-        alive = torch.ones(n, dtype=torch.bool, device=self.X.device)
-        for step in range(budget.steps + 1):
-            last = step == budget.steps
-            blocks = self.n_eps if (shared_start and step == 0 and n == self.X.shape[0]) else 1
+        s, ws = self.s, self.ws
+        steps = s.budget.steps
+        alive = torch.ones(n, dtype=torch.bool, device=ws.X.device)
+        for step in range(steps + 1):
+            last = step == steps
+            blocks = self.n_eps if (shared_start and step == 0 and n == self.rows) else 1
             logits, success = self._evaluate(n, need_grad=not last, blocks=blocks)
-            finished = alive if last else (alive & success if self.early_stop else None)
+            finished = alive if last else (alive & success if s.early_stop else None)
             if finished is not None and bool(finished.any()):
                 rows = self.idx[finished]
-                self.OUT[rows] = self.X[:n][finished]
+                self.out[rows // self.b, rows % self.b] = ws.X[:n][finished]
                 self.out_logits[rows] = logits[finished]
                 self.succeeded[rows] = success[finished]
                 alive &= ~finished
                 n_alive = int(alive.sum())
                 if last or n_alive == 0:
-                    self.bar.update(budget.steps - step)
+                    s.bar.update(steps - step)
                     return
-                if n - n_alive >= _COMPACT_AT * n:
-                    n, alive = self._compact(n, alive), alive[alive]
-                self.alpha[:n] *= alive.unsqueeze(1)  # finished rows take no more steps
+                self.alpha *= alive.unsqueeze(1)  # finished rows take no more steps
             self._step(n)
-            self.bar.update(1)
-
-    def _compact(self, n: int, keep: torch.Tensor) -> int:
-        """Move the rows to keep to the front of every buffer; returns their count."""
-        where = torch.nonzero(keep).squeeze(1)
-        k = len(where)
-        for buf in (self.X, self.G, self.LO, self.HI, self.X0, self.M):
-            if buf is not None:
-                torch.index_select(buf[:n], 0, where, out=self.S[:k])
-                buf[:k].copy_(self.S[:k])
-        self.idx, self.y = self.idx[where], self.y[where]
-        self.eps, self.alpha = self.eps[where], self.alpha[where]
-        return k
+            s.bar.update(1)
+            if n - int(alive.sum()) >= _COMPACT_AT * n:  # drop the finished rows
+                where = torch.nonzero(alive).squeeze(1)
+                ws.compact(n, where)
+                self.idx, self.y = self.idx[where], self.y[where]
+                self.eps, self.alpha = self.eps[where], self.alpha[where]
+                n, alive = len(where), alive[where]
 
     def _step(self, n: int) -> None:
-        X, G, mask = self.X[:n], self.G[:n], self._mask(n)
-        alpha = self.alpha[:n]
-        if self.budget.norm == "linf":
+        ws = self.ws
+        X, G, mask = ws.X[:n], ws.G[:n], self._mask(n)
+        if self.s.budget.norm == "linf":
             G.sign_()
             if mask is not None:
                 G.mul_(mask)
-            X.addcmul_(G, alpha)
-            torch.clamp(X, self.LO[:n], self.HI[:n], out=X)
+            X.addcmul_(G, self.alpha)
+            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)
             return
         if mask is not None:
             G.mul_(mask)
         G.div_(G.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        X.addcmul_(G, alpha)
+        X.addcmul_(G, self.alpha)
         # project onto the L2 ball around x0, then into the box (which only shrinks δ)
-        X0 = self.X0[:n]
+        X0 = ws.X0[:n]
         X.sub_(X0)
         X.mul_(torch.clamp(self.eps / X.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
         X.add_(X0)
-        if self.LO is not None:
-            torch.clamp(X, self.LO[:n], self.HI[:n], out=X)
+        if ws.LO is not None:
+            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)

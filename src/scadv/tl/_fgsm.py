@@ -30,7 +30,7 @@ def fgsm(
     cells: C.Cells = "test",
     model: str = K.DEFAULT_MODEL,
     key_added: str | None = None,
-    batch_size: int = 2048,
+    batch_size: int = 256,
     device: D.Device = "auto",
     progress: bool = True,
     copy: bool = False,

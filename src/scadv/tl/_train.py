@@ -307,7 +307,7 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
         bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
-                   leave=False)
+                   leave=False, mininterval=0.5)
         for epoch in bar:
             model.train()
             order = torch.randperm(len(yt), generator=gen, device=device)
