@@ -77,9 +77,10 @@ def fgsm(
 
     Returns
     -------
-    A copy if ``copy=True``, else ``None``. Writes the same keys as :func:`scadv.tl.pgd`
-    (``layers['scadv_fgsm_eps<e>']``, ``obs['scadv_fgsm_eps<e>_pred' / '_flipped' /
-    '_flipped_to']``, ``uns['scadv']['fgsm']``).
+    A copy if ``copy=True``, else ``None``. Writes the same keys as :func:`scadv.tl.pgd`,
+    named after ``key_added`` (default ``'fgsm'``): ``layers['scadv_fgsm_eps<e>']``, the obs
+    columns ``scadv_fgsm_eps<e>_pred``, ``_flipped`` and ``_flipped_to``, and
+    ``uns['scadv']['fgsm']``.
     """
     start = logg.info("running FGSM attack")
     params = P.call_params(locals(), fgsm)
