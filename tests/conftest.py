@@ -19,8 +19,20 @@ sc.settings.verbosity = 0
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parents[1]
-#: Folder with the shared data; override with SCADV_DATA=/path/to/data.
-DATA = Path(os.environ.get("SCADV_DATA", REPO.parent / "shared" / "data"))
+
+
+def _data_dir() -> Path:
+    """The shared data: $SCADV_DATA, else ../shared/data beside the checkout, else shared/data
+    inside it."""
+    if "SCADV_DATA" in os.environ:
+        return Path(os.environ["SCADV_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
+        if candidate.exists():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+DATA = _data_dir()
 PBMC3K = DATA / "pbmc3k_raw.h5ad"
 
 
