@@ -37,3 +37,18 @@ def test_pbmc3k_chain_is_deterministic(pbmc3k_raw):
     for eps in (0.05, 0.1, 0.15):
         layer = f"scadv_pgd_eps{eps:g}"
         np.testing.assert_array_equal(first.layers[layer], second.layers[layer])
+
+
+def test_provenance_of_the_whole_session(small_trained, tmp_path):
+    scadv.tl.pgd(small_trained, eps=0.2, cells="all", progress=False)
+    prov = small_trained.uns["scadv"]["provenance"]
+    assert "torch" in prov["session_info"] and "scanpy" in prov["session_info"]
+    assert prov["versions"]["scadv"] == scadv.__version__
+    steps = list(prov["steps"])
+    assert steps[0].startswith("prepare") and steps[-1].startswith("pgd")
+    assert any(s.startswith("classifier") for s in steps)
+    small_trained.write_h5ad(tmp_path / "p.h5ad")
+    back = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert list(back.uns["scadv"]["provenance"]["steps"]) == steps
+    params = back.uns["scadv"]["pgd"]["provenance"]["params"]
+    assert float(np.asarray(params["eps"])) == 0.2 and params["cells"] == "all"

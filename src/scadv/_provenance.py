@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import io
 import platform
+import sys
 import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -34,13 +35,19 @@ def versions() -> dict[str, str]:
 
 
 def session_text() -> str:
-    """The text report of :mod:`session_info` (versions of every imported package)."""
+    """The text report of :mod:`session_info`: versions of the packages of this session and
+    of everything they import (recomputed only when new modules have been imported)."""
+    return _session_text(len(sys.modules))
+
+
+@lru_cache(maxsize=1)
+def _session_text(n_modules: int) -> str:
     import session_info
 
     buf = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
         warnings.simplefilter("ignore")
-        session_info.show(html=False, dependencies=False, write_req_file=False)
+        session_info.show(html=False, dependencies=True, write_req_file=False)
     return buf.getvalue().strip()
 
 

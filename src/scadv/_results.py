@@ -12,6 +12,7 @@ import scanpy.logging as logg
 from anndata import AnnData
 
 from . import _keys as K
+from . import _provenance as P
 from ._errors import ScadvInputError
 
 
@@ -54,6 +55,20 @@ def h5ad_safe(obj: Any, *, where: str = "uns") -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def _update_provenance(ns: dict, *, step: str, keys: list[str]) -> None:
+    """Keep ``uns['scadv']['provenance']`` current: the session (package versions, as
+    :mod:`session_info` reports them) and the ordered list of steps that wrote records."""
+    old = ns.get(K.PROVENANCE)
+    steps = list(np.asarray(old["steps"]).astype(str)) if isinstance(old, Mapping) and \
+        "steps" in old else []
+    steps += [f"{key}: {step}" for key in keys]
+    ns[K.PROVENANCE] = h5ad_safe({
+        "session_info": P.session_text(),
+        "versions": P.versions(),
+        "steps": np.asarray(steps, dtype=str),
+    })
 
 
 def _describe(where: str, keys: Mapping[str, Any] | None) -> list[str]:
@@ -101,6 +116,7 @@ def write_results(
         ns = scadv_uns(adata)
         for key, value in uns.items():
             ns[key] = h5ad_safe(value, where=f"uns/{K.UNS}/{key}")
+        _update_provenance(ns, step=step, keys=list(uns))
     lines = (
         _describe("obs", obs)
         + _describe("obsm", obsm)
