@@ -383,16 +383,14 @@ def _fit_detector(nets: Networks, clean: np.ndarray, adv: np.ndarray, val_clean:
             "detector_best_epoch": np.int64(best_epoch + 1)}
 
 
-def check_shapes(n_features: int, options: TrainOptions, **widths: int) -> Shape:
-    """Validate user options; returns the :class:`Shape`."""
+def check_options(options: TrainOptions) -> None:
+    """Validate the training options; raise :class:`ScadvInputError` naming every problem."""
     problems = []
-    for name, value in widths.items():
-        if int(value) < 1:
-            problems.append(f"{name} must be ≥ 1, got {value}")
     if options.triplet_epochs < 0 or options.detector_epochs < 1 or options.patience < 1:
-        problems.append("triplet_epochs must be ≥ 0, detector_epochs and patience ≥ 1")
+        problems.append("triplet_epochs must be ≥ 0, detector_epochs and patience ≥ 1, got "
+                        f"{options.triplet_epochs}, {options.detector_epochs} and "
+                        f"{options.patience}")
     if options.batch_size < 1 or not options.lr > 0 or not options.triplet_margin > 0:
         problems.append("batch_size, lr and triplet_margin must be positive")
     if problems:
         raise ScadvInputError("; ".join(problems) + ".")
-    return Shape(n_features=n_features, **{k: int(v) for k, v in widths.items()})

@@ -261,7 +261,8 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
                                     "adversarial" if is_attack else "benign", label,
                                     float(eps[i]), changed)
     if layers is None:
-        return list(found.values())
+        return sorted(found.values(), key=lambda i: _order(
+            {"kind": i.kind, "run": i.run, "eps": i.eps, "layer": i.layer}))
     out = []
     for name in layers:
         if name not in adata.layers:
@@ -345,6 +346,13 @@ def evaluate_layer(info: LayerInfo, idx: np.ndarray, test: np.ndarray, clean: Me
     return out
 
 
+def _order(ev: Mapping[str, Any]) -> tuple:
+    """Adversarial layers first, by run and budget; then benign layers."""
+    eps = float(ev.get("eps", np.nan))
+    return (str(ev["kind"]) != "adversarial", str(ev["run"]), np.isnan(eps),
+            0.0 if np.isnan(eps) else eps, str(ev["layer"]))
+
+
 TABLE_COLUMNS = ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "adv_detection_rate",
                  "clean_detection_rate", "precision", "recall", "f1", "auroc_all",
                  "flag_rate")
@@ -353,7 +361,7 @@ TABLE_COLUMNS = ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "adv_detection_rate",
 def table(evaluation: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """The evaluation as one DataFrame: a row per (layer, method)."""
     rows = []
-    for ev in evaluation.values():
+    for ev in sorted(evaluation.values(), key=_order):
         for name in METHODS:
             m = ev.get(name)
             if not isinstance(m, Mapping):

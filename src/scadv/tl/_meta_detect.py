@@ -173,6 +173,7 @@ def meta_detect(
                               triplet_margin=float(triplet_margin),
                               detector_epochs=int(detector_epochs), patience=int(patience),
                               batch_size=int(batch_size), lr=float(lr))
+    DT.check_options(options)
     adata = V.start(adata, copy=copy)
     record = C.model_record(adata, model)
     C.check_model_space(adata, record, action="scadv.tl.meta_detect")
@@ -220,8 +221,7 @@ def meta_detect(
     cls = y[cells][local_train]
 
     # 2-3. the two networks
-    shape = DT.check_shapes(fc.shape[1], options, hidden=256, embed_dim=64, width=128,
-                            n_blocks=2)
+    shape = DT.Shape(n_features=fc.shape[1])
     nets, history = DT.fit(fc, cls, fa, fa_src, fv, fva, shape=shape, options=options,
                            seed=seed, device=dev, progress=progress)
 

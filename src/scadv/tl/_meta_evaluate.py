@@ -11,6 +11,7 @@ from .. import _device as D
 from .. import _keys as K
 from .. import _recipe as R
 from .. import _validate as V
+from .._errors import ScadvInputError
 from .._results import write_results
 from . import _attack as A
 from . import _common as C
@@ -65,6 +66,12 @@ def meta_evaluate(
     C.check_model_space(adata, det.classifier, action="scadv.tl.meta_evaluate")
     split = _split(adata, det.classifier, model)
     infos = MC.find_layers(adata, model, layers)
+    if not infos:
+        raise ScadvInputError(
+            f"adata holds no adversarial layer of classifier {model!r} and no benign layer to "
+            "evaluate the detector on: make some with scadv.tl.pgd, scadv.tl.fgsm, "
+            "scadv.tl.adaptive_pgd or scadv.tl.benign_perturb first."
+        )
     x = R.model_input(adata, det.classifier["prepare"]).x
     obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, x=x,
                                      test=split == K.SPLIT_TEST, progress=progress)
