@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import scadv
-from scadv.tl import _meta_common as MC
 from scadv._errors import ScadvInputError
+from scadv.tl import _meta_common as MC
 
 
 def test_adaptive_attacker_lowers_detector_scores(small_meta):

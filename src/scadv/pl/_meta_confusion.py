@@ -79,7 +79,7 @@ def meta_confusion(
     labelled = test & (y >= 0)
 
     if ax is None:
-        fig, axes = plt.subplots(1, 3, figsize=(17, 5.2),
+        _, axes = plt.subplots(1, 3, figsize=(17, 5.2),
                                  gridspec_kw={"width_ratios": [1, 1, 0.45]})
         axes = list(axes)
     else:

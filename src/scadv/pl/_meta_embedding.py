@@ -81,7 +81,7 @@ def meta_embedding(
     ax.scatter(*xy[group == 0].T, s=8, color="0.75", label=f"clean (n={int(test.sum())})",
                linewidths=0)
     colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
-    for i, (c, color) in enumerate(zip(cells, colors), start=1):
+    for i, (c, color) in enumerate(zip(cells, colors, strict=True), start=1):
         ax.scatter(*xy[group == i].T, s=8, color=color, linewidths=0,
                    label=f"{c.label} (flipped n={int((group == i).sum())})")
     ax.set_xticks([])

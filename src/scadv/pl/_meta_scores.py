@@ -63,7 +63,7 @@ def meta_scores(
     edges = np.linspace(0, 1, int(bins) + 1)
     ax.hist(clean, bins=edges, density=True, color="0.75", label=f"clean (n={len(clean)})")
     colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
-    for c, color in zip(cells, colors):
+    for c, color in zip(cells, colors, strict=True):
         rows = c.rows if c.kind == "benign" else c.flipped
         what = "perturbed" if c.kind == "benign" else "flipped"
         ax.hist(c.score[rows], bins=edges, density=True, histtype="step", linewidth=1.6,

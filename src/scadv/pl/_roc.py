@@ -54,8 +54,9 @@ def roc(
     clean = PM.clean_scores(adata, key)[test]
     thr = float(rec["threshold"])
     ax = U.axes(ax, figsize=(5.5, 5))
-    colors = plt.get_cmap("tab10")(np.arange(20) % 10)
-    for c, color in zip(PM.layers(adata, key, rec, layers), colors):
+    cells = PM.layers(adata, key, rec, layers)
+    colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
+    for c, color in zip(cells, colors, strict=True):
         adv = c.score[c.flipped]
         if len(adv) == 0:
             continue

@@ -48,11 +48,12 @@ def adaptive_pgd(
     Each step follows the gradient of :math:`\min(L_\mathrm{cls}(x), \kappa) - \lambda \cdot
     \mathrm{logit}_\mathrm{det}(x)` (Carlini and Wagner's recipe against detectors): push
     the classifier away from its clean prediction until it is fooled by a margin
-    :math:`\kappa`, while keeping the detector's logit low. The detector is differentiated end to end, through its
-    meta-features including the input-gradient features (double back-propagation). Every
-    step runs and the last iterate is kept (no early stop: stopping at the first flip would
-    leave the detector term no room). With ``keep_zeros=True`` the attacker also respects the
-    detector's realism gate: expressed genes stay at least one count above zero.
+    :math:`\kappa`, while keeping the detector's logit low. The detector is differentiated end
+    to end, through its meta-features including the input-gradient features (double
+    back-propagation). Every step runs and the last iterate is kept (no early stop: stopping
+    at the first flip would leave the detector term no room). With ``keep_zeros=True`` the
+    attacker also respects the detector's realism gate: expressed genes stay at least one
+    count above zero.
 
     Evaluate the result with :func:`scadv.tl.meta_evaluate`: the layers are scored like every
     other attack on the classifier.
@@ -97,9 +98,9 @@ def adaptive_pgd(
     Returns
     -------
     A copy if ``copy=True``, else ``None``. Writes the same keys as :func:`scadv.tl.pgd`
-    under ``key_added`` (``layers['scadv_<k>_eps<e>']``, ``obs['scadv_<k>_eps<e>_pred' /
-    '_flipped' / '_flipped_to']``, ``uns['scadv'][k]`` with ``method='adaptive_pgd'``,
-    ``detector`` and ``lam``).
+    under ``key_added``: ``layers['scadv_<k>_eps<e>']``, the ``obs`` columns
+    ``scadv_<k>_eps<e>_pred``, ``_flipped`` and ``_flipped_to``, and ``uns['scadv'][k]``
+    with ``method='adaptive_pgd'``, ``detector``, ``lam`` and ``kappa``.
     """
     start = logg.info(f"running adaptive PGD against detector {detector!r} (λ={lam:g})")
     params = P.call_params(locals(), adaptive_pgd)

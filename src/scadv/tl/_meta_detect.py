@@ -1,4 +1,4 @@
-"""``scadv.tl.meta_detect``: train a detector of manipulated cells on the classifier's own signals."""
+"""``scadv.tl.meta_detect``: a detector of manipulated cells, on the classifier's own signals."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from . import _meta_common as MC
 from . import _meta_features as MF
 
 TrainAttack = Literal["pgd", "fgsm", "pgd_realistic"]
-DEFAULT_EPS = {"pgd": (0.05, 0.1, 0.15), "fgsm": (0.05, 0.1, 0.15), "pgd_realistic": (0.3, 0.5, 1.0)}
+DEFAULT_EPS = {"pgd": (0.05, 0.1, 0.15), "fgsm": (0.05, 0.1, 0.15),
+               "pgd_realistic": (0.3, 0.5, 1.0)}
 #: Fewest successful adversarial training / validation rows the detector accepts.
 MIN_TRAIN_POSITIVES = 20
 MIN_VAL_POSITIVES = 5
