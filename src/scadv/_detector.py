@@ -249,8 +249,7 @@ def fit(clean: np.ndarray, clean_class: np.ndarray, adv: np.ndarray, adv_source:
 @contextlib.contextmanager
 def single_thread(device: torch.device) -> Iterator[None]:
     """One CPU thread while training the small networks: their matrices are tiny, and thread
-    synchronisation costs more than it saves (10× slower with two threads on a busy 2-core
-    machine)."""
+    synchronisation costs more than it saves (see ``benchmarks/threads.py``)."""
     if device.type != "cpu":
         yield
         return

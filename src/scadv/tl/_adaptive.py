@@ -9,6 +9,7 @@ import scanpy.logging as logg
 import torch
 from anndata import AnnData
 
+from .. import _detector as DT
 from .. import _device as D
 from .. import _keys as K
 from .. import _model as M
@@ -136,11 +137,14 @@ def adaptive_pgd(
     alphas = tuple(2.5 * e / int(steps) if alpha is None else float(alpha) for e in eps_t)
     budget = A.Budget(eps=eps_t, norm="linf", alpha=alphas, steps=int(steps),
                       random_start=False, n_restarts=1, loss=loss)
-    A.attack(adata, method="adaptive_pgd", start=start, params=params, budget=budget,
-             target=None, away_from="prediction", genes=genes, clip=clip,
-             keep_zeros=keep_zeros, cells=cells, model=model, key_added=key,
-             batch_size=batch_size, seed=seed, device=dev, progress=progress,
-             early_stop=False, objective=objective, lower=lower,
-             extra={"detector": detector, "lam": float(lam),
-                    "kappa": "None" if kappa is None else float(kappa)})
+    # the autograd path runs many small operations per step: one CPU thread avoids thread
+    # synchronisation, which dominated on a busy 2-core machine (benchmarks/threads.py)
+    with DT.single_thread(dev):
+        A.attack(adata, method="adaptive_pgd", start=start, params=params, budget=budget,
+                 target=None, away_from="prediction", genes=genes, clip=clip,
+                 keep_zeros=keep_zeros, cells=cells, model=model, key_added=key,
+                 batch_size=batch_size, seed=seed, device=dev, progress=progress,
+                 early_stop=False, objective=objective, lower=lower,
+                 extra={"detector": detector, "lam": float(lam),
+                        "kappa": "None" if kappa is None else float(kappa)})
     return adata if copy else None

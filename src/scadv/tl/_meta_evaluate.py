@@ -42,8 +42,9 @@ def meta_evaluate(
     key
         Key of the stored detector.
     layers
-        Layers to evaluate; default every adversarial layer of attacks on the detector's
-        classifier and every benign layer.
+        Layers to (re-)evaluate; their entries are added to the stored evaluation and the
+        others kept. Default: every adversarial layer of attacks on the detector's classifier
+        and every benign layer, replacing the stored evaluation.
     device
         ``'auto'``, ``'cpu'`` or ``'cuda'``.
     progress
@@ -55,7 +56,7 @@ def meta_evaluate(
     -------
     A copy if ``copy=True``, else ``None``. Writes the same per-cell columns as
     :func:`scadv.tl.meta_detect` (``obs['scadv_<key>_score' / '_flag']`` and
-    ``obs['<layer>_<key>_score' / '_flag']``) and replaces ``evaluation`` and ``table`` in
+    ``obs['<layer>_<key>_score' / '_flag']``) and updates ``evaluation`` and ``table`` in
     ``adata.uns['scadv'][key]``.
     """
     start = logg.info(f"evaluating scadv meta-detector {key!r}")
@@ -76,6 +77,8 @@ def meta_evaluate(
     obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, x=x,
                                      test=split == K.SPLIT_TEST, progress=progress)
     record = dict(det.record)
+    if layers is not None:
+        evaluation = {**dict(record.get("evaluation") or {}), **evaluation}
     record["evaluation"] = evaluation
     record["table"] = MC.table(evaluation)
     write_results(adata, step=f"meta-detector evaluation on {len(infos)} layers", start=start,
