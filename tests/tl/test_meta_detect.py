@@ -262,3 +262,14 @@ def test_other_data_scored_with_missing_genes_mean(small_meta):
     scadv.tl.meta_score(other, source=small_meta, missing_genes="mean", progress=False)
     assert other.obs["scadv_meta_score"].between(0, 1).all()
     assert K.meta_flag("meta") in other.obs
+
+
+def test_evaluate_named_layers_keeps_the_others(small_meta):
+    a = small_meta
+    before = dict(a.uns["scadv"]["meta"]["evaluation"])
+    scadv.tl.pgd(a, eps=0.9, cells="all", key_added="late", progress=False)
+    scadv.tl.meta_evaluate(a, layers=["scadv_late_eps0.9"], progress=False)
+    after = a.uns["scadv"]["meta"]["evaluation"]
+    assert set(after) == set(before) | {"scadv_late_eps0.9"}
+    assert "scadv_late_eps0.9_meta_score" in a.obs
+    assert set(a.uns["scadv"]["meta"]["table"].attack) >= {"late ε=0.9", "pgd ε=0.3"}
