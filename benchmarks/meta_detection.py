@@ -197,10 +197,14 @@ def main() -> None:
               flush=True)
     summarise(pd.concat(tables, ignore_index=True))
     ex = pd.DataFrame(extra)
-    print(f"\nleak check over seeds: honest {ex.honest_logreg_auroc.mean():.3f} ± "
-          f"{ex.honest_logreg_auroc.std(ddof=1):.3f}, true-label gradient "
-          f"{ex.leaky_logreg_auroc.mean():.3f} ± {ex.leaky_logreg_auroc.std(ddof=1):.3f}")
-    print(f"meta_detect seconds: {ex.meta_detect.mean():.1f} ± {ex.meta_detect.std(ddof=1):.1f}")
+
+    def pm(s: pd.Series, digits: int = 3) -> str:
+        sd = f" ± {s.std(ddof=1):.{digits}f}" if len(s) > 1 else ""
+        return f"{s.mean():.{digits}f}{sd}"
+
+    print(f"\nleak check over seeds: honest {pm(ex.honest_logreg_auroc)}, true-label gradient "
+          f"{pm(ex.leaky_logreg_auroc)}")
+    print(f"meta_detect seconds: {pm(ex.meta_detect, 1)}")
 
 
 if __name__ == "__main__":

@@ -273,3 +273,18 @@ def test_evaluate_named_layers_keeps_the_others(small_meta):
     assert set(after) == set(before) | {"scadv_late_eps0.9"}
     assert "scadv_late_eps0.9_meta_score" in a.obs
     assert set(a.uns["scadv"]["meta"]["table"].attack) >= {"late ε=0.9", "pgd ε=0.3"}
+
+
+def test_scoring_with_a_source_never_overwrites_other_models(small_meta, small_trained_copy):
+    other = small_meta.copy()
+    other.uns["scadv"]["meta"] = {"kind": "something else"}
+    with pytest.raises(ScadvInputError, match="different entry under"):
+        scadv.tl.meta_score(other, source=small_meta, progress=False)
+    mine = small_trained_copy.copy()
+    scadv.tl.train_classifier(mine, "cell_type", max_epochs=2, seed=9, progress=False)
+    with pytest.raises(ScadvInputError, match="different classifier"):
+        scadv.tl.meta_score(mine, source=small_meta, progress=False)
+    # the same records are fine (e.g. scoring the source's own cells again)
+    same = small_meta.copy()
+    scadv.tl.meta_score(same, source=small_meta, key_added="again", progress=False)
+    np.testing.assert_array_equal(same.obs["scadv_again_score"], small_meta.obs["scadv_meta_score"])

@@ -51,6 +51,22 @@ def fingerprint(classifier: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def detector_fingerprint(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a stored detector's weights and threshold ('' if it is not one)."""
+    if str(record.get("kind", "")) != DT.DETECTOR_KIND:
+        return ""
+    h = hashlib.sha256()
+    for part in ("triplet_weights", "detector_weights"):
+        weights = record.get(part)
+        if not isinstance(weights, Mapping):
+            return ""
+        for name in sorted(weights):
+            h.update(f"{part}/{name}".encode())
+            h.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
+    h.update(repr(float(record.get("threshold", np.nan))).encode())
+    return h.hexdigest()
+
+
 def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
                     ) -> Mapping[str, Any]:
     """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scanpy.logging as logg
@@ -13,6 +14,7 @@ from .. import _keys as K
 from .. import _provenance as P
 from .. import _recipe as R
 from .. import _validate as V
+from .._errors import ScadvInputError
 from .._results import write_results
 from . import _attack as A
 from . import _meta_common as MC
@@ -95,6 +97,7 @@ def meta_score(
                             progress=progress)
     uns = {}
     if source is not None:
+        _check_no_conflict(adata, key, det.record, model, det.classifier)
         uns[key] = {**dict(det.record), "provenance": {
             **dict(det.record.get("provenance", {})),
             "copied_by_meta_score": P.record(params),
@@ -109,3 +112,27 @@ def meta_score(
                 if col.endswith("_flag")},
     )
     return adata if copy else None
+
+
+def _check_no_conflict(adata: AnnData, key: str, record: Mapping[str, Any], model: str,
+                       classifier: Mapping[str, Any]) -> None:
+    """Refuse to overwrite a different detector or classifier already stored in ``adata``."""
+    ns = adata.uns.get(K.UNS)
+    if not isinstance(ns, Mapping):
+        return
+    mine = ns.get(key)
+    if isinstance(mine, Mapping) and mine is not record and (
+            MC.detector_fingerprint(mine) != MC.detector_fingerprint(record)):
+        raise ScadvInputError(
+            f"adata already holds a different entry under uns['scadv'][{key!r}]; scoring with "
+            "the source's detector would overwrite it. Score a copy, or rename yours first "
+            f"(adata.uns['scadv']['mine'] = adata.uns['scadv'].pop({key!r}))."
+        )
+    theirs = ns.get(model)
+    if isinstance(theirs, Mapping) and theirs is not classifier and (
+            not isinstance(theirs.get("weights"), Mapping)
+            or MC.fingerprint(theirs) != MC.fingerprint(classifier)):
+        raise ScadvInputError(
+            f"adata already holds a different classifier under uns['scadv'][{model!r}]; scoring "
+            "with the source's detector would overwrite it. Score a copy, or rename yours first."
+        )
