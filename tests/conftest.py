@@ -76,6 +76,25 @@ def pbmc3k_trained(_pbmc3k_trained: ad.AnnData) -> ad.AnnData:
     return _pbmc3k_trained.copy()
 
 
+@pytest.fixture(scope="session")
+def _pbmc3k_meta(_pbmc3k_trained: ad.AnnData) -> ad.AnnData:
+    import scadv
+
+    adata = _pbmc3k_trained.copy()
+    scadv.tl.pgd(adata, eps=0.5, keep_zeros=True, clip="observed", key_added="realistic",
+                 progress=False)
+    scadv.tl.benign_perturb(adata)
+    scadv.tl.meta_detect(adata, progress=False)
+    return adata
+
+
+@pytest.fixture
+def pbmc3k_meta(_pbmc3k_meta: ad.AnnData) -> ad.AnnData:
+    """PBMC3k with the default classifier, default PGD, a data-respecting PGD (ε=0.5,
+    key 'realistic'), benign perturbations and the default meta-detector (a fresh copy)."""
+    return _pbmc3k_meta.copy()
+
+
 def make_counts(n_per_class: int = 40, n_classes: int = 3, n_genes: int = 300,
                 n_markers: int = 15, seed: int = 0, label_key: str = "cell_type") -> ad.AnnData:
     """Synthetic UMI counts: each class over-expresses its own block of marker genes."""
@@ -114,6 +133,40 @@ def small_trained() -> ad.AnnData:
     scadv.pp.prepare(adata, n_top_genes=100)
     scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
     return adata
+
+
+@pytest.fixture(scope="session")
+def _small_trained_once() -> ad.AnnData:
+    import scadv
+
+    adata = make_counts()
+    scadv.pp.prepare(adata, n_top_genes=100)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
+    return adata
+
+
+@pytest.fixture
+def small_trained_copy(_small_trained_once: ad.AnnData) -> ad.AnnData:
+    """The same as ``small_trained``, trained once per session (a fresh copy per test)."""
+    return _small_trained_once.copy()
+
+
+@pytest.fixture(scope="session")
+def _small_meta(_small_trained_once: ad.AnnData) -> ad.AnnData:
+    import scadv
+
+    adata = _small_trained_once.copy()
+    scadv.tl.pgd(adata, eps=(0.3, 0.6), cells="all", progress=False)
+    scadv.tl.meta_detect(adata, eps=(0.3, 0.6, 1.0), triplet_epochs=2, detector_epochs=3,
+                         progress=False)
+    return adata
+
+
+@pytest.fixture
+def small_meta(_small_meta: ad.AnnData) -> ad.AnnData:
+    """``small_trained`` with PGD on all cells (ε 0.3, 0.6) and a quickly trained meta-detector
+    (a fresh copy)."""
+    return _small_meta.copy()
 
 
 def snapshot(adata: ad.AnnData) -> dict:

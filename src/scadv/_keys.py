@@ -90,3 +90,33 @@ def attack_flipped_to(attack_key: str, eps: float) -> str:
 
 
 UNCHANGED = "unchanged"
+
+
+# ---- meta-detector (scadv.tl.meta_detect / meta_score) and benign perturbations -------------
+
+#: Default ``key_added`` of :func:`scadv.tl.meta_detect`.
+DEFAULT_DETECTOR = "meta"
+#: Default ``key_added`` of :func:`scadv.tl.benign_perturb`.
+DEFAULT_BENIGN = "benign"
+
+
+def meta_score(detector_key: str, layer: str | None = None) -> str:
+    """``obs`` column with the detector's score of the cells in ``X`` (``scadv_meta_score``)
+    or of their version in ``layers[layer]`` (``scadv_pgd_eps0.1_meta_score``)."""
+    return f"{PREFIX}_{detector_key}_score" if layer is None else f"{layer}_{detector_key}_score"
+
+
+def meta_flag(detector_key: str, layer: str | None = None) -> str:
+    """``obs`` column, categorical ``False``/``True``: flagged as manipulated (NaN: not scored)."""
+    return f"{PREFIX}_{detector_key}_flag" if layer is None else f"{layer}_{detector_key}_flag"
+
+
+def benign_layer(benign_key: str, kind: str) -> str:
+    """``layers`` key of one benign perturbation, e.g. ``scadv_benign_downsample``."""
+    return f"{PREFIX}_{benign_key}_{kind}"
+
+
+def layer_pred(layer: str) -> str:
+    """``obs`` column with the class predicted for a perturbed layer's cells (NaN: not
+    perturbed); :func:`attack_pred` is this for attack layers."""
+    return f"{layer}_pred"

@@ -1,5 +1,10 @@
 """Plots (``scadv.pl``)."""
 
 from ._flip_rate import flip_rate
+from ._meta_cell import meta_cell
+from ._meta_confusion import meta_confusion
+from ._meta_embedding import meta_embedding
+from ._meta_scores import meta_scores
+from ._roc import roc
 
-__all__ = ["flip_rate"]
+__all__ = ["flip_rate", "meta_cell", "meta_confusion", "meta_embedding", "meta_scores", "roc"]

@@ -3,12 +3,13 @@ constraints, metrics and writing the results. The attack itself runs in :mod:`._
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 from scipy import sparse
 
@@ -158,8 +159,15 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
            budget: Budget, target: str | None, away_from: AwayFrom,
            genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool,
            cells: C.Cells, model: str, key_added: str | None, batch_size: int, seed: int,
-           device: D.Device, progress: bool, early_stop: bool = True) -> None:
-    """Run an attack on ``adata`` (already validated and copied if asked) and write results."""
+           device: D.Device, progress: bool, early_stop: bool = True,
+           objective: Callable[[M.MLP, torch.device], E.Objective] | None = None,
+           lower: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> None:
+    """Run an attack on ``adata`` (already validated and copied if asked) and write results.
+
+    ``objective`` builds a custom attacker objective from the rebuilt classifier and device
+    (e.g. an adaptive attacker's); ``lower`` raises the per-gene lower bound further;
+    ``extra`` entries are added to the run's record.
+    """
     record = C.model_record(adata, model)
     C.check_model_space(adata, record, action=f"scadv.tl.{method}")
     key = key_added or K.default_attack_key(method, model)
@@ -193,9 +201,13 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         y_attack = clean_pred
     cons, cons_note = constraints(adata, record, mask, x0, genes=genes, clip=clip,
                                   keep_zeros=keep_zeros)
+    if lower is not None:
+        floor = np.asarray(lower, dtype=np.float32)
+        cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
     adv, adv_logits = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
                           device=dev, seed=seed, batch_size=int(batch_size), progress=progress,
-                          early_stop=early_stop)
+                          early_stop=early_stop,
+                          objective=None if objective is None else objective(net, dev))
 
     group = np.where(y_true >= 0, y_true, clean_pred)
     summary = summarise(adv_logits, clean_pred, y_true, group, adv, x0, len(classes), target_idx)
@@ -234,6 +246,7 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         "clean_accuracy": clean["accuracy"],
         "clean_accuracy_per_class": clean["per_class_accuracy"],
         **summary,
+        **dict(extra or {}),
         "provenance": P.record(params, seed=seed, device=dev),
     }
     rates = ", ".join(f"ε={K.format_eps(e)}: {r:.3f}" for e, r in zip(budget.eps, summary["flip_rate"]))

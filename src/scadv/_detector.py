@@ -1,0 +1,395 @@
+"""The meta-detector's two networks, their training, and their storage as plain arrays.
+
+* :class:`TripletNet`: meta-features (M) → 256 → ReLU → 64, L2-normalised; trained with the
+  triplet margin loss (anchor and positive: clean cells of one class; negative: an
+  adversarial cell).
+* :class:`Detector`: the 64-d triplet embedding → 128, two residual blocks
+  ``x + FC(ReLU(FC(x)))``, → one logit (adversarial); trained with BCE-with-logits on
+  balanced clean / adversarial data, early-stopped on a validation set.
+
+Like the classifier (:mod:`scadv._model`), a stored detector is a dictionary of numpy arrays,
+numbers and strings; :func:`from_record` checks every weight's name, shape and dtype before
+building the networks, so nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._errors import ScadvInputError
+from ._model import weights_to_arrays
+
+DETECTOR_KIND = "scadv.meta_detector"
+FORMAT_VERSION = 1
+
+
+class TripletNet(nn.Module):
+    """Meta-features → ``hidden`` → ReLU → ``embed_dim``, L2-normalised."""
+
+    def __init__(self, n_features: int, hidden: int = 256, embed_dim: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_features, hidden)
+        self.fc2 = nn.Linear(hidden, embed_dim)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.fc2(torch.relu(self.fc1(f)))
+        return nn.functional.normalize(z, dim=1)
+
+
+class Residual(nn.Module):
+    """``x + FC(ReLU(FC(x)))``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Detector(nn.Module):
+    """Triplet embedding → ``width``, ``n_blocks`` residual blocks, → one logit."""
+
+    def __init__(self, embed_dim: int = 64, width: int = 128, n_blocks: int = 2) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(embed_dim, width)
+        self.blocks = nn.Sequential(*[Residual(width) for _ in range(n_blocks)])
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.fc_in(z))).squeeze(1)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Widths of both networks, as stored under ``record['arch']``."""
+
+    n_features: int
+    hidden: int = 256
+    embed_dim: int = 64
+    width: int = 128
+    n_blocks: int = 2
+
+    def build(self) -> tuple[TripletNet, Detector]:
+        return (TripletNet(self.n_features, self.hidden, self.embed_dim),
+                Detector(self.embed_dim, self.width, self.n_blocks))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"n_features": self.n_features, "hidden": self.hidden,
+                "embed_dim": self.embed_dim, "width": self.width, "n_blocks": self.n_blocks}
+
+
+@dataclass
+class Networks:
+    """A fitted detector: feature standardisation, the two networks and their shape."""
+
+    shape: Shape
+    mean: np.ndarray  # (M,) feature means of the training data
+    scale: np.ndarray  # (M,) feature standard deviations (1 where constant)
+    triplet: TripletNet
+    detector: Detector
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "arch": self.shape.as_dict(),
+            "feature_mean": self.mean.astype(np.float32),
+            "feature_scale": self.scale.astype(np.float32),
+            "triplet_weights": weights_to_arrays(self.triplet),
+            "detector_weights": weights_to_arrays(self.detector),
+        }
+
+    @torch.no_grad()
+    def embed(self, features: np.ndarray, *, device: torch.device,
+              batch_size: int = 8192) -> np.ndarray:
+        """The triplet embedding (cells × ``embed_dim``) of raw meta-features."""
+        self.triplet.to(device).eval()
+        out = []
+        for lo in range(0, len(features), batch_size):
+            f = self._standardise(features[lo:lo + batch_size], device)
+            out.append(self.triplet(f).cpu().numpy())
+        return (np.concatenate(out) if out
+                else np.empty((0, self.shape.embed_dim), dtype=np.float32))
+
+    @torch.no_grad()
+    def logit(self, features: np.ndarray, *, device: torch.device,
+              batch_size: int = 8192) -> np.ndarray:
+        """The detector's logit (higher: more likely adversarial) of raw meta-features."""
+        self.triplet.to(device).eval()
+        self.detector.to(device).eval()
+        out = []
+        for lo in range(0, len(features), batch_size):
+            f = self._standardise(features[lo:lo + batch_size], device)
+            out.append(self.detector(self.triplet(f)).cpu().numpy())
+        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+    def torch_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """Differentiable logit of a feature tensor (for an adaptive attacker)."""
+        mean = torch.as_tensor(self.mean, device=features.device)
+        scale = torch.as_tensor(self.scale, device=features.device)
+        return self.detector(self.triplet((features - mean) / scale))
+
+    def _standardise(self, f: np.ndarray, device: torch.device) -> torch.Tensor:
+        f = (np.asarray(f, dtype=np.float32) - self.mean) / self.scale
+        return torch.as_tensor(f, device=device)
+
+
+def _int(arch: Mapping[str, Any], key: str) -> int:
+    value = np.asarray(arch.get(key, -1))
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 1:
+        raise ScadvInputError(f"stored detector is malformed: arch[{key!r}] must be a positive "
+                              "integer.")
+    return int(value)
+
+
+def _load(module: nn.Module, stored: Mapping[str, Any], what: str) -> None:
+    expected = module.state_dict()
+    if not isinstance(stored, Mapping) or set(stored) != set(expected):
+        got = set(stored) if isinstance(stored, Mapping) else set()
+        raise ScadvInputError(
+            f"stored {what} weights do not match its architecture: missing "
+            f"{sorted(set(expected) - got)}, unexpected {sorted(got - set(expected))}."
+        )
+    tensors = {}
+    for name, ref in expected.items():
+        arr = np.asarray(stored[name])
+        if arr.dtype.kind != "f" or arr.shape != tuple(ref.shape):
+            raise ScadvInputError(
+                f"stored {what} weight {name!r} has shape {arr.shape} / dtype {arr.dtype}; "
+                f"expected {tuple(ref.shape)} floats."
+            )
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    module.load_state_dict(tensors)
+
+
+def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -> Networks:
+    """Rebuild a fitted detector from the arrays :meth:`Networks.to_record` stored."""
+    if not isinstance(record, Mapping) or "arch" not in record:
+        raise ScadvInputError("stored detector is malformed: no 'arch' entry.")
+    arch = record["arch"]
+    shape = Shape(*(_int(arch, k) for k in ("n_features", "hidden", "embed_dim", "width",
+                                             "n_blocks")))
+    mean = np.asarray(record["feature_mean"])
+    scale = np.asarray(record["feature_scale"])
+    for name, arr in (("feature_mean", mean), ("feature_scale", scale)):
+        if arr.dtype.kind != "f" or arr.shape != (shape.n_features,):
+            raise ScadvInputError(f"stored detector {name} has shape {arr.shape}; expected "
+                                  f"({shape.n_features},) floats.")
+    if not np.all(np.isfinite(scale)) or (scale <= 0).any():
+        raise ScadvInputError("stored detector feature_scale must be positive and finite.")
+    triplet, detector = shape.build()
+    _load(triplet, record["triplet_weights"], "triplet network")
+    _load(detector, record["detector_weights"], "detector")
+    return Networks(shape, mean.astype(np.float32), scale.astype(np.float32),
+                    triplet.to(device).eval(), detector.to(device).eval())
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Hyper-parameters of both stages (the brief's defaults)."""
+
+    triplet_epochs: int = 15
+    triplet_margin: float = 1.0
+    detector_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2  # AdamW's default
+
+
+def fit(clean: np.ndarray, clean_class: np.ndarray, adv: np.ndarray, adv_source: np.ndarray,
+        val_clean: np.ndarray, val_adv: np.ndarray, *, shape: Shape, options: TrainOptions,
+        seed: int, device: torch.device, progress: bool) -> tuple[Networks, dict[str, Any]]:
+    """Train the triplet network, then the detector on its frozen embedding.
+
+    Parameters
+    ----------
+    clean, clean_class
+        Meta-features of clean training cells and their class (the classifier's label).
+    adv, adv_source
+        Meta-features of adversarial training rows and the row of ``clean`` each came from.
+    val_clean, val_adv
+        Meta-features of held-out clean and adversarial rows (early stopping of the detector).
+    """
+    all_f = np.vstack([clean, adv])
+    mean = all_f.mean(axis=0).astype(np.float32)
+    scale = all_f.std(axis=0).astype(np.float32)
+    scale[~(scale > 1e-8)] = 1.0
+    cuda_ids = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_ids), single_thread(device):
+        torch.manual_seed(seed)
+        triplet, detector = shape.build()
+        nets = Networks(shape, mean, scale, triplet.to(device), detector.to(device))
+        rng = np.random.default_rng(seed)
+        bar = tqdm(total=options.triplet_epochs + options.detector_epochs, desc="meta-detector",
+                   unit="epoch", disable=not progress, leave=False, mininterval=0.5)
+        try:
+            t_hist = _fit_triplet(nets, clean, clean_class, adv, adv_source, options=options,
+                                  rng=rng, device=device, bar=bar)
+            d_hist = _fit_detector(nets, clean, adv, val_clean, val_adv, options=options,
+                                   rng=rng, device=device, bar=bar)
+        finally:
+            bar.close()
+    nets.triplet.eval()
+    nets.detector.eval()
+    return nets, {**t_hist, **d_hist}
+
+
+@contextlib.contextmanager
+def single_thread(device: torch.device) -> Iterator[None]:
+    """One CPU thread while training the small networks: their matrices are tiny, and thread
+    synchronisation costs more than it saves (see ``benchmarks/threads.py``)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _negatives(anchor: np.ndarray, clean_class: np.ndarray, adv_source: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+    """For each anchor (a clean row), an adversarial row: one made from the anchor itself when
+    there is one, else one made from a cell of its class, else any."""
+    n_adv = len(adv_source)
+    order = np.argsort(adv_source, kind="stable")
+    sorted_src = adv_source[order]
+    lo = np.searchsorted(sorted_src, anchor, side="left")
+    hi = np.searchsorted(sorted_src, anchor, side="right")
+    has_own = hi > lo
+    pick = np.empty(len(anchor), dtype=np.int64)
+    pick[has_own] = order[lo[has_own] + (rng.random(has_own.sum()) * (hi - lo)[has_own])
+                          .astype(np.int64)]
+    rest = np.flatnonzero(~has_own)
+    if len(rest):
+        adv_class = clean_class[adv_source]
+        for c in np.unique(clean_class[anchor[rest]]):
+            rows = rest[clean_class[anchor[rest]] == c]
+            pool = np.flatnonzero(adv_class == c)
+            pool = pool if len(pool) else np.arange(n_adv)
+            pick[rows] = pool[rng.integers(0, len(pool), len(rows))]
+    return pick
+
+
+def _positives(anchor: np.ndarray, clean_class: np.ndarray, rng: np.random.Generator
+               ) -> np.ndarray:
+    """For each anchor, another clean row of the same class (itself if it is alone)."""
+    order = np.argsort(clean_class, kind="stable")
+    sorted_cls = clean_class[order]
+    lo = np.searchsorted(sorted_cls, clean_class[anchor], side="left")
+    hi = np.searchsorted(sorted_cls, clean_class[anchor], side="right")
+    return order[lo + (rng.random(len(anchor)) * (hi - lo)).astype(np.int64)]
+
+
+def _fit_triplet(nets: Networks, clean: np.ndarray, clean_class: np.ndarray, adv: np.ndarray,
+                 adv_source: np.ndarray, *, options: TrainOptions, rng: np.random.Generator,
+                 device: torch.device, bar: tqdm) -> dict[str, np.ndarray]:
+    model = nets.triplet
+    fc = nets._standardise(clean, device)
+    fa = nets._standardise(adv, device)
+    loss_fn = nn.TripletMarginLoss(margin=options.triplet_margin)
+    opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    losses = []
+    for _ in range(options.triplet_epochs):
+        model.train()
+        anchor = rng.permutation(len(clean))
+        pos = _positives(anchor, clean_class, rng)
+        neg = _negatives(anchor, clean_class, adv_source, rng)
+        total = 0.0
+        for lo in range(0, len(anchor), options.batch_size):
+            sl = slice(lo, lo + options.batch_size)
+            a, p, n = (torch.as_tensor(i[sl], device=device) for i in (anchor, pos, neg))
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(fc[a]), model(fc[p]), model(fa[n]))
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(a)
+        losses.append(total / len(anchor))
+        bar.update(1)
+        bar.set_postfix(triplet_loss=f"{losses[-1]:.3f}")
+    return {"triplet_loss": np.asarray(losses, dtype=np.float64)}
+
+
+def _balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """BCE with both classes weighted equally."""
+    with torch.no_grad():
+        per = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return float(0.5 * per[target == 0].mean() + 0.5 * per[target == 1].mean())
+
+
+def _fit_detector(nets: Networks, clean: np.ndarray, adv: np.ndarray, val_clean: np.ndarray,
+                  val_adv: np.ndarray, *, options: TrainOptions, rng: np.random.Generator,
+                  device: torch.device, bar: tqdm) -> dict[str, Any]:
+    nets.triplet.eval()
+    with torch.no_grad():
+        zc = nets.triplet(nets._standardise(clean, device))
+        za = nets.triplet(nets._standardise(adv, device))
+        zv = nets.triplet(nets._standardise(np.vstack([val_clean, val_adv]), device))
+    yv = torch.cat([torch.zeros(len(val_clean)), torch.ones(len(val_adv))]).to(device)
+    model = nets.detector
+    opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    n = min(len(clean), len(adv))  # balanced: n clean and n adversarial rows per epoch
+    history: dict[str, list[float]] = {"detector_loss": [], "detector_val_loss": []}
+    best, best_state, best_epoch, bad = float("inf"), None, 0, 0
+    for epoch in range(options.detector_epochs):
+        model.train()
+        ic = rng.permutation(len(clean))[:n]
+        ia = rng.permutation(len(adv))[:n]
+        z = torch.cat([zc[torch.as_tensor(ic, device=device)],
+                       za[torch.as_tensor(ia, device=device)]])
+        y = torch.cat([torch.zeros(n), torch.ones(n)]).to(device)
+        order = torch.as_tensor(rng.permutation(2 * n), device=device)
+        total = 0.0
+        for lo in range(0, 2 * n, options.batch_size):
+            idx = order[lo:lo + options.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(z[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            val = _balanced_bce(model(zv), yv)
+        history["detector_loss"].append(total / (2 * n))
+        history["detector_val_loss"].append(val)
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{val:.3f}")
+        if val < best - 1e-4:
+            best, best_epoch, bad = val, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= options.patience:
+                bar.update(options.detector_epochs - epoch - 1)
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {**{k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
+            "detector_best_epoch": np.int64(best_epoch + 1)}
+
+
+def check_options(options: TrainOptions) -> None:
+    """Validate the training options; raise :class:`ScadvInputError` naming every problem."""
+    problems = []
+    if options.triplet_epochs < 0 or options.detector_epochs < 1 or options.patience < 1:
+        problems.append("triplet_epochs must be ≥ 0, detector_epochs and patience ≥ 1, got "
+                        f"{options.triplet_epochs}, {options.detector_epochs} and "
+                        f"{options.patience}")
+    if options.batch_size < 1 or not options.lr > 0 or not options.triplet_margin > 0:
+        problems.append("batch_size, lr and triplet_margin must be positive")
+    if problems:
+        raise ScadvInputError("; ".join(problems) + ".")

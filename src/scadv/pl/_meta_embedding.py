@@ -1,0 +1,94 @@
+"""``scadv.pl.meta_embedding``: the detector's triplet embedding of clean and attacked cells."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import scanpy as sc
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from .. import _device as D
+from .. import _keys as K
+from .. import _recipe as R
+from ..tl import _meta_common as MC
+from . import _meta_common as PM
+from . import _utils as U
+
+
+def meta_embedding(
+    adata: AnnData,
+    *,
+    key: str = K.DEFAULT_DETECTOR,
+    layers: Sequence[str] | None = None,
+    n_neighbors: int = 15,
+    seed: int = 0,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """UMAP of the detector's 64-d triplet embedding: clean test cells and attacked ones.
+
+    Clean test cells are grey; the successful (flipped) test cells of each attack layer are
+    coloured. Where the detector separates manipulated cells, they form their own regions.
+
+    Parameters
+    ----------
+    adata
+        Holds a detector from :func:`scadv.tl.meta_detect`.
+    key
+        Key of the detector.
+    layers
+        Adversarial layers to include; default every evaluated one.
+    n_neighbors
+        Neighbours of the UMAP graph.
+    seed
+        Seeds the UMAP layout.
+    ax
+        Axes to draw into; a new figure by default.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    save
+        File to save the figure to.
+
+    Returns
+    -------
+    The axes drawn into.
+    """
+    rec = PM.detector(adata, key)
+    test = PM.test_mask(adata, rec)
+    cells = PM.layers(adata, key, rec, layers)
+    det = MC.load(adata, key, source=None, device=D.resolve("cpu"))
+    recipe = det.classifier["prepare"]
+    blocks = [R.model_input(adata, recipe).x[test]]
+    groups = [np.zeros(int(test.sum()), dtype=np.int64)]
+    for i, c in enumerate(cells, start=1):
+        blocks.append(R.model_input(adata, recipe, layer=c.layer).x[c.flipped])
+        groups.append(np.full(int(c.flipped.sum()), i))
+    x = np.vstack(blocks)
+    group = np.concatenate(groups)
+    f = det.features(x).features
+    emb = det.nets.embed(f, device=det.device)
+    tmp = AnnData(X=np.zeros((len(emb), 1), dtype=np.float32), obsm={"X_det": emb})
+    sc.pp.neighbors(tmp, use_rep="X_det", n_neighbors=int(n_neighbors), random_state=seed)
+    sc.tl.umap(tmp, random_state=seed)
+    xy = tmp.obsm["X_umap"]
+
+    ax = U.axes(ax, figsize=(6.5, 5))
+    ax.scatter(*xy[group == 0].T, s=8, color="0.75", label=f"clean (n={int(test.sum())})",
+               linewidths=0)
+    colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
+    for i, (c, color) in enumerate(zip(cells, colors, strict=True), start=1):
+        ax.scatter(*xy[group == i].T, s=8, color=color, linewidths=0,
+                   label=f"{c.label} (flipped n={int((group == i).sum())})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP1")
+    ax.set_ylabel("UMAP2")
+    ax.set_title(f"meta-detector {key!r}: triplet embedding of test cells")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False,
+              markerscale=2)
+    return U.finish(ax, show=show, save=save)

@@ -1,0 +1,77 @@
+"""``scadv.pl.roc``: ROC curves of the detector, one per attack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .. import _keys as K
+from . import _meta_common as PM
+from . import _utils as U
+
+
+def roc(
+    adata: AnnData,
+    *,
+    key: str = K.DEFAULT_DETECTOR,
+    layers: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """ROC curve of the detector per attack layer, on test cells.
+
+    Negatives are the clean test cells, positives the test cells each attack flipped (the
+    convention of the evaluation's ``auroc``). A dot marks the calibrated threshold.
+
+    Parameters
+    ----------
+    adata
+        Holds a detector from :func:`scadv.tl.meta_detect`.
+    key
+        Key of the detector.
+    layers
+        Adversarial layers to show; default every evaluated one.
+    ax
+        Axes to draw into; a new figure by default.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    save
+        File to save the figure to.
+
+    Returns
+    -------
+    The axes drawn into.
+    """
+    rec = PM.detector(adata, key)
+    test = PM.test_mask(adata, rec)
+    clean = PM.clean_scores(adata, key)[test]
+    thr = float(rec["threshold"])
+    ax = U.axes(ax, figsize=(5.5, 5))
+    cells = PM.layers(adata, key, rec, layers)
+    colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
+    for c, color in zip(cells, colors, strict=True):
+        adv = c.score[c.flipped]
+        if len(adv) == 0:
+            continue
+        y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+        s = np.r_[clean, adv]
+        fpr, tpr, _ = roc_curve(y, s)
+        auc = roc_auc_score(y, s)
+        ax.plot(fpr, tpr, color=color, linewidth=1.6,
+                label=f"{c.label}: AUROC {auc:.3f} (n={len(adv)})")
+        ax.plot([(clean >= thr).mean()], [(adv >= thr).mean()], "o", color=color, markersize=5)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive rate (clean test cells flagged)")
+    ax.set_ylabel("true-positive rate (flipped test cells flagged)")
+    ax.set_title(f"meta-detector {key!r}; dots: threshold {thr:.3f}")
+    ax.legend(loc="lower right", fontsize="small", frameon=False)
+    return U.finish(ax, show=show, save=save)
