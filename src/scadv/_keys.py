@@ -90,3 +90,15 @@ def attack_flipped_to(attack_key: str, eps: float) -> str:
 
 
 UNCHANGED = "unchanged"
+
+
+def gene_attack_layer(attack_key: str) -> str:
+    """``layers`` key of a gene-level attack's modified matrix, e.g. ``scadv_max_change`` (the
+    target cluster's cells modified, every other cell as it was)."""
+    return f"{PREFIX}_{attack_key}"
+
+
+def gene_attack_pred(attack_key: str) -> str:
+    """``obs`` column with the target cluster's predictions after a gene-level attack (NaN for
+    cells outside the cluster)."""
+    return f"{PREFIX}_{attack_key}_pred"
