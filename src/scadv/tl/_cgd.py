@@ -176,6 +176,8 @@ def cgd(
         cmin = _col_stat(s, idx[live], np.min)
         cmax = _col_stat(s, idx[live], np.max)
         lo_hi = (cmin, cmax)
+    start_to = float((ev.pred == to_idx).mean())
+    start_orig = float((ev.pred == orig).mean())
     rng = G.rng_for(seed, "cgd", str(target))
     budget = len(live) if max_genes is None else min(int(max_genes), len(live))
     walker = _Walker(ev, cols[live], orig, to_idx, float(alpha), float(eps), scales_a, lo_hi)
@@ -205,6 +207,8 @@ def cgd(
         "to": s.classes[to_idx],
         "final_label": s.classes[int(final)],
         "switched": bool(int(final) == to_idx),
+        "start_frac_to": start_to,
+        "start_frac_original": start_orig,
         "n_genes_visited": len(rows),
         "n_genes_modified": len(modified_genes),
         "modified_genes": np.asarray(modified_genes, dtype=str),

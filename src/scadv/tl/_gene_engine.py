@@ -442,6 +442,69 @@ class ForestEvaluator(Evaluator):
                 total[r] += self.leaf_proba[i][leaf[moved]] - self.leaf_proba[i][old[moved]]
         return (total / self.n_trees).astype(np.float32)
 
+    def scan(self, gene_cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Single-gene scan without building a row: per tree, the nodes on each cell's path
+        whose decision a variant flips; only from the first such node is the tree re-traversed.
+
+        Returns label counts and probability sums (modifications × genes × classes).
+        """
+        n_mod, n, k = values.shape
+        col_to_j = np.full(self.d, -1, dtype=np.int64)
+        live = np.flatnonzero(gene_cols >= 0)
+        col_to_j[gene_cols[live]] = live
+        keys, deltas = [], []
+        for i, t in enumerate(self.trees):
+            path = self.paths[i]
+            internal = (path >= 0) & (t.children_left[np.maximum(path, 0)] >= 0)
+            cell, depth = np.nonzero(internal)  # row-major: each cell's nodes from the root
+            node = path[cell, depth]
+            f = t.feature[node]
+            j = col_to_j[f]
+            keep = j >= 0
+            cell, node, f, j = cell[keep], node[keep], f[keep], j[keep]
+            thr = t.threshold[node]
+            old_left = self.block[cell, f].astype(np.float64) <= thr
+            for m in range(n_mod):
+                new = values[m, cell, j].astype(np.float32).astype(np.float64)
+                new_left = new <= thr
+                flip = new_left != old_left
+                if not flip.any():
+                    continue
+                fc, fj, fnode, fnew = cell[flip], j[flip], node[flip], new[flip]
+                key = fc * k + fj  # first flipping node per (cell, gene): entries are in path order
+                _, first = np.unique(key, return_index=True)
+                fc, fj, fnode, fnew = fc[first], fj[first], fnode[first], fnew[first]
+                start = np.where(fnew <= t.threshold[fnode], t.children_left[fnode],
+                                 t.children_right[fnode])
+                leaf = _descend(t, self.block, fc, start, gene_cols[fj], fnew)
+                old = self.leaves[i, fc]
+                moved = leaf != old
+                if moved.any():
+                    keys.append((m * k + fj[moved]) * n + fc[moved])
+                    deltas.append(self.leaf_proba[i][leaf[moved]] - self.leaf_proba[i][old[moved]])
+        c = self.n_classes
+        base_pred = self.pred
+        counts = np.broadcast_to(np.bincount(base_pred, minlength=c),
+                                 (n_mod * k, c)).astype(np.int64)
+        sums = np.broadcast_to(self.proba.sum(axis=0, dtype=np.float64), (n_mod * k, c)).copy()
+        if keys:
+            key = np.concatenate(keys)
+            delta = np.concatenate(deltas)
+            order = np.argsort(key, kind="stable")
+            key, delta = key[order], delta[order]
+            uniq, start = np.unique(key, return_index=True)
+            total = np.add.reduceat(delta, start, axis=0)
+            var, cell = uniq // n, uniq % n
+            proba = ((self.base_sum[cell] + total) / self.n_trees)
+            new = proba.argmax(axis=1)
+            counts += (np.bincount(var * c + new, minlength=n_mod * k * c)
+                       - np.bincount(var * c + base_pred[cell], minlength=n_mod * k * c)
+                       ).reshape(-1, c)
+            dp = proba - self.proba[cell]
+            for cls in range(c):
+                sums[:, cls] += np.bincount(var, weights=dp[:, cls], minlength=n_mod * k)
+        return counts.reshape(n_mod, k, c), sums.reshape(n_mod, k, c)
+
     def sets(self, genes: np.ndarray, choice: np.ndarray, values: np.ndarray) -> np.ndarray:
         # variants of many genes: re-traverse every tree for the stacked rows
         n_var = len(choice)
@@ -556,6 +619,13 @@ def single_gene_scan(ev: Evaluator, gene_cols: np.ndarray, values: np.ndarray, *
     per_variant = changed.sum(axis=1)
     counts = np.broadcast_to(np.bincount(base_pred, minlength=c), (n_mod * k, c)).astype(np.int64)
     sums = np.broadcast_to(ev.proba.sum(axis=0, dtype=np.float64), (n_mod * k, c)).copy()
+    if isinstance(ev, ForestEvaluator):
+        counts, sums = ev.scan(gene_cols, values)
+        ev.counter.calls += 1
+        ev.counter.rows += int(per_variant.sum())
+        if bar is not None:
+            bar.update(n_mod * k)
+        return counts, sums, per_variant.reshape(n_mod, k)
     split = _first_stage(base_pred, c) if labels_only else n
     if split < n:
         stage1 = changed.copy()

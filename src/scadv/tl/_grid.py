@@ -25,16 +25,20 @@ from . import _modifications as MOD
 _CELLS_PER_CHUNK = 1 << 20
 
 
+def need_genes(genes: G.Genes, what: str) -> None:
+    if genes is None:
+        raise ScadvInputError(
+            f"{what} needs genes=[...]: the genes to combine (e.g. the candidates "
+            "scadv.tl.single_gene or the signature of scadv.tl.max_change points to)."
+        )
+
+
 class Combos:
     """Shared set-up of the combination searches: genes, modifications and new values."""
 
     def __init__(self, s: G.Setup, *, target: str, genes: G.Genes, modification: Any,
                  seed: int, batch_rows: int, what: str) -> None:
-        if genes is None:
-            raise ScadvInputError(
-                f"{what} needs genes=[...]: the genes to combine (e.g. the candidates "
-                "scadv.tl.single_gene or the signature of scadv.tl.max_change points to)."
-            )
+        need_genes(genes, what)
         self.s = s
         self.target = str(target)
         self.mask = G.cluster_mask(s, target)
@@ -217,6 +221,7 @@ def grid(
     params = P.call_params(locals(), grid)
     adata = V.start(adata, copy=copy)
     G.check_common(batch_rows=batch_rows, seed=seed)
+    need_genes(genes, "scadv.tl.grid")
     s = G.setup(adata, cluster_key=cluster_key, classifier=classifier, layer=layer, device=device,
                 action="scadv.tl.grid")
     n_mod = len(MOD.parse_many(modification))
