@@ -47,7 +47,8 @@ def test_sklearn_adapter_and_errors():
     a = make_model_space()
     y = a.obs["cluster"].astype(str)
     clf = CL.resolve(LogisticRegression().fit(a.X, y), a).bind(a.var_names)
-    assert isinstance(clf, CL.SklearnClassifier) and clf.classes == ["A", "B"]
+    assert isinstance(clf, CL.SklearnClassifier)
+    assert clf.classes == ["A", "B"]
     assert clf.predict_proba(a.X).shape == (a.n_obs, 2)
     with pytest.raises(ScadvInputError, match="predict_proba"):
         CL.resolve(LinearSVC().fit(a.X, y), a)

@@ -40,11 +40,12 @@ def test_fast_evaluators_match_stacked_rows(small_trained_copy, kind):
     else:
         est = RandomForestClassifier if kind == "forest" else ExtraTreesClassifier
         clf = est(n_estimators=12, random_state=0).fit(a.X, a.obs["cell_type"].astype(str))
-    s, blk, idx, cols, values = _setup(a, clf)
+    s, blk, _idx, cols, values = _setup(a, clf)
     live = cols >= 0  # genes the classifier reads (all but the marker scorer's non-markers)
     cols, values = cols[live], values[:, :, live]
     fast, slow = _both(s, blk)
-    assert type(fast) is not E.GenericEvaluator and type(slow) is E.GenericEvaluator
+    assert type(fast) is not E.GenericEvaluator
+    assert type(slow) is E.GenericEvaluator
     np.testing.assert_allclose(fast.proba, slow.proba, atol=1e-5)
     rng = np.random.default_rng(0)
     n = len(blk)
@@ -83,7 +84,7 @@ def test_fast_evaluators_match_stacked_rows(small_trained_copy, kind):
 
 
 def test_only_changed_cells_are_classified(small_trained_copy):
-    s, blk, idx, cols, values = _setup(small_trained_copy, None)
+    s, blk, _idx, cols, values = _setup(small_trained_copy, None)
     ev = G.evaluator(s, blk, batch_rows=10_000)
     before = s.counter.rows
     _, _, n_changed = E.single_gene_scan(ev, cols, values)
@@ -102,7 +103,7 @@ def test_non_rowwise_function_sees_whole_clusters(small_trained_copy):
         return e / e.sum(axis=1, keepdims=True)
 
     clf = CL.FunctionClassifier(centred, classes=["u", "v"], rowwise=False)
-    s, blk, idx, cols, values = _setup(a, clf)
+    s, blk, _idx, cols, values = _setup(a, clf)
     ev = G.evaluator(s, blk, batch_rows=50)
     E.single_gene_scan(ev, cols[:6], values[:, :, :6])
     assert set(seen) == {len(blk)}

@@ -16,9 +16,11 @@ def test_grid_finds_the_two_gene_answer(tmp_path):
     scadv.tl.grid(a, cluster_key="cluster", target="A", classifier=two_gene_rule,
                   genes=list(a.var_names), add_layer=True, add_obs=True, progress=False)
     rec = a.uns["scadv"]["grid"]
-    assert rec["found"] and rec["smallest_size"] == 2
+    assert rec["found"]
+    assert rec["smallest_size"] == 2
     table = rec["table"]
-    assert list(table["genes"]) == ["g0;g1"] and list(table["modifications"]) == ["perc99;perc99"]
+    assert list(table["genes"]) == ["g0;g1"]
+    assert list(table["modifications"]) == ["perc99;perc99"]
     assert table["new_label"].iloc[0] == "B"
     # sizes 1 and 2 were searched (8 genes × 2 modifications, then pairs), not the rest
     assert rec["n_combinations_evaluated"] == 16 + 28 * 4
@@ -35,7 +37,8 @@ def test_random_walk_finds_the_two_gene_answer():
                          genes=list(a.var_names), modification=["perc1", "perc99", "random"],
                          walk_length=30, seed=1, progress=False)
     rec = a.uns["scadv"]["random_walk"]
-    assert rec["found"] and rec["best_size"] == 2
+    assert rec["found"]
+    assert rec["best_size"] == 2
     assert list(rec["best_genes"]) == ["g0", "g1"]
     assert list(rec["best_modifications"]) == ["perc99", "perc99"]
     assert rec["table"]["size"].is_monotonic_decreasing
@@ -51,7 +54,9 @@ def test_no_combination_found_is_reported_not_raised():
     scadv.tl.grid(a, cluster_key="cluster", target="A", classifier=two_gene_rule,
                   genes=["g0", "g2", "g3"], progress=False)
     rec = a.uns["scadv"]["grid"]
-    assert not rec["found"] and rec["smallest_size"] == 0 and len(rec["table"]) == 0
+    assert not rec["found"]
+    assert rec["smallest_size"] == 0
+    assert len(rec["table"]) == 0
     assert rec["n_combinations_evaluated"] == rec["n_combinations_total"] == 3**3 - 1
 
 

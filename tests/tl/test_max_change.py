@@ -46,7 +46,8 @@ def test_mlp_set_keeps_the_label_is_maximal_and_deterministic(small_trained_copy
     kw = dict(cluster_key="cell_type", target="type0", modification="perc1", progress=False)
     scadv.tl.max_change(a, add_layer=True, seed=3, **kw)
     rec = a.uns["scadv"]["max_change"]
-    assert len(rec["signature"]) > 0 and len(rec["modifiable"]) > 0
+    assert len(rec["signature"]) > 0
+    assert len(rec["modifiable"]) > 0
     mask = (a.obs["cell_type"] == "type0").to_numpy()
     scadv.tl.predict(a, layer="scadv_max_change", key_added="after")
     assert _majority(a.obs.loc[mask, "scadv_after_pred"]) == rec["original_label"] == "type0"

@@ -35,13 +35,15 @@ def test_percentiles_over_all_cells(columns):
 
 def test_fixed_aberrant_and_random(columns):
     x, cluster = columns
-    assert (_values(3, x, cluster) == 3).all() and (_values("fixed=-2.5", x, cluster) == -2.5).all()
+    assert (_values(3, x, cluster) == 3).all()
+    assert (_values("fixed=-2.5", x, cluster) == -2.5).all()
     top = np.abs(x).max(axis=0)
     np.testing.assert_allclose(_values("positive_aberrant", x, cluster)[0], 1e4 * top, rtol=1e-6)
     np.testing.assert_allclose(_values("negative_aberrant", x, cluster)[0], -1e4 * top, rtol=1e-6)
     r1, r2 = _values("random", x, cluster, seed=1), _values("random", x, cluster, seed=1)
     np.testing.assert_array_equal(r1, r2)  # seeded
-    assert (r1 >= x.min(axis=0)).all() and (r1 <= x.max(axis=0)).all()
+    assert (r1 >= x.min(axis=0)).all()
+    assert (r1 <= x.max(axis=0)).all()
     assert not np.array_equal(r1, _values("random", x, cluster, seed=2))
 
 
@@ -61,7 +63,8 @@ def test_user_function_gets_cluster_and_all_values(columns):
     x, cluster = columns
 
     def to_global_median(cluster_values, all_values):
-        assert cluster_values.shape == (30, 5) and all_values.shape == (200, 5)
+        assert cluster_values.shape == (30, 5)
+        assert all_values.shape == (200, 5)
         return np.median(all_values, axis=0)
 
     out = _values(to_global_median, x, cluster)

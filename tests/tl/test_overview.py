@@ -17,7 +17,7 @@ def test_overview_agrees_with_single_gene_and_max_change(pbmc3k_markers, tmp_pat
     scadv.tl.overview(a, target=["B", "NK"], modification=["perc1", "perc99"], **kw)
     rec = a.uns["scadv"]["overview"]
     table = rec["table"]
-    assert list(zip(table["cluster"], table["modification"])) == [
+    assert list(zip(table["cluster"], table["modification"], strict=True)) == [
         ("B", "perc1"), ("B", "perc99"), ("NK", "perc1"), ("NK", "perc99")]
     scadv.tl.single_gene(a, target=["B", "NK"], modification=["perc1", "perc99"], **kw)
     summary = a.uns["scadv"]["single_gene"]["summary"]

@@ -74,7 +74,7 @@ def overview(
                 color="white" if top and v > 0.6 * top else "black")
     ax.set_xticks(np.arange(len(mods)), mods)
     ax.set_yticks(np.arange(len(targets)),
-                  [f"{t} (n={int(n)})" for t, n in zip(targets, n_cells)])
+                  [f"{t} (n={int(n)})" for t, n in zip(targets, n_cells, strict=True)])
     ax.set_title(f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
                  f"{int(table['n_genes'].iloc[0])} genes)", fontsize="medium")
     ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)

@@ -73,17 +73,17 @@ def single_gene(
     ax = U.axes(ax, figsize=(6.0, 0.28 * max(len(rows), 3) + 1.3))
     y = np.arange(len(rows))
     colors = [palette[classes.index(lab)] if flip else NOT_FLIPPED
-              for lab, flip in zip(rows["new_label"], rows["flipped"])]
+              for lab, flip in zip(rows["new_label"], rows["flipped"], strict=True)]
     ax.barh(y, rows["original_score"], color=colors)
     ax.scatter(rows["original_score"], y, color=colors, s=14, zorder=3)  # zero-length bars
     ax.axvline(base_score, color="0.3", ls=":", lw=1)
-    ax.set_yticks(y, [f"{g} ({m})" for g, m in zip(rows["gene"], rows["modification"])],
-                  fontsize="small")
+    names = [f"{g} ({m})" for g, m in zip(rows["gene"], rows["modification"], strict=True)]
+    ax.set_yticks(y, names, fontsize="small")
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"mean P({base_label}) over the cluster after the modification")
     counts = ", ".join(f"{m}: {int(n)}" for m, n in zip(info["modification"],
-                                                       info["n_flip_genes"]))
+                                                       info["n_flip_genes"], strict=True))
     ax.set_title(f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
                  f"{counts}", fontsize="medium")
     flipped_to = sorted(set(rows.loc[rows["flipped"], "new_label"]))

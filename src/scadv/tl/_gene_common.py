@@ -200,7 +200,7 @@ def write(s: Setup, *, step: str, start: datetime, key: str, rec: dict[str, Any]
     ``modified`` are the cluster's rows after the attack (cluster cells × all attacked genes);
     ``pred`` the cluster cells' new predicted classes (indices into ``classes``).
     """
-    layers, obs, colors = {}, {}, {}
+    layers, obs = {}, {}
     if add_layer and modified is not None:
         full = s.x.toarray() if sparse.issparse(s.x) else np.array(s.x, dtype=np.float32)
         full = full.astype(np.float32, copy=False)
@@ -214,4 +214,4 @@ def write(s: Setup, *, step: str, start: datetime, key: str, rec: dict[str, Any]
         obs[col] = pd.Categorical.from_codes(codes, categories=list(s.classes))
         rec["obs"] = col
     write_results(s.adata, step=step, start=start, uns={key: rec}, obs=obs or None,
-                  layers=layers or None, colors=colors or None)
+                  layers=layers or None)

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _model as M
 from .._errors import ScadvInputError
 from ..classifiers import Classifier
 
@@ -180,7 +179,7 @@ class GenericEvaluator(Evaluator):
             variant = np.arange(len(cells))
         out = np.empty((len(cells), self.n_classes), dtype=np.float32)
         starts = np.flatnonzero(np.r_[True, variant[1:] != variant[:-1]])
-        for lo, hi in zip(starts, np.r_[starts[1:], len(cells)]):
+        for lo, hi in zip(starts, np.r_[starts[1:], len(cells)], strict=True):
             x = self.block.copy()
             x[cells[lo:hi], genes[lo:hi]] = values[lo:hi]
             out[lo:hi] = self._call(x)[cells[lo:hi]]

@@ -113,7 +113,7 @@ def _decile_shift(columns: np.ndarray, cluster: np.ndarray, k: float) -> np.ndar
     rank = np.empty(block.shape, dtype=np.int64)
     for j in range(columns.shape[1]):
         rank[:, j] = np.searchsorted(ordered[:, j], block[:, j], side="left")
-    pos = np.clip(rank + int(round(k * n / 10)), 0, n - 1)
+    pos = np.clip(rank + round(k * n / 10), 0, n - 1)
     return np.take_along_axis(ordered, pos, axis=0).astype(np.float32)
 
 

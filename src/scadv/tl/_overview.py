@@ -107,7 +107,7 @@ def overview(
     rows = []
     with tqdm(total=len(targets) * len(mods), desc="overview", unit="cluster×modification",
               disable=not progress, leave=False, mininterval=0.5) as bar:
-        for t, mask in zip(targets, masks):
+        for t, mask in zip(targets, masks, strict=True):
             blk = G.block(s, mask)
             values = G.values_for(s, mods, idx, mask, seed, str(t))
             ev = G.evaluator(s, blk, batch_rows=batch_rows)

@@ -181,7 +181,7 @@ def random_walk(
         "best_genes": np.asarray(s.var_names[cb.idx[on]], dtype=str),
         "best_modifications": np.asarray([cb.mods[m - 1].name for m in best[0][on]]
                                          if best is not None else [], dtype=str),
-        "best_size": int(len(on)),
+        "best_size": len(on),
         "new_label": s.classes[int(best[1])] if best is not None else "None",
         "table": table,
     }

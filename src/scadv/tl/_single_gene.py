@@ -139,7 +139,7 @@ def single_gene(
     total = len(targets) * len(mods) * len(idx)
     with tqdm(total=total, desc="single-gene scan", unit="variant", disable=not progress,
               leave=False, mininterval=0.5) as bar:
-        for t, mask in zip(targets, masks):
+        for t, mask in zip(targets, masks, strict=True):
             blk = G.block(s, mask)
             ev = G.evaluator(s, blk, batch_rows=batch_rows)
             values = G.values_for(s, mods, idx, mask, seed, str(t))
@@ -158,7 +158,7 @@ def single_gene(
                     "cluster": str(t), "modification": m.name,
                     "original_label": s.classes[base_label], "original_score": float(base_score),
                     "n_cells": int(mask.sum()), "n_genes": len(idx),
-                    "n_flip_genes": int(len(flips)),
+                    "n_flip_genes": len(flips),
                 })
     table = pd.concat(tables, ignore_index=True)
     summary = pd.DataFrame(summaries)
