@@ -22,7 +22,7 @@ from . import _gene_engine as E
 
 Order = Literal["screen", "given", "random"]
 #: Cells sampled for the screen that orders the genes.
-_SCREEN_CELLS = 256
+_SCREEN_CELLS = 128
 _TINY = 1e-12
 
 
