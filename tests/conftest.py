@@ -190,3 +190,61 @@ def assert_unchanged(adata: ad.AnnData, before: dict) -> None:
     assert after["var_names"].equals(before["var_names"])
     for key in ("layers", "obsm", "uns", "raw"):
         assert after[key] == before[key], key
+
+
+@pytest.fixture(scope="session")
+def _pbmc3k_markers(_pbmc3k_raw: ad.AnnData) -> ad.AnnData:
+    import scadv
+    from scadv.classifiers import PBMC_MARKERS, marker_genes
+
+    adata = _pbmc3k_raw.copy()
+    scadv.pp.prepare(adata, include_genes=marker_genes(PBMC_MARKERS))
+    return adata
+
+
+@pytest.fixture
+def pbmc3k_markers(_pbmc3k_markers: ad.AnnData) -> ad.AnnData:
+    """PBMC3k prepared with the canonical PBMC markers forced into the model genes (no
+    classifier trained; a fresh copy)."""
+    return _pbmc3k_markers.copy()
+
+
+def make_model_space(n_per_cluster: int = 20, n_genes: int = 8, seed: int = 0) -> ad.AnnData:
+    """A tiny AnnData already in a classifier's input space, for the gene attacks.
+
+    Cluster ``'A'`` has genes 0 and 1 at 0, cluster ``'B'`` at 1; every other gene is noise.
+    With :func:`two_gene_rule` as classifier, modifying gene 0 or gene 1 alone to the 99th
+    percentile (1) never flips cluster A; modifying both does.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 0.1, size=(2 * n_per_cluster, n_genes)).astype(np.float32)
+    x[:n_per_cluster, :2] = 0.0
+    x[n_per_cluster:, :2] = 1.0
+    return ad.AnnData(
+        X=x,
+        obs=pd.DataFrame({"cluster": pd.Categorical(["A"] * n_per_cluster + ["B"] * n_per_cluster)},
+                         index=[f"c{i}" for i in range(2 * n_per_cluster)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]),
+    )
+
+
+def two_gene_rule(x: np.ndarray) -> pd.DataFrame:
+    """Class ``'B'`` when gene 0 + gene 1 > 1.5 (a steep logistic), else ``'A'``."""
+    p = 1.0 / (1.0 + np.exp(-8.0 * (x[:, 0] + x[:, 1] - 1.5)))
+    return pd.DataFrame({"A": 1.0 - p, "B": p})
+
+
+@pytest.fixture(scope="session")
+def _small_trained_once() -> ad.AnnData:
+    import scadv
+
+    adata = make_counts()
+    scadv.pp.prepare(adata, n_top_genes=100)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
+    return adata
+
+
+@pytest.fixture
+def small_trained_copy(_small_trained_once: ad.AnnData) -> ad.AnnData:
+    """As ``small_trained``, trained once per session (a fresh copy per test)."""
+    return _small_trained_once.copy()

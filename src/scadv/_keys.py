@@ -120,3 +120,17 @@ def layer_pred(layer: str) -> str:
     """``obs`` column with the class predicted for a perturbed layer's cells (NaN: not
     perturbed); :func:`attack_pred` is this for attack layers."""
     return f"{layer}_pred"
+
+
+# ---- gene-level attacks (scadv.tl.single_gene, max_change, cgd, grid, random_walk) ------------
+
+def gene_attack_layer(attack_key: str) -> str:
+    """``layers`` key of a gene-level attack's modified matrix, e.g. ``scadv_max_change`` (the
+    target cluster's cells modified, every other cell as it was)."""
+    return f"{PREFIX}_{attack_key}"
+
+
+def gene_attack_pred(attack_key: str) -> str:
+    """``obs`` column with the target cluster's predictions after a gene-level attack (NaN for
+    cells outside the cluster)."""
+    return f"{PREFIX}_{attack_key}_pred"

@@ -1,10 +1,23 @@
 """Plots (``scadv.pl``)."""
 
+from ._cgd import cgd
 from ._flip_rate import flip_rate
 from ._meta_cell import meta_cell
 from ._meta_confusion import meta_confusion
 from ._meta_embedding import meta_embedding
 from ._meta_scores import meta_scores
+from ._overview import overview
 from ._roc import roc
+from ._single_gene import single_gene
 
-__all__ = ["flip_rate", "meta_cell", "meta_confusion", "meta_embedding", "meta_scores", "roc"]
+__all__ = [
+    "cgd",
+    "flip_rate",
+    "meta_cell",
+    "meta_confusion",
+    "meta_embedding",
+    "meta_scores",
+    "overview",
+    "roc",
+    "single_gene",
+]

@@ -44,3 +44,11 @@ def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes:
     if show:
         plt.show()
     return ax
+
+
+def palette(adata: AnnData, classes: list[str], label_key: str = "") -> list[str]:
+    """One colour per class: the user's ``uns['<label_key>_colors']`` where it covers the
+    classes, else scanpy's default palette (as the attack plots)."""
+    from ..tl._attack import class_colors
+
+    return class_colors(adata, label_key, classes)

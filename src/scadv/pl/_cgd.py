@@ -1,0 +1,68 @@
+"""``scadv.pl.cgd``: a CGD walk, fraction of the cluster switched against genes modified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from . import _utils as U
+
+
+def cgd(
+    adata: AnnData,
+    *,
+    key: str = "cgd",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """The trajectory of :func:`scadv.tl.cgd`: fractions of the cluster's cells predicted as
+    the new label and as the original one, against the number of genes modified.
+
+    Parameters
+    ----------
+    adata
+        Holds a result of :func:`scadv.tl.cgd`.
+    key
+        Its ``key_added``.
+    ax
+        Axes to draw into; a new figure by default.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    save
+        File to save the figure to.
+
+    Returns
+    -------
+    The axes drawn into.
+    """
+    rec = U.record(adata, key, needs=("trajectory", "to", "original_label", "start_frac_to"),
+                   made_by="scadv.tl.cgd")
+    tr: pd.DataFrame = rec["trajectory"]
+    to, orig = str(rec["to"]), str(rec["original_label"])
+    classes = [str(c) for c in np.asarray(rec["classes"])]
+    palette = U.palette(adata, classes, str(rec.get("cluster_key", "")))
+    x = np.r_[0, tr["n_genes_modified"].to_numpy()]
+    ax = U.axes(ax, figsize=(5.5, 3.6))
+    frac_to = np.r_[float(rec["start_frac_to"]), tr["frac_to"].to_numpy()]
+    frac_orig = np.r_[float(rec["start_frac_original"]), tr["frac_original"].to_numpy()]
+    ax.step(x, frac_to, where="post", color=palette[classes.index(to)],
+            label=f"predicted {to}")
+    ax.step(x, frac_orig, where="post", color=palette[classes.index(orig)],
+            label=f"predicted {orig}")
+    ax.axhline(0.5, color="0.6", ls=":", lw=1)
+    if bool(rec.get("switched", False)):
+        ax.axvline(x[-1], color="0.3", ls="--", lw=1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("genes modified")
+    ax.set_ylabel("fraction of the cluster's cells")
+    mode = "true gradients" if str(rec.get("mode")) == "gradient" else "probes"
+    verdict = "switched" if bool(rec.get("switched", False)) else "not switched"
+    ax.set_title(f"CGD ({mode}) on {rec['target']}: {verdict} after {int(x[-1])} genes",
+                 fontsize="medium")
+    ax.legend(loc="best", fontsize="small", frameon=False)
+    return U.finish(ax, show=show, save=save)

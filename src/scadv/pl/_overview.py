@@ -1,0 +1,81 @@
+"""``scadv.pl.overview``: heatmap of a gene-attack overview (clusters × modifications)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+
+from .._errors import ScadvInputError
+from . import _utils as U
+
+_TITLES = {
+    "n_flip_genes": "genes that flip the cluster alone",
+    "n_signature_genes": "signature genes (cannot be modified with the others)",
+}
+
+
+def overview(
+    adata: AnnData,
+    *,
+    key: str = "overview",
+    value: Literal["n_flip_genes", "n_signature_genes"] = "n_flip_genes",
+    cmap: str = "Reds",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """Per cluster and modification, how many genes flip the cluster (or must stay).
+
+    Parameters
+    ----------
+    adata
+        Holds a result of :func:`scadv.tl.overview`.
+    key
+        Its ``key_added``.
+    value
+        ``'n_flip_genes'`` (genes that change the label alone) or ``'n_signature_genes'``
+        (genes left out of the max-change set).
+    cmap
+        Matplotlib colour map.
+    ax
+        Axes to draw into; a new figure by default.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    save
+        File to save the figure to.
+
+    Returns
+    -------
+    The axes drawn into.
+    """
+    rec = U.record(adata, key, needs=("table", "targets", "modifications"),
+                   made_by="scadv.tl.overview")
+    if value not in _TITLES:
+        raise ScadvInputError(f"value must be one of {list(_TITLES)}, got {value!r}.")
+    table: pd.DataFrame = rec["table"]
+    if value == "n_signature_genes" and (table[value] < 0).all():
+        raise ScadvInputError(f"{key!r} was run with signature=False; plot value='n_flip_genes' "
+                              "or run scadv.tl.overview(..., signature=True).")
+    targets = [str(t) for t in np.asarray(rec["targets"])]
+    mods = [str(m) for m in np.asarray(rec["modifications"])]
+    grid = table.pivot(index="cluster", columns="modification", values=value)
+    grid = grid.loc[targets, mods].to_numpy(dtype=float)
+    n_cells = table.drop_duplicates("cluster").set_index("cluster").loc[targets, "n_cells"]
+    ax = U.axes(ax, figsize=(1.1 * len(mods) + 3.2, 0.42 * len(targets) + 1.4))
+    im = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=0)
+    top = np.nanmax(grid) if grid.size else 0
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize="small",
+                color="white" if top and v > 0.6 * top else "black")
+    ax.set_xticks(np.arange(len(mods)), mods)
+    ax.set_yticks(np.arange(len(targets)),
+                  [f"{t} (n={int(n)})" for t, n in zip(targets, n_cells, strict=True)])
+    ax.set_title(f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
+                 f"{int(table['n_genes'].iloc[0])} genes)", fontsize="medium")
+    ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    return U.finish(ax, show=show, save=save)

@@ -1,0 +1,93 @@
+"""``scadv.pl.single_gene``: the genes whose modification alone changes a cluster's label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.patches import Patch
+
+from .._errors import ScadvInputError
+from . import _utils as U
+
+NOT_FLIPPED = "#c8c8c8"
+
+
+def single_gene(
+    adata: AnnData,
+    *,
+    key: str = "single_gene",
+    target: str | None = None,
+    top: int = 20,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """The genes that hurt a cluster's label most when modified alone, flips highlighted.
+
+    One bar per (gene, modification), the most harmful first: its length is the mean
+    probability of the cluster's original label after the modification (the dotted line is
+    the unmodified value). Bars of genes that flip the cluster are coloured by the new label;
+    the others are grey.
+
+    Parameters
+    ----------
+    adata
+        Holds a result of :func:`scadv.tl.single_gene`.
+    key
+        Its ``key_added``.
+    target
+        The cluster to show (default: the first one attacked).
+    top
+        Number of bars.
+    ax
+        Axes to draw into; a new figure by default.
+    show
+        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+    save
+        File to save the figure to.
+
+    Returns
+    -------
+    The axes drawn into.
+    """
+    rec = U.record(adata, key, needs=("table", "summary", "targets"),
+                   made_by="scadv.tl.single_gene")
+    table: pd.DataFrame = rec["table"]
+    summary: pd.DataFrame = rec["summary"]
+    targets = [str(t) for t in np.asarray(rec["targets"])]
+    target = targets[0] if target is None else str(target)
+    if target not in targets:
+        raise ScadvInputError(f"cluster {target!r} was not attacked in {key!r} "
+                              f"(attacked: {targets}).")
+    rows = table[table["cluster"] == target].sort_values(["original_score", "gene"])
+    rows = rows.head(int(top))
+    info = summary[summary["cluster"] == target]
+    base_score = float(info["original_score"].iloc[0])
+    base_label = str(info["original_label"].iloc[0])
+    classes = [str(c) for c in np.asarray(rec["classes"])]
+    palette = U.palette(adata, classes, str(rec.get("cluster_key", "")))
+    ax = U.axes(ax, figsize=(6.0, 0.28 * max(len(rows), 3) + 1.3))
+    y = np.arange(len(rows))
+    colors = [palette[classes.index(lab)] if flip else NOT_FLIPPED
+              for lab, flip in zip(rows["new_label"], rows["flipped"], strict=True)]
+    ax.barh(y, rows["original_score"], color=colors)
+    ax.scatter(rows["original_score"], y, color=colors, s=14, zorder=3)  # zero-length bars
+    ax.axvline(base_score, color="0.3", ls=":", lw=1)
+    names = [f"{g} ({m})" for g, m in zip(rows["gene"], rows["modification"], strict=True)]
+    ax.set_yticks(y, names, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"mean P({base_label}) over the cluster after the modification")
+    counts = ", ".join(f"{m}: {int(n)}" for m, n in zip(info["modification"],
+                                                       info["n_flip_genes"], strict=True))
+    ax.set_title(f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
+                 f"{counts}", fontsize="medium")
+    flipped_to = sorted(set(rows.loc[rows["flipped"], "new_label"]))
+    handles = [Patch(color=palette[classes.index(c)], label=f"flips to {c}") for c in flipped_to]
+    handles.append(Patch(color=NOT_FLIPPED, label="label unchanged"))
+    ax.legend(handles=handles, loc="lower right", fontsize="small", frameon=False)
+    return U.finish(ax, show=show, save=save)
