@@ -51,7 +51,8 @@ def main() -> None:
                                   progress=False)
         acc = adata.uns["scadv"][key]["metrics"]["test"]["accuracy"]
         print(f"\n{title}: test accuracy {acc:.3f}")
-        print(f"  {'setting':48s} {'flip ε=0.05':>11s} {'ε=0.1':>6s} {'ε=0.15':>6s} {'seconds':>8s}")
+        print(f"  {'setting':48s} {'flip ε=0.05':>11s} {'ε=0.1':>6s} {'ε=0.15':>6s} "
+              f"{'seconds':>8s}")
         for name, kw in SETTINGS:
             t0 = time.perf_counter()
             if kw is None:

@@ -56,7 +56,7 @@ def main() -> None:
     flips = np.asarray(flips)
     print(f"\nmean ± sd over {len(args.seeds)} seeds: test accuracy {np.mean(accs):.3f} ± "
           f"{np.std(accs):.3f}; flip rate " + ", ".join(
-              f"{m:.3f} ± {s:.3f}" for m, s in zip(flips.mean(0), flips.std(0))))
+              f"{m:.3f} ± {s:.3f}" for m, s in zip(flips.mean(0), flips.std(0), strict=True)))
 
 
 if __name__ == "__main__":

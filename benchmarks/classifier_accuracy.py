@@ -61,7 +61,8 @@ def main() -> None:
                 test.append(m["test"]["accuracy"])
                 bal.append(m["test"]["balanced_accuracy"])
             print(f"  {name:44s} {np.mean(val):.3f} ± {np.std(val):.3f} "
-                  f"{np.mean(test):.3f} ± {np.std(test):.3f} {np.mean(bal):.3f} ± {np.std(bal):.3f}")
+                  f"{np.mean(test):.3f} ± {np.std(test):.3f} "
+                  f"{np.mean(bal):.3f} ± {np.std(bal):.3f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Same model, same cells, same budgets and the same attack for all three: L∞, cross-entropy
 against the model's clean prediction, α = 0.02, 10 steps, no random start, ε ∈ {0.05, 0.1, 0.15},
-all cells in one batch for captum and ART (scadv: its default batch size). Each tool is timed over repeated runs (median) after a warm-up; the
-flip rates are printed so one can see the tools did the same work.
+all cells in one batch for captum and ART (scadv: its default batch size). Each tool is timed
+over repeated runs (median) after a warm-up; the flip rates are printed so one can see the
+tools did the same work.
 
 Run (needs the ``bench`` extra: ``pip install -e '.[bench]' -c constraints.txt``)::
 
@@ -15,19 +16,19 @@ Without PBMC3k it falls back to the bundled ``pbmc68k_reduced``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import statistics
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import torch
-
-import inspect
 
 import scadv
 from scadv import _model as M
@@ -129,9 +130,11 @@ def main() -> None:
     print(f"data: {name}; {torch.get_num_threads()} torch threads; "
           f"{os.cpu_count()} CPUs; {platform.processor() or platform.machine()}")
     print(f"attack: L∞ PGD, ε={EPS}, α={ALPHA}, {STEPS} steps, cross-entropy, no random start\n")
-    print("GFLOP/s counts the FLOPs each tool executes (scadv: rows it really computed; captum and\n"
-          "ART: classic PGD, every budget and step). '× scadv' is the tool's time / scadv's.\n")
-    print(f"{'model':28s} {'tool':14s} {'median s':>9s} {'GFLOP/s':>8s} {'× scadv':>8s}  flip rate per ε")
+    print("GFLOP/s counts the FLOPs each tool executes (scadv: rows it really computed; "
+          "captum and\nART: classic PGD, every budget and step). "
+          "'× scadv' is the tool's time / scadv's.\n")
+    print(f"{'model':28s} {'tool':14s} {'median s':>9s} {'GFLOP/s':>8s} {'× scadv':>8s}  "
+          "flip rate per ε")
     for title, rank in (("PCA-50 input (default)", 50), ("plain MLP (input_rank=None)", None)):
         scadv.tl.train_classifier(adata, label, input_rank=rank, key_added="bench",
                                   progress=False)
@@ -150,10 +153,10 @@ def main() -> None:
             run_scadv(model, x, y, early_stop=early, stats=stats)
             executed[tool] = flops_per_row(model) * (stats["forward_rows"] + stats["backward_rows"])
         tools = {
-            "scadv": lambda: run_scadv(model, x, y),
-            "scadv-classic": lambda: run_scadv(model, x, y, early_stop=False),
-            "captum": lambda: run_captum(model, x, y),
-            "ART": lambda: run_art(model, x, y, len(record["classes"])),
+            "scadv": partial(run_scadv, model, x, y),
+            "scadv-classic": partial(run_scadv, model, x, y, early_stop=False),
+            "captum": partial(run_captum, model, x, y),
+            "ART": partial(run_art, model, x, y, len(record["classes"])),
         }
         results = {}
         for tool, fn in tools.items():

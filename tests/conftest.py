@@ -232,19 +232,3 @@ def two_gene_rule(x: np.ndarray) -> pd.DataFrame:
     """Class ``'B'`` when gene 0 + gene 1 > 1.5 (a steep logistic), else ``'A'``."""
     p = 1.0 / (1.0 + np.exp(-8.0 * (x[:, 0] + x[:, 1] - 1.5)))
     return pd.DataFrame({"A": 1.0 - p, "B": p})
-
-
-@pytest.fixture(scope="session")
-def _small_trained_once() -> ad.AnnData:
-    import scadv
-
-    adata = make_counts()
-    scadv.pp.prepare(adata, n_top_genes=100)
-    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
-    return adata
-
-
-@pytest.fixture
-def small_trained_copy(_small_trained_once: ad.AnnData) -> ad.AnnData:
-    """As ``small_trained``, trained once per session (a fresh copy per test)."""
-    return _small_trained_once.copy()

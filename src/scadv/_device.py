@@ -22,7 +22,8 @@ def resolve(device: Device = "auto") -> torch.device:
     except (RuntimeError, TypeError) as err:
         raise ScadvInputError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ScadvInputError("device='cuda' was requested but no CUDA GPU is available; use 'auto'.")
+        raise ScadvInputError(
+            "device='cuda' was requested but no CUDA GPU is available; use 'auto'.")
     return dev
 
 

@@ -59,7 +59,8 @@ def embedding(model_key: str) -> str:
 
 
 def default_attack_key(method: str, model_key: str) -> str:
-    """Default ``key_added`` of an attack: ``'pgd'`` for the default model, else ``'pgd_<model>'``."""
+    """Default ``key_added`` of an attack: ``'pgd'`` for the default model, else
+    ``'pgd_<model>'``."""
     return method if model_key == DEFAULT_MODEL else f"{method}_{model_key}"
 
 

@@ -52,7 +52,7 @@ class MLP(nn.Module):
         self.input = nn.Linear(n_input, input_rank) if input_rank else nn.Identity()
         layers: list[nn.Module] = []
         width = input_rank or n_input
-        for h, p in zip(hidden, dropout):
+        for h, p in zip(hidden, dropout, strict=True):
             layers += [nn.Linear(width, int(h)), nn.ReLU(), nn.Dropout(float(p))]
             width = int(h)
         self.body = nn.Sequential(*layers)

@@ -78,7 +78,8 @@ def _plain(value: Any) -> Any:
     """A parameter as something HDF5 can store and a human can read."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+    scalar = (bool, int, float, str)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, scalar) for v in value):
         return list(value)
     if isinstance(value, torch.device):
         return str(value)

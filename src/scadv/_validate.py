@@ -68,7 +68,9 @@ def _values(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
     return np.asarray(x)
 
 
-def check_finite(x: np.ndarray | sparse.spmatrix, *, what: str, adata: AnnData | None = None) -> None:
+def check_finite(
+    x: np.ndarray | sparse.spmatrix, *, what: str, adata: AnnData | None = None
+) -> None:
     """Raise if ``x`` holds NaN or infinite values, naming the first offending cell and gene."""
     vals = _values(x)
     if vals.dtype.kind not in "fc":
@@ -143,8 +145,8 @@ def detect_kind(x: np.ndarray | sparse.spmatrix, *, what: str) -> DataKind:
     if vals.max() <= _MAX_LOGNORM:
         return "lognorm"
     raise ScadvInputError(
-        f"{what} holds non-negative, non-integer values up to {vals.max():.4g}: it looks normalised "
-        "but not log-transformed. Pass raw counts, or run sc.pp.log1p first."
+        f"{what} holds non-negative, non-integer values up to {vals.max():.4g}: it looks "
+        "normalised but not log-transformed. Pass raw counts, or run sc.pp.log1p first."
     )
 
 

@@ -123,8 +123,9 @@ def run_chain(adata: ad.AnnData, *, label_key: str, out: Path, name: str,
         f"  L∞ PGD ({int(attack['steps'])} steps) on {int(attack['n_cells'])} {cells} cells:",
     ]
     for e, flip, robust in zip(np.atleast_1d(attack["eps"]), np.atleast_1d(attack["flip_rate"]),
-                               np.atleast_1d(attack["robust_accuracy"])):
-        lines.append(f"    ε={K.format_eps(e):<5} flip rate {flip:.3f}   robust accuracy {robust:.3f}")
+                               np.atleast_1d(attack["robust_accuracy"]), strict=True):
+        lines.append(f"    ε={K.format_eps(e):<5} flip rate {flip:.3f}"
+                     f"   robust accuracy {robust:.3f}")
     lines += [
         f"  wrote {h5ad}",
         f"        {flip_png}",

@@ -28,7 +28,7 @@ def test_flip_rate_plot(small_trained, tmp_path):
 
 def test_draws_into_given_axes_and_umap_colours(small_trained):
     scadv.tl.pgd(small_trained, eps=0.3, cells="all", progress=False)
-    fig, axes = plt.subplots(1, 2)
+    _, axes = plt.subplots(1, 2)
     assert scadv.pl.flip_rate(small_trained, ax=axes[0], show=False) is axes[0]
     sc.pp.pca(small_trained, n_comps=10)
     sc.pp.neighbors(small_trained)

@@ -52,7 +52,7 @@ def test_meta_confusion(small_meta):
     n_test = (a.obs["scadv_split"] == "test").sum()
     assert axes[0].get_images()[0].get_array().shape == (3, 3)
     assert f"n={n_test}" in axes[0].get_title()
-    fig, given = plt.subplots(1, 3)
+    _, given = plt.subplots(1, 3)
     assert scadv.pl.meta_confusion(a, ax=given, show=False)[1] is given[1]
     with pytest.raises(ScadvInputError, match="three axes"):
         scadv.pl.meta_confusion(a, ax=given[:2], show=False)

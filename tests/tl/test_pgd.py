@@ -28,7 +28,7 @@ def test_pbmc3k_flip_rates(pbmc3k_trained):
     robust = np.asarray(rec["robust_accuracy"])
     assert robust[0] < rec["clean_accuracy"] and np.all(np.diff(robust) < 0)
     # per ε: the obs columns agree with the summary
-    for e, f in zip(rec["eps"], flips):
+    for e, f in zip(rec["eps"], flips, strict=True):
         col = a.obs[K.attack_flipped(key := "pgd", e)]
         assert col.notna().sum() == rec["n_cells"] == (a.obs["scadv_split"] == "test").sum()
         assert (col == True).sum() / rec["n_cells"] == pytest.approx(f)  # noqa: E712

@@ -218,7 +218,8 @@ def _choose_flavor(flavor: Flavor | None, counts: Any) -> str:
             "log-normalised. Use flavor='seurat' or pass the counts."
         )
     if flavor not in ("seurat_v3", "seurat", "cell_ranger"):
-        raise ScadvInputError(f"unknown flavor {flavor!r}; use 'seurat_v3', 'seurat' or 'cell_ranger'.")
+        raise ScadvInputError(
+            f"unknown flavor {flavor!r}; use 'seurat_v3', 'seurat' or 'cell_ranger'.")
     return flavor
 
 

@@ -89,7 +89,8 @@ def transform(
     layers: dict[str, Any] = {}
     if mi.kind == "counts" and not from_raw and not has_missing:
         cols = adata.var_names.get_indexer(genes)
-        layers[K.COUNTS_LAYER] = sparse.csr_matrix(V.matrix(adata, layer)[:, cols], dtype=np.float32)
+        counts = V.matrix(adata, layer)[:, cols]
+        layers[K.COUNTS_LAYER] = sparse.csr_matrix(counts, dtype=np.float32)
     raw = adata.raw
     if raw is None and mi.lognorm is not None and not from_raw:
         raw = AnnData(X=mi.lognorm, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)

@@ -80,7 +80,8 @@ def constraints(adata: AnnData, record: Mapping[str, Any], cells: np.ndarray, x0
     if clip is not None:
         if isinstance(clip, str):
             if clip != "observed":
-                raise ScadvInputError(f"clip must be None, 'observed' or (low, high), got {clip!r}.")
+                raise ScadvInputError(
+                    f"clip must be None, 'observed' or (low, high), got {clip!r}.")
             out.lower = np.asarray(recipe["x_min"], dtype=np.float32)
             out.upper = np.asarray(recipe["x_max"], dtype=np.float32)
             note["clip"] = "observed"
@@ -249,7 +250,8 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         **dict(extra or {}),
         "provenance": P.record(params, seed=seed, device=dev),
     }
-    rates = ", ".join(f"ε={K.format_eps(e)}: {r:.3f}" for e, r in zip(budget.eps, summary["flip_rate"]))
+    rates = ", ".join(f"ε={K.format_eps(e)}: {r:.3f}"
+                      for e, r in zip(budget.eps, summary["flip_rate"], strict=True))
     write_results(adata, step=f"{method} on {int(mask.sum())} cells (flip rate {rates})",
                   start=start, uns={key: rec}, obs=obs, layers=layers, colors=colors)
 
@@ -266,7 +268,9 @@ def class_colors(adata: AnnData, label_key: str, classes: list[str]) -> list[str
     col = adata.obs.get(label_key)
     user = adata.uns.get(f"{label_key}_colors")
     if col is not None and isinstance(col.dtype, pd.CategoricalDtype) and user is not None:
-        lookup = dict(zip(map(str, col.cat.categories), np.asarray(user).astype(str)))
+        # stale colour lists may be shorter or longer than the categories: pair what exists
+        lookup = dict(zip(map(str, col.cat.categories), np.asarray(user).astype(str),
+                          strict=False))
         if all(c in lookup for c in classes):
             return [lookup[c] for c in classes]
     base = sc.pl.palettes.default_20 if len(classes) <= 20 else sc.pl.palettes.default_102

@@ -81,9 +81,10 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str,
         per_class = np.where(n_per > 0, np.diag(cm) / np.maximum(n_per, 1), np.nan)
     present = n_per > 0
     return {
-        "n_cells": int(len(yt)),
+        "n_cells": len(yt),
         "accuracy": float((yt == yp).mean()) if len(yt) else float("nan"),
-        "balanced_accuracy": float(np.nanmean(per_class[present])) if present.any() else float("nan"),
+        "balanced_accuracy": (float(np.nanmean(per_class[present])) if present.any()
+                              else float("nan")),
         "per_class_accuracy": per_class.astype(np.float64),
         "n_cells_per_class": n_per.astype(np.int64),
         "confusion_matrix": cm.astype(np.int64),
@@ -112,11 +113,13 @@ def select_cells(adata: AnnData, cells: Cells, *, split_key: str) -> np.ndarray:
             if not mask.any():
                 raise ScadvInputError(f"no cell has obs[{key!r}] == 'test'; pass cells='all'.")
             return mask
-        raise ScadvInputError(f"cells must be 'test', 'all', cell names or a boolean mask, got {cells!r}.")
+        raise ScadvInputError(
+            f"cells must be 'test', 'all', cell names or a boolean mask, got {cells!r}.")
     arr = np.asarray(cells)
     if arr.dtype == bool:
         if arr.shape != (adata.n_obs,):
-            raise ScadvInputError(f"a boolean cells mask needs {adata.n_obs} entries, got {arr.shape}.")
+            raise ScadvInputError(
+                f"a boolean cells mask needs {adata.n_obs} entries, got {arr.shape}.")
         mask = arr.copy()
     else:
         idx = adata.obs_names.get_indexer(arr.astype(str))
