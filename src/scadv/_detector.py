@@ -376,6 +376,11 @@ def _fit_detector(nets: Networks, clean: np.ndarray, adv: np.ndarray, val_clean:
             if bad >= options.patience:
                 bar.update(options.detector_epochs - epoch - 1)
                 break
+    if best_state is None:  # the validation loss was never finite
+        raise ScadvInputError(
+            "the meta-detector's validation loss was NaN or infinite in every epoch, so there is "
+            "no detector to keep. Check the training cells for extreme values, or lower lr."
+        )
     model.load_state_dict(best_state)
     model.eval()
     return {**{k: np.asarray(v, dtype=np.float64) for k, v in history.items()},

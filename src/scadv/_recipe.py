@@ -72,7 +72,7 @@ def lognormalize(counts: np.ndarray | sparse.spmatrix, *, target_sum: float,
 def lognorm_to_model(lognorm: np.ndarray | sparse.spmatrix, recipe: Mapping[str, Any]
                      ) -> np.ndarray:
     """Z-score and clip log-normalised expression of the model genes (columns aligned)."""
-    x = lognorm.toarray() if sparse.issparse(lognorm) else np.array(lognorm, dtype=np.float32)
+    x = lognorm.toarray() if V.is_sparse(lognorm) else np.array(lognorm, dtype=np.float32)
     x = x.astype(np.float32, copy=False)
     mean = np.asarray(recipe["mean"], dtype=np.float32)
     std = np.asarray(recipe["std"], dtype=np.float32)
@@ -87,7 +87,7 @@ def lognorm_to_model(lognorm: np.ndarray | sparse.spmatrix, recipe: Mapping[str,
 def zscore_stats(lognorm: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and standard deviation (ddof=1, as :func:`scanpy.pp.scale`; 0 → 1)."""
     n = lognorm.shape[0]
-    if sparse.issparse(lognorm):
+    if V.is_sparse(lognorm):
         mean = np.asarray(lognorm.mean(axis=0), dtype=np.float64).ravel()
         sq = np.asarray(lognorm.multiply(lognorm).mean(axis=0), dtype=np.float64).ravel()
     else:
@@ -128,7 +128,8 @@ def stored(adata: AnnData) -> dict | None:
     return None
 
 
-def align(x: np.ndarray | sparse.spmatrix, names: Sequence[str], genes: Sequence[str], *,
+def align(x: np.ndarray | sparse.spmatrix, names: Sequence[str] | np.ndarray,
+          genes: Sequence[str] | np.ndarray, *,
           missing_genes: MissingGenes, what: str, fill: float | np.ndarray = 0.0,
           ) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
     """Columns of ``x`` in the order of ``genes``; returns ``(matrix, missing_mask)``.
@@ -160,7 +161,7 @@ def align(x: np.ndarray | sparse.spmatrix, names: Sequence[str], genes: Sequence
         )
     cols = x[:, np.where(missing, 0, pos)]
     if missing.any():
-        cols = cols.toarray() if sparse.issparse(cols) else np.array(cols, dtype=np.float32)
+        cols = cols.toarray() if V.is_sparse(cols) else np.array(cols, dtype=np.float32)
         cols[:, missing] = np.broadcast_to(fill, (len(genes),))[missing] if np.ndim(fill) else fill
     return cols, missing
 
@@ -266,5 +267,5 @@ def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None 
 
 
 def _dense(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
-    x = x.toarray() if sparse.issparse(x) else np.asarray(x)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    dense = x.toarray() if V.is_sparse(x) else np.asarray(x)
+    return np.ascontiguousarray(dense, dtype=np.float32)

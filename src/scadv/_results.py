@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from datetime import datetime
 from typing import Any
 
@@ -16,10 +16,10 @@ from . import _provenance as P
 from ._errors import ScadvInputError
 
 
-def scadv_uns(adata: AnnData) -> dict:
+def scadv_uns(adata: AnnData) -> MutableMapping[str, Any]:
     """Return ``adata.uns['scadv']``, creating it if absent; refuse a foreign object there."""
     ns = adata.uns.setdefault(K.UNS, {})
-    if not isinstance(ns, Mapping):
+    if not isinstance(ns, MutableMapping):
         raise ScadvInputError(
             f"adata.uns[{K.UNS!r}] holds a {type(ns).__name__}, not the dictionary scadv keeps its "
             f"records in. Rename or delete that entry (del adata.uns[{K.UNS!r}])."
@@ -57,7 +57,7 @@ def h5ad_safe(obj: Any, *, where: str = "uns") -> Any:
     return obj
 
 
-def _update_provenance(ns: dict, *, step: str, keys: list[str]) -> None:
+def _update_provenance(ns: MutableMapping[str, Any], *, step: str, keys: list[str]) -> None:
     """Keep ``uns['scadv']['provenance']`` current: the session (package versions, as
     :mod:`session_info` reports them) and the ordered list of steps that wrote records."""
     old = ns.get(K.PROVENANCE)

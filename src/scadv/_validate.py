@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,12 @@ def matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
             "Pass one of those, or layer=None to use adata.X."
         )
     return adata.layers[layer]
+
+
+def is_sparse(x: object) -> TypeGuard[sparse.spmatrix]:
+    """:func:`scipy.sparse.issparse` as a type guard: scipy ships no type information, so its
+    own ``issparse`` does not tell the type checker which branch holds the sparse matrix."""
+    return bool(sparse.issparse(x))
 
 
 def _values(x: np.ndarray | sparse.spmatrix) -> np.ndarray:

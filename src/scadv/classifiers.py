@@ -86,7 +86,7 @@ class Classifier:
 
     # ---- binding to an AnnData ---------------------------------------------------------------
 
-    def bind(self, var_names: Sequence[str]) -> Classifier:
+    def bind(self, var_names: Sequence[str] | np.ndarray) -> Classifier:
         """A copy whose :attr:`cols` point at its input genes among ``var_names``."""
         names = pd.Index(np.asarray(var_names).astype(str))
         bound = copy.copy(self)
@@ -354,11 +354,15 @@ class MarkerClassifier(Classifier):
                 w[i, genes.get_indexer(neg)] -= 1.0 / len(neg)
         self._w = w
 
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """Per cell and type, mean positive minus mean negative marker expression."""
+    def _weights(self) -> np.ndarray:
+        """Marker weights (types × input genes), set by :meth:`bind`."""
         if self._w is None:
             raise ScadvInputError("bind the MarkerClassifier to an AnnData's genes first.")
-        return np.asarray(x, dtype=np.float32) @ self._w.T
+        return self._w
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Per cell and type, mean positive minus mean negative marker expression."""
+        return np.asarray(x, dtype=np.float32) @ self._weights().T
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return M.softmax(self.scores(x) / self.temperature)
@@ -367,10 +371,10 @@ class MarkerClassifier(Classifier):
         return f"marker scorer ({len(self.markers)} types)"
 
     def _linear(self) -> tuple[np.ndarray, np.ndarray, float]:
-        return self._w, np.zeros(len(self.markers), dtype=np.float32), self.temperature
+        return self._weights(), np.zeros(len(self.markers), dtype=np.float32), self.temperature
 
     def _relevant(self) -> np.ndarray:
-        return np.abs(self._w).sum(axis=0) > 0
+        return np.abs(self._weights()).sum(axis=0) > 0
 
 
 #: Canonical PBMC markers of Seurat's PBMC3k tutorial, per Seurat cell type, as

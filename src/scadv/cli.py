@@ -82,6 +82,7 @@ def run_chain(adata: ad.AnnData, *, label_key: str, out: Path, name: str,
     import scanpy as sc
 
     from . import pl, pp, tl
+    from .pl._utils import root_figure
 
     start = time.perf_counter()
     if label_key not in adata.obs:
@@ -98,8 +99,9 @@ def run_chain(adata: ad.AnnData, *, label_key: str, out: Path, name: str,
 
     flip_png = out / "flip_rate.png"
     ax = pl.flip_rate(adata, show=False)
-    ax.figure.savefig(flip_png, dpi=150, bbox_inches="tight")
-    plt.close(ax.figure)
+    flip_fig = root_figure(ax)
+    flip_fig.savefig(flip_png, dpi=150, bbox_inches="tight")
+    plt.close(flip_fig)
 
     umap_png = out / "umap_flipped.png"
     if "X_umap" not in adata.obsm:

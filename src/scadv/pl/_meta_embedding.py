@@ -78,11 +78,13 @@ def meta_embedding(
     xy = tmp.obsm["X_umap"]
 
     ax = U.axes(ax, figsize=(6.5, 5))
-    ax.scatter(*xy[group == 0].T, s=8, color="0.75", label=f"clean (n={int(test.sum())})",
-               linewidths=0)
+    clean_xy = xy[group == 0]
+    ax.scatter(clean_xy[:, 0], clean_xy[:, 1], s=8, color="0.75",
+               label=f"clean (n={int(test.sum())})", linewidths=0)
     colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
     for i, (c, color) in enumerate(zip(cells, colors, strict=True), start=1):
-        ax.scatter(*xy[group == i].T, s=8, color=color, linewidths=0,
+        xy_i = xy[group == i]
+        ax.scatter(xy_i[:, 0], xy_i[:, 1], s=8, color=color, linewidths=0,
                    label=f"{c.label} (flipped n={int((group == i).sum())})")
     ax.set_xticks([])
     ax.set_yticks([])

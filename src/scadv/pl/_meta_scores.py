@@ -60,7 +60,7 @@ def meta_scores(
     clean = PM.clean_scores(adata, key)[test]
     cells = PM.layers(adata, key, rec, layers)
     ax = U.axes(ax, figsize=(7, 4))
-    edges = np.linspace(0, 1, int(bins) + 1)
+    edges = np.linspace(0, 1, int(bins) + 1).tolist()
     ax.hist(clean, bins=edges, density=True, color="0.75", label=f"clean (n={len(clean)})")
     colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
     for c, color in zip(cells, colors, strict=True):

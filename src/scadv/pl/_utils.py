@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import scanpy as sc
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from .. import _keys as K
 from .._errors import ScadvInputError
@@ -35,10 +36,16 @@ def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
+def root_figure(ax: Axes) -> Figure:
+    """The figure ``ax`` is drawn in (the top-level one when ``ax`` sits in a subfigure)."""
+    fig = ax.figure
+    return fig if isinstance(fig, Figure) else fig.get_figure(root=True)
+
+
 def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes:
     """Save and/or show as asked (``show=None`` follows ``scanpy.settings.autoshow``)."""
     if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
+        root_figure(ax).savefig(save, dpi=150, bbox_inches="tight")
     if show is None:
         show = bool(sc.settings.autoshow) and plt.get_backend().lower() != "agg"
     if show:

@@ -147,7 +147,7 @@ def prepare(
                                      flavor=flavor, auto=auto, include_genes=include_genes)
     genes = adata.var_names[selected]
     mean, std = R.zscore_stats(lognorm[:, selected])
-    recipe: dict[str, Any] = {
+    recipe = {
         "input_kind": kind,
         "genes": np.asarray(genes, dtype=str),
         "mean": mean,
@@ -209,7 +209,7 @@ def _counts_layer(adata: AnnData) -> sparse.spmatrix | np.ndarray | None:
     return counts
 
 
-def _choose_flavor(flavor: Flavor | None, counts: Any) -> str:
+def _choose_flavor(flavor: Flavor | None, counts: Any) -> Flavor:
     if flavor is None:
         return "seurat_v3" if counts is not None else "seurat"
     if flavor == "seurat_v3" and counts is None:
@@ -228,7 +228,8 @@ MIN_CELLS_PER_GENE = 3
 
 
 def _select_genes(var_names: pd.Index, lognorm: Any, counts: Any, *, n_top_genes: int,
-                  flavor: str, auto: bool, include_genes: Sequence[str]) -> tuple[np.ndarray, str]:
+                  flavor: Flavor, auto: bool, include_genes: Sequence[str]
+                  ) -> tuple[np.ndarray, Flavor]:
     """Boolean mask of the model genes (highly variable genes plus ``include_genes``) and the
     flavour actually used."""
     n_vars = len(var_names)
@@ -255,7 +256,7 @@ def _select_genes(var_names: pd.Index, lognorm: Any, counts: Any, *, n_top_genes
 
 
 def _hvg(names: pd.Index, lognorm: Any, counts: Any, cols: np.ndarray, n_top_genes: int,
-         flavor: str) -> np.ndarray:
+         flavor: Flavor) -> np.ndarray:
     tmp = AnnData(X=(counts if flavor == "seurat_v3" else lognorm)[:, cols],
                   var=pd.DataFrame(index=names.copy()))
     if flavor != "seurat_v3":

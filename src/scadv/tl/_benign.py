@@ -24,7 +24,7 @@ from . import _common as C
 from . import _meta_common as MC
 
 Kind = Literal["downsample", "dropout", "noise"]
-KINDS: tuple[str, ...] = ("downsample", "dropout", "noise")
+KINDS: tuple[Kind, ...] = ("downsample", "dropout", "noise")
 
 
 def benign_perturb(

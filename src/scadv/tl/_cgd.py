@@ -168,8 +168,8 @@ def cgd(
                               "the cluster.")
     blk = G.block(s, mask)
     ev = G.evaluator(s, blk, batch_rows=batch_rows)
-    orig, _ = E.decide_proba(ev.proba)
-    orig = int(orig)
+    decided, _ = E.decide_proba(ev.proba)
+    orig = int(decided)
     to_idx = _choose_to(s, ev, orig, to)
     lo_hi = None
     if clip == "observed":
@@ -358,7 +358,10 @@ def _probe_walk(w: _Walker, seq: np.ndarray, stop_at_switch: bool, bar: tqdm):
 
 
 def _gradient_walk(w: _Walker, s: G.Setup, budget: int, stop_at_switch: bool, bar: tqdm):
-    net, device = s.clf._mlp()
+    mlp = s.clf._mlp()
+    if mlp is None:  # cgd() refuses gradient=True for other classifiers
+        raise ScadvInputError(f"{s.clf.describe()} has no input gradient; use gradient=False.")
+    net, device = mlp
     ev = w.ev
     visited = np.zeros(len(w.cols), dtype=bool)
     for _ in range(budget):

@@ -124,28 +124,36 @@ def gene_index(s: Setup, genes: Genes, *, what: str = "genes") -> np.ndarray:
     return np.asarray(idx, dtype=np.int64)
 
 
+def _input_cols(s: Setup) -> np.ndarray:
+    """Positions among the attacked genes of the classifier's input columns."""
+    if s.clf.cols is None:  # setup() binds the classifier, which sets them
+        raise ValueError("the classifier is not bound to the attacked genes.")
+    return s.clf.cols
+
+
 def classifier_cols(s: Setup, idx: np.ndarray) -> np.ndarray:
     """For attacked genes ``idx``: their column in the classifier's input, -1 when the
     classifier does not read them (or provably ignores them)."""
+    cols = _input_cols(s)
     col_of = np.full(len(s.var_names), -1, dtype=np.int64)
-    col_of[s.clf.cols] = np.arange(len(s.clf.cols))
+    col_of[cols] = np.arange(len(cols))
     relevant = s.clf._relevant()
     if relevant is not None:
-        col_of[s.clf.cols[~np.asarray(relevant, dtype=bool)]] = -1
+        col_of[cols[~np.asarray(relevant, dtype=bool)]] = -1
     return col_of[idx]
 
 
 def block(s: Setup, mask: np.ndarray) -> np.ndarray:
     """The cluster's cells × all attacked genes, dense float32."""
     sub = s.x[np.flatnonzero(mask)]
-    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
-    return np.ascontiguousarray(sub, dtype=np.float32)
+    dense = sub.toarray() if V.is_sparse(sub) else np.asarray(sub)
+    return np.ascontiguousarray(dense, dtype=np.float32)
 
 
 def evaluator(s: Setup, cluster_block: np.ndarray, *, batch_rows: int, fast: bool = True
               ) -> E.Evaluator:
     """The fastest exact evaluator for the cluster (the classifier's columns of its block)."""
-    return E.evaluator(s.clf, cluster_block[:, s.clf.cols], counter=s.counter,
+    return E.evaluator(s.clf, cluster_block[:, _input_cols(s)], counter=s.counter,
                        batch_rows=batch_rows, fast=fast)
 
 
@@ -202,7 +210,7 @@ def write(s: Setup, *, step: str, start: datetime, key: str, rec: dict[str, Any]
     """
     layers, obs = {}, {}
     if add_layer and modified is not None:
-        full = s.x.toarray() if sparse.issparse(s.x) else np.array(s.x, dtype=np.float32)
+        full = s.x.toarray() if V.is_sparse(s.x) else np.array(s.x, dtype=np.float32)
         full = full.astype(np.float32, copy=False)
         full[mask] = modified
         layers[K.gene_attack_layer(key)] = full

@@ -29,6 +29,7 @@ Three implementations:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,6 +42,34 @@ from ..classifiers import Classifier
 _GENERIC_FLOATS = 1 << 24
 #: Refresh the affine cache from scratch after this many commits (float32 drift).
 _REFRESH_EVERY = 64
+
+
+class _Tree(Protocol):
+    """The arrays of a fitted scikit-learn tree (``estimator.tree_``) this module reads."""
+
+    @property
+    def children_left(self) -> np.ndarray: ...
+    @property
+    def children_right(self) -> np.ndarray: ...
+    @property
+    def feature(self) -> np.ndarray: ...
+    @property
+    def threshold(self) -> np.ndarray: ...
+    @property
+    def value(self) -> np.ndarray: ...
+
+
+class _Forest(Protocol):
+    """A fitted scikit-learn tree or tree ensemble (what :meth:`Classifier._forest` returns)."""
+
+    @property
+    def classes_(self) -> np.ndarray: ...
+
+
+class _Progress(Protocol):
+    """A progress bar (``tqdm``)."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 @dataclass
@@ -168,21 +197,21 @@ class GenericEvaluator(Evaluator):
             return np.empty((0, self.n_classes), dtype=np.float32)
         if self.clf.rowwise:
             step = max(1, min(self.batch_rows, _GENERIC_FLOATS // max(self.d, 1)))
-            out = []
+            parts = []
             for lo in range(0, len(cells), step):
                 c, g, v = cells[lo:lo + step], genes[lo:lo + step], values[lo:lo + step]
                 rows = self.block[c]
                 rows[np.arange(len(c)), g] = v
-                out.append(self._call(rows))
-            return np.concatenate(out)
+                parts.append(self._call(rows))
+            return np.concatenate(parts)
         if variant is None:
             variant = np.arange(len(cells))
         out = np.empty((len(cells), self.n_classes), dtype=np.float32)
         starts = np.flatnonzero(np.r_[True, variant[1:] != variant[:-1]])
-        for lo, hi in zip(starts, np.r_[starts[1:], len(cells)], strict=True):
+        for first, end in zip(starts, np.r_[starts[1:], len(cells)], strict=True):
             x = self.block.copy()
-            x[cells[lo:hi], genes[lo:hi]] = values[lo:hi]
-            out[lo:hi] = self._call(x)[cells[lo:hi]]
+            x[cells[first:end], genes[first:end]] = values[first:end]
+            out[first:end] = self._call(x)[cells[first:end]]
         return out
 
     def sets(self, genes: np.ndarray, choice: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -215,6 +244,8 @@ class AffineEvaluator(Evaluator):
                  batch_rows: int, wa: torch.Tensor, ba: torch.Tensor, wb: torch.Tensor | None,
                  bb: torch.Tensor | None, layers: list[nn.Linear] | None, temperature: float,
                  device: torch.device) -> None:
+        if (wb is None) != (bb is None):
+            raise ValueError("the second affine step needs both its weights and its bias.")
         self.device = device
         self.wa, self.ba, self.wb, self.bb = wa, ba, wb, bb
         self.layers = layers  # None: linear scorer (no ReLU)
@@ -252,7 +283,9 @@ class AffineEvaluator(Evaluator):
     # ---- the network after the first pre-activation ------------------------------------------
 
     def _pre(self, h: torch.Tensor) -> torch.Tensor:
-        return h if self.wb is None else torch.addmm(self.bb, h, self.wb.t())
+        if self.wb is None or self.bb is None:  # a single affine step (both None together)
+            return h
+        return torch.addmm(self.bb, h, self.wb.t())
 
     @torch.no_grad()
     def _proba_from_pre(self, a: torch.Tensor, *, inplace: bool = False) -> np.ndarray:
@@ -387,9 +420,9 @@ class ForestEvaluator(Evaluator):
     """Exact partial re-traversal of a scikit-learn tree ensemble (see the module)."""
 
     def __init__(self, clf: Classifier, block: np.ndarray, *, counter: Counter,
-                 batch_rows: int, forest: object) -> None:
+                 batch_rows: int, forest: _Forest) -> None:
         self.forest = forest
-        self.trees = [t.tree_ for t in getattr(forest, "estimators_", [forest])]
+        self.trees: list[_Tree] = [t.tree_ for t in getattr(forest, "estimators_", [forest])]
         # leaf class distributions, normalised as DecisionTreeClassifier.predict_proba does
         self.leaf_proba = []
         for t in self.trees:
@@ -522,7 +555,7 @@ class ForestEvaluator(Evaluator):
         self.proba = self._current()
 
 
-def _paths(tree: object, x: np.ndarray) -> np.ndarray:
+def _paths(tree: _Tree, x: np.ndarray) -> np.ndarray:
     """Node ids on each row's decision path (rows × max depth + 1, padded with -1)."""
     left, right = tree.children_left, tree.children_right
     feature, threshold = tree.feature, tree.threshold
@@ -543,7 +576,7 @@ def _paths(tree: object, x: np.ndarray) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _descend(tree: object, block: np.ndarray, cells: np.ndarray, start: np.ndarray,
+def _descend(tree: _Tree, block: np.ndarray, cells: np.ndarray, start: np.ndarray,
              gene: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Leaves reached from nodes ``start`` by rows of ``block`` with one gene replaced."""
     left, right = tree.children_left, tree.children_right
@@ -575,13 +608,13 @@ def evaluator(clf: Classifier, block: np.ndarray, *, counter: Counter, batch_row
     return GenericEvaluator(clf, block, counter=counter, batch_rows=batch_rows)
 
 
-def _forest_matches(forest: object, clf: Classifier) -> bool:
+def _forest_matches(forest: _Forest, clf: Classifier) -> bool:
     """The forest's probabilities are exactly its trees' mean (no sample weights tricks)."""
     return len(np.asarray(forest.classes_)) == len(clf.classes)
 
 
 def single_gene_scan(ev: Evaluator, gene_cols: np.ndarray, values: np.ndarray, *,
-                     bar: object | None = None, labels_only: bool = False
+                     bar: _Progress | None = None, labels_only: bool = False
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (modification, gene) variant of the cluster, one gene at a time.
 
@@ -660,7 +693,7 @@ def _first_stage(base_pred: np.ndarray, c: int) -> int:
 
 
 def _accumulate(ev: Evaluator, changed: np.ndarray, gene_cols: np.ndarray, values: np.ndarray,
-                k: int, counts: np.ndarray, sums: np.ndarray, bar: object | None) -> None:
+                k: int, counts: np.ndarray, sums: np.ndarray, bar: _Progress | None) -> None:
     """Classify the changed (variant, cell) pairs and add their effect to counts and sums."""
     c = ev.n_classes
     base_pred = ev.pred

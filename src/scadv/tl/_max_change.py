@@ -232,8 +232,8 @@ def max_change(
     blk = G.block(s, mask)
     values = G.values_for(s, [mod], idx, mask, seed, str(target))[0]
     ev = G.evaluator(s, blk, batch_rows=batch_rows)
-    base_label, base_score = E.decide_proba(ev.proba)
-    base_label = int(base_label)
+    decided, base_score = E.decide_proba(ev.proba)
+    base_label = int(decided)
     live = np.flatnonzero(cols >= 0)
     with tqdm(total=len(live), desc="max-change", unit="gene", disable=not progress,
               leave=False, mininterval=0.5) as bar:

@@ -75,8 +75,8 @@ def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any
     else:
         holder = adata if source is None else source
         ns = holder.uns.get(K.UNS)
-        record = ns.get(key) if isinstance(ns, Mapping) else None
-        if record is None:
+        found = ns.get(key) if isinstance(ns, Mapping) else None
+        if found is None:
             known = sorted(k for k, v in (ns or {}).items()
                            if isinstance(v, Mapping) and str(v.get("kind", "")) == DT.DETECTOR_KIND)
             where = "adata" if source is None else "the source AnnData"
@@ -85,6 +85,7 @@ def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any
                 f"{known or 'none'}). Train one with scadv.tl.meta_detect(adata), or pass "
                 "key=<key of a stored detector>."
             )
+        record = found
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
@@ -120,11 +121,12 @@ class Loaded:
             )
         groups = MF.check_groups(np.asarray(record["features"]).astype(str).tolist())
         gate = record.get("gate")
-        use_gate = isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))
+        if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
+            gate = None
         return cls(record=record, classifier=classifier, net=M.from_record(classifier, device),
                    groups=groups, nets=DT.from_record(record, device),
-                   threshold=float(record["threshold"]), gate=gate if use_gate else None,
-                   max_violations=float(gate["max_violations"]) if use_gate else np.inf,
+                   threshold=float(record["threshold"]), gate=gate,
+                   max_violations=float(gate["max_violations"]) if gate is not None else np.inf,
                    device=device)
 
     def features(self, x: np.ndarray, *, progress: bool = False) -> Scored:
@@ -272,7 +274,8 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
             if name not in adata.layers or pred_col not in adata.obs:
                 continue
             changed = adata.obs[pred_col].notna().to_numpy()
-            label = (f"{run} ε={K.format_eps(eps[i])}" if is_attack else f"{run} {kinds[i]}")
+            label = (f"{run} ε={K.format_eps(eps[i])}" if kinds is None  # an attack
+                     else f"{run} {kinds[i]}")
             found[name] = LayerInfo(name, str(run), method,
                                     "adversarial" if is_attack else "benign", label,
                                     float(eps[i]), changed)

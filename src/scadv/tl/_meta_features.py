@@ -84,6 +84,8 @@ def _assemble(groups: Sequence[str], emb: torch.Tensor, logits: torch.Tensor,
             logp = torch.log_softmax(logits, dim=1)
             parts.append(-(proba * logp).sum(dim=1, keepdim=True))
         elif g == "grad":
+            if grad is None:
+                raise ValueError("the 'grad' meta-features need the input gradient.")
             a = grad.abs()
             mean = a.mean(dim=1, keepdim=True)
             var = ((a - mean) ** 2).mean(dim=1, keepdim=True)
@@ -110,7 +112,7 @@ def compute(net: M.MLP, x: np.ndarray, groups: Sequence[str], *, device: torch.d
         xb = torch.as_tensor(np.asarray(x[lo:lo + batch_size], dtype=np.float32), device=device)
         emb, logits = net.forward_with_embedding(xb)
         grad = None
-        if need_grad:
+        if buf is not None:  # need_grad
             pred = logits.argmax(dim=1)
             _, _, _, grad = E.mlp_input_grad(net, xb, pred, loss="ce", targeted=False,
                                              grad_out=buf[:len(xb)])

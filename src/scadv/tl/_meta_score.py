@@ -95,7 +95,7 @@ def meta_score(
     infos = MC.find_layers(adata, model, None if layers is None else list(layers))
     obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, x=mi.x, test=None,
                             progress=progress)
-    uns = {}
+    uns: dict[str, Mapping[str, Any]] = {}
     if source is not None:
         _check_no_conflict(adata, key, det.record, model, det.classifier)
         uns[key] = {**dict(det.record), "provenance": {

@@ -35,6 +35,7 @@ from typing import Any, Union
 import numpy as np
 from scipy import sparse
 
+from .. import _validate as V
 from .._errors import ScadvInputError
 
 ModFn = Callable[[np.ndarray, np.ndarray], Any]
@@ -87,6 +88,8 @@ class Modification:
         elif self.kind == "decile":
             return _decile_shift(columns, cluster, self.value)
         else:
+            if self.fn is None:
+                raise ScadvInputError(f"the function modification {self.name!r} has no function.")
             out = self.fn(columns[cluster].copy(), columns.copy())
             try:
                 out = np.broadcast_to(np.asarray(out, dtype=np.float32), shape)
@@ -163,7 +166,12 @@ _HELP = ("use 'perc1', 'perc99' (any 'perc<q>'), 'random', 'positive_aberrant', 
 
 def parse_many(spec: ModSpec | Sequence[ModSpec]) -> list[Modification]:
     """One or several specifications → a list of distinct modifications."""
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if isinstance(spec, (list, tuple)):
+        items = list(spec)
+    elif isinstance(spec, str) or not isinstance(spec, Sequence):
+        items = [spec]
+    else:  # another kind of sequence: read as one (unreadable) specification, as parse() does
+        raise ScadvInputError(f"cannot read the modification {spec!r}; {_HELP}")
     if not items:
         raise ScadvInputError(f"give at least one modification; {_HELP}")
     mods = [parse(s) for s in items]
@@ -176,8 +184,8 @@ def parse_many(spec: ModSpec | Sequence[ModSpec]) -> list[Modification]:
 def dense_columns(x: np.ndarray | sparse.spmatrix, cols: np.ndarray) -> np.ndarray:
     """Dense float32 (cells × len(cols)) of a dense or sparse matrix's columns."""
     sub = x[:, cols]
-    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
-    return np.ascontiguousarray(sub, dtype=np.float32)
+    dense = sub.toarray() if V.is_sparse(sub) else np.asarray(sub)
+    return np.ascontiguousarray(dense, dtype=np.float32)
 
 
 def new_values(mods: Sequence[Modification], x: np.ndarray | sparse.spmatrix, cols: np.ndarray,

@@ -111,8 +111,8 @@ def overview(
             blk = G.block(s, mask)
             values = G.values_for(s, mods, idx, mask, seed, str(t))
             ev = G.evaluator(s, blk, batch_rows=batch_rows)
-            base_label, base_score = E.decide_proba(ev.proba)
-            base_label = int(base_label)
+            decided, base_score = E.decide_proba(ev.proba)
+            base_label = int(decided)
             counts, sums, _ = E.single_gene_scan(ev, cols[live], values[:, :, live],
                                                  labels_only=not signature)
             labels, _ = E.decide(counts, sums)

@@ -143,8 +143,8 @@ def single_gene(
             blk = G.block(s, mask)
             ev = G.evaluator(s, blk, batch_rows=batch_rows)
             values = G.values_for(s, mods, idx, mask, seed, str(t))
-            base_label, base_score = E.decide_proba(ev.proba)
-            base_label = int(base_label)
+            decided, base_score = E.decide_proba(ev.proba)
+            base_label = int(decided)
             if search == "exhaustive":
                 table = _exhaustive(s, ev, t, mods, idx, cols, values, blk[:, idx],
                                     base_label, bar)
