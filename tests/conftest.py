@@ -137,3 +137,27 @@ def assert_unchanged(adata: ad.AnnData, before: dict) -> None:
     assert after["var_names"].equals(before["var_names"])
     for key in ("layers", "obsm", "uns", "raw"):
         assert after[key] == before[key], key
+
+
+SIM = {"n_cells": 600, "n_genes": 500, "n_types": 4, "markers_per_type": 25,
+       "genes_per_lineage": 25, "genes_per_activity_program": 25}
+
+
+@pytest.fixture(scope="session")
+def _sim_trained() -> ad.AnnData:
+    import scadv
+
+    adata = scadv.datasets.simulate(**SIM, seed=0)
+    scadv.pp.prepare(adata, n_top_genes=500)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=20, progress=False)
+    scadv.tl.adversarial_train(adata, "cell_type", steps=5, max_epochs=20,
+                               split_key="scadv_split", progress=False)
+    return adata
+
+
+@pytest.fixture
+def sim_trained(_sim_trained: ad.AnnData) -> ad.AnnData:
+    """Simulated counts with known markers (600 cells × 500 genes, 4 types), prepared,
+    with a plain classifier ('classifier') and an adversarially trained one ('robust') on the
+    same split (a fresh copy)."""
+    return _sim_trained.copy()
