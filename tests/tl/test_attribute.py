@@ -188,6 +188,7 @@ def test_per_cell_goes_to_obsm_outside_model_space(sim_trained):
         ({"n_steps": 1}, "n_steps"),
         ({"cells": "train"}, "cells must be"),
         ({"model": 3}, "model must be"),
+        ({"key_added": "robust", "per_cell": True}, "holds a trained classifier"),
     ],
 )
 def test_bad_options(sim_trained, kwargs, message):
