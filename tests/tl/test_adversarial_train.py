@@ -34,8 +34,8 @@ def test_robust_model_is_more_robust_on_simulated_data(sim_trained):
     assert {"train_loss", "val_loss", "val_accuracy", "val_robust_accuracy"} <= set(hist)
     assert int(hist["best_epoch"]) == int(np.argmin(hist["val_loss"])) + 1
     cfg = robust["adversarial_training"]
-    assert cfg["method"] == "pgd" and cfg["eps"] == 0.3 and cfg["steps"] == 5
-    assert cfg["alpha"] == pytest.approx(2.5 * 0.3 / 5) and cfg["adv_ratio"] == 0.3
+    assert cfg["method"] == "pgd" and cfg["eps"] == 0.25 and cfg["steps"] == 5
+    assert cfg["alpha"] == pytest.approx(2.5 * 0.25 / 5) and cfg["adv_ratio"] == 0.3
     assert robust["weights"]["input.weight"].shape == (50, a.n_vars)
     assert not np.array_equal(robust["weights"]["input.weight"],
                               plain["weights"]["input.weight"])  # trainable by default
@@ -137,7 +137,7 @@ def test_unprepared_and_missing_models(counts, small_trained):
 def test_pbmc3k_adversarial_training_direction(pbmc3k_trained):
     """Adversarial training with 3 attack steps per batch instead of 10 (the full run is in
     benchmarks/robust_training.py): much more robust, at little cost in clean accuracy.
-    Measured at seed 42: plain 0.935 clean, 0.43 robust; robust model 0.926 and 0.74."""
+    Measured at seed 42: plain 0.935 clean, 0.43 robust; robust model 0.918 and 0.72."""
     a = pbmc3k_trained
     scadv.tl.adversarial_train(a, "cell_type", split_key="scadv_split", steps=3,
                                eval_eps=(0.1,), progress=False)
