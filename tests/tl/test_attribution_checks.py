@@ -228,3 +228,25 @@ def test_check_results_survive_h5ad(sim_trained, tmp_path):
     pd.testing.assert_frame_equal(a.uns["scadv"]["attr_saliency_enrichment"]["table"],
                                   b.uns["scadv"]["attr_saliency_enrichment"]["table"],
                                   check_categorical=False)
+
+
+def test_integrated_gradients_recover_the_simulated_markers_of_both_models():
+    """The issue's direction on simulated data, at a small size (1,000 cells, the default
+    2,000 genes and programs; 5 attack steps per batch): the robust model is much more robust
+    and integrated gradients still find its true markers (precision@20 ≥ 0.8). Measured at
+    seed 0: precision@20 plain 0.967, robust 0.942; robust accuracy at ε=0.1 0.53 and 0.79.
+    The full comparison over seeds is benchmarks/robust_vs_plain.py."""
+    a = scadv.datasets.simulate(n_cells=1000, seed=0)
+    scadv.pp.prepare(a)
+    scadv.tl.train_classifier(a, "cell_type", progress=False)
+    scadv.tl.adversarial_train(a, "cell_type", steps=5, split_key="scadv_split",
+                               eval_eps=(0.1,), progress=False)
+    for model in ("classifier", "robust"):
+        scadv.tl.attribute(a, method="integrated_gradients", model=model,
+                           key_added=f"ig_{model}", progress=False)
+    scadv.tl.score_attributions(a, keys=["ig_classifier", "ig_robust"], k=20)
+    precision = a.uns["scadv"]["attr_truth"]["precision_at_k_mean"]
+    assert precision[1] >= 0.8 and precision[0] >= 0.8
+    scadv.tl.robust_accuracy(a, models=["classifier", "robust"], eps=(0.1,), progress=False)
+    plain, robust = a.uns["scadv"]["robustness"]["accuracy"][:, 0]
+    assert robust >= plain + 0.15
