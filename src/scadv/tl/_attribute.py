@@ -160,7 +160,7 @@ def attribute(
         explained and the class each was explained toward), the method's parameters
         (``baseline``, ``baseline_values``, ``output``: ``'logit'`` or ``'probability'``,
         ``signed``), for IG / DeepLIFT / DeepSHAP ``delta_mean_abs``, ``delta_max_abs`` and
-        ``delta_relative`` (mean |delta| / mean |f(x) − f(b)|), and provenance.
+        ``delta_relative`` (mean :math:`|\delta|` / mean :math:`|f(x) - f(b)|`), and provenance.
     ``adata.layers['scadv_<k>']``
         With ``per_cell=True``: every explained cell's attributions (NaN for other cells) when
         ``adata``'s genes are the model's; otherwise in ``adata.obsm['scadv_<k>']`` (columns
