@@ -232,3 +232,27 @@ def two_gene_rule(x: np.ndarray) -> pd.DataFrame:
     """Class ``'B'`` when gene 0 + gene 1 > 1.5 (a steep logistic), else ``'A'``."""
     p = 1.0 / (1.0 + np.exp(-8.0 * (x[:, 0] + x[:, 1] - 1.5)))
     return pd.DataFrame({"A": 1.0 - p, "B": p})
+
+
+SIM = {"n_cells": 600, "n_genes": 500, "n_types": 4, "markers_per_type": 25,
+       "genes_per_lineage": 25, "genes_per_activity_program": 25}
+
+
+@pytest.fixture(scope="session")
+def _sim_trained() -> ad.AnnData:
+    import scadv
+
+    adata = scadv.datasets.simulate(**SIM, seed=0)
+    scadv.pp.prepare(adata, n_top_genes=500)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=20, progress=False)
+    scadv.tl.adversarial_train(adata, "cell_type", steps=5, max_epochs=20,
+                               split_key="scadv_split", progress=False)
+    return adata
+
+
+@pytest.fixture
+def sim_trained(_sim_trained: ad.AnnData) -> ad.AnnData:
+    """Simulated counts with known markers (600 cells × 500 genes, 4 types), prepared,
+    with a plain classifier ('classifier') and an adversarially trained one ('robust') on the
+    same split (a fresh copy)."""
+    return _sim_trained.copy()

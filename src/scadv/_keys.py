@@ -135,3 +135,45 @@ def gene_attack_pred(attack_key: str) -> str:
     """``obs`` column with the target cluster's predictions after a gene-level attack (NaN for
     cells outside the cluster)."""
     return f"{PREFIX}_{attack_key}_pred"
+
+
+# ---- adversarial training, attributions, simulation (issue 5) ------------------------------
+
+#: Default ``key_added`` of :func:`scadv.tl.adversarial_train`.
+ROBUST_MODEL = "robust"
+#: Default ``key_added`` of :func:`scadv.tl.robust_accuracy`.
+ROBUSTNESS = "robustness"
+#: ``uns['scadv']`` entry written by :func:`scadv.datasets.simulate` (ground truth).
+SIMULATION = "simulation"
+
+
+def default_attribution_key(method: str, model_key: str) -> str:
+    """Default ``key_added`` of an attribution run: ``'attr_<method>'`` for the default model,
+    else ``'attr_<method>_<model>'``."""
+    base = f"attr_{method}"
+    return base if model_key == DEFAULT_MODEL else f"{base}_{model_key}"
+
+
+def attribution_cells(attr_key: str) -> str:
+    """``layers`` (or ``obsm``) key of per-cell attributions, e.g. ``scadv_attr_saliency``."""
+    return f"{PREFIX}_{attr_key}"
+
+
+def attribution_delta(attr_key: str) -> str:
+    """``obs`` column with each cell's convergence delta (integrated gradients, DeepLIFT)."""
+    return f"{PREFIX}_{attr_key}_delta"
+
+
+def sim_marker_of() -> str:
+    """``var`` column of simulated data: the cell type a gene is a true marker of (or NaN)."""
+    return f"{PREFIX}_sim_marker_of"
+
+
+def sim_program() -> str:
+    """``var`` column of simulated data: the gene program a gene belongs to."""
+    return f"{PREFIX}_sim_program"
+
+
+def sim_theta() -> str:
+    """``obsm`` key of simulated data: each cell's mixture over gene programs."""
+    return f"{PREFIX}_sim_theta"

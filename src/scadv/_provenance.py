@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 _PACKAGES = ("scadv", "anndata", "scanpy", "torch", "numpy", "scipy", "pandas", "scikit-learn",
-             "scikit-misc", "matplotlib", "session-info", "tqdm")
+             "scikit-misc", "matplotlib", "session-info", "tqdm", "captum")
 
 
 @lru_cache(maxsize=1)

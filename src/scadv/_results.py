@@ -103,7 +103,12 @@ def write_results(
     colors
         Palettes for categorical ``obs`` columns, stored as ``adata.uns['<column>_colors']``
         where scanpy's plots look for them.
+
+    Refuses (before writing anything) to replace a stored classifier with a record of another
+    kind, e.g. ``scadv.tl.attribute(..., key_added='classifier')``: that would silently lose
+    the model.
     """
+    _keep_classifiers(adata, uns)
     for key, value in (obs or {}).items():
         adata.obs[key] = value
     for key, value in (obsm or {}).items():
@@ -124,3 +129,22 @@ def write_results(
         + [f"    uns[{K.UNS!r}][{key!r}]" for key in (uns or {})]
     )
     logg.info(f"    finished {step}", time=start, deep="added\n" + "\n".join(lines))
+
+
+def _keep_classifiers(adata: AnnData, uns: Mapping[str, Any] | None) -> None:
+    """Raise if a result would overwrite a stored classifier with something else."""
+    from ._model import MODEL_KIND
+
+    ns = adata.uns.get(K.UNS)
+    if not uns or not isinstance(ns, Mapping):
+        return
+    for key, value in uns.items():
+        old, new = ns.get(key), value
+        is_model = [isinstance(r, Mapping) and str(r.get("kind", "")) == MODEL_KIND
+                    for r in (old, new)]
+        if is_model[0] and not is_model[1]:
+            raise ScadvInputError(
+                f"adata.uns[{K.UNS!r}][{key!r}] holds a trained classifier, and this result "
+                f"would replace it; pass another key_added= (or delete the classifier first: "
+                f"del adata.uns[{K.UNS!r}][{key!r}])."
+            )

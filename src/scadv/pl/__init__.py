@@ -1,5 +1,13 @@
 """Plots (``scadv.pl``)."""
 
+from ._attributions import (
+    attribution_agreement,
+    attribution_stability,
+    attribution_truth,
+    enrichment,
+    marker_overlap,
+    top_genes,
+)
 from ._cgd import cgd
 from ._flip_rate import flip_rate
 from ._meta_cell import meta_cell
@@ -7,17 +15,25 @@ from ._meta_confusion import meta_confusion
 from ._meta_embedding import meta_embedding
 from ._meta_scores import meta_scores
 from ._overview import overview
+from ._robustness_curve import robustness_curve
 from ._roc import roc
 from ._single_gene import single_gene
 
 __all__ = [
+    "attribution_agreement",
+    "attribution_stability",
+    "attribution_truth",
     "cgd",
+    "enrichment",
     "flip_rate",
+    "marker_overlap",
     "meta_cell",
     "meta_confusion",
     "meta_embedding",
     "meta_scores",
     "overview",
+    "robustness_curve",
     "roc",
     "single_gene",
+    "top_genes",
 ]

@@ -98,6 +98,22 @@ def mlp_input_grad(model: M.MLP, x: torch.Tensor, y: torch.Tensor, *, loss: Loss
     The backward pass is the exact chain rule of linear layers and ReLUs (dropout is the
     identity in eval mode); the input gradient is written into ``grad_out`` when given.
     """
+    return mlp_backward(model, x, lambda logits: objective_and_grad(
+        logits, y, loss=loss, targeted=targeted), grad_out=grad_out)
+
+
+#: ``score_fn(logits) -> (score, success, d score / d logits)``, per row.
+ScoreFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def mlp_backward(model: M.MLP, x: torch.Tensor, score_fn: ScoreFn, *,
+                 grad_out: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`mlp_input_grad` for any score of the logits whose logit gradient is known.
+
+    ``score_fn`` maps the logits to the per-row score, success flag and d score / d logits;
+    the rest is the exact backward pass of the MLP in eval mode.
+    """
     with torch.no_grad():
         linears = [m for m in model.body if isinstance(m, nn.Linear)]
         h = x
@@ -109,7 +125,7 @@ def mlp_input_grad(model: M.MLP, x: torch.Tensor, y: torch.Tensor, *, loss: Loss
             masks.append(h > 0)
             h.clamp_(min=0)
         logits = torch.addmm(model.head.bias, h, model.head.weight.t())
-        score, success, dlogits = objective_and_grad(logits, y, loss=loss, targeted=targeted)
+        score, success, dlogits = score_fn(logits)
         if grad_out is None:
             return logits, score, success, None
         g = dlogits @ model.head.weight
@@ -218,6 +234,104 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
         for p, flag in zip(model.parameters(), params):
             p.requires_grad_(flag)
     return adv_out, logit_out
+
+
+def kl_score(p_clean: torch.Tensor) -> ScoreFn:
+    """TRADES' inner objective: ``KL(p_clean ‖ softmax(logits))`` per row (success: the top
+    class changed). Its logit gradient is ``softmax(logits) − p_clean``."""
+
+    def score_fn(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        log_q = torch.log_softmax(logits, dim=1)
+        score = (p_clean * (torch.log(p_clean.clamp_min(1e-12)) - log_q)).sum(dim=1)
+        success = logits.argmax(dim=1) != p_clean.argmax(dim=1)
+        return score, success, torch.softmax(logits, dim=1) - p_clean
+
+    return score_fn
+
+
+def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float,
+            alpha: float, steps: int, norm: Norm = "linf", loss: Loss | Literal["kl"] = "ce",
+            random_start: bool = True, gen: torch.Generator | None = None,
+            p_clean: torch.Tensor | None = None) -> torch.Tensor:
+    """Tensor-level PGD for training loops: adversarial versions of a batch, on its device.
+
+    Unlike :func:`run` (numpy in and out, many budgets, early stopping, constraints), this
+    attacks one tensor batch at one budget and returns the last iterate (classic PGD, as
+    adversarial training uses it), detached. The gradients are taken in eval mode (dropout
+    off); the model's train/eval mode and its parameters' ``requires_grad`` are restored
+    afterwards, and no parameter gradient is accumulated.
+
+    Parameters
+    ----------
+    model
+        scadv's :class:`~scadv._model.MLP` (exact gradient without autograd) or any
+        differentiable module returning logits (autograd).
+    x, y
+        Clean batch and the classes to push away from (``loss='ce'`` / ``'margin'``).
+    eps, alpha, steps, norm
+        Budget, step size, number of steps, ``'linf'`` or ``'l2'``.
+    loss
+        ``'ce'``, ``'margin'``, or ``'kl'``: TRADES' ``KL(p_clean ‖ p(x'))`` (``y`` unused);
+        with ``'kl'`` the start is ``x + 0.001·N(0, 1)`` when there is no random start,
+        because the KL's gradient vanishes at ``x`` itself.
+    random_start
+        Start from a uniform point of the L∞ ball (a random direction and radius under L2).
+    gen
+        Generator for the random start.
+    p_clean
+        Class probabilities of the clean batch (``loss='kl'``).
+    """
+    if loss == "kl":
+        if p_clean is None:
+            raise ValueError("internal: loss='kl' needs p_clean")
+        score_fn = kl_score(p_clean)
+    else:
+        score_fn = lambda logits: objective_and_grad(logits, y, loss=loss, targeted=False)  # noqa: E731
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        x = x.detach()
+        adv = x.clone()
+        if random_start:
+            noise = torch.empty_like(x)
+            if norm == "linf":
+                noise.uniform_(-eps, eps, generator=gen)
+            else:
+                noise.normal_(generator=gen)
+                radius = torch.rand((len(x), 1), generator=gen, device=x.device) * eps
+                noise.mul_(radius / noise.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            adv.add_(noise)
+        elif loss == "kl":
+            adv.add_(0.001 * torch.randn(x.shape, generator=gen, device=x.device))
+        grad = torch.empty_like(x)
+        fast = isinstance(model, M.MLP)
+        for _ in range(int(steps)):
+            if fast:
+                mlp_backward(model, adv, score_fn, grad_out=grad)
+            else:
+                with torch.enable_grad():
+                    xg = adv.detach().requires_grad_(True)
+                    score, _, _ = score_fn(model(xg))
+                    (g,) = torch.autograd.grad(score.sum(), xg)
+                grad.copy_(g)
+            if norm == "linf":
+                adv.add_(grad.sign_(), alpha=float(alpha))
+                adv = torch.min(torch.max(adv, x - eps), x + eps)
+            else:
+                grad.div_(grad.norm(dim=1, keepdim=True).clamp_min(1e-12))
+                adv.add_(grad, alpha=float(alpha))
+                delta = adv - x
+                delta.mul_(torch.clamp(eps / delta.norm(dim=1, keepdim=True).clamp_min(1e-12),
+                                       max=1.0))
+                adv = x + delta
+        return adv.detach()
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
 
 
 def _n_out(model: nn.Module, d: int, device: torch.device) -> int:

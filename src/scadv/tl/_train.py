@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +25,11 @@ from .._results import write_results
 from . import _common as C
 
 MIN_CELLS_PER_CLASS = 3
+
+#: ``batch_loss(model, xb, yb, loss_fn) -> loss`` of one training batch (see :func:`_fit`).
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+#: ``validate(model, xv, yv) -> {'val_loss': …, …}`` once per epoch (see :func:`_fit`).
+Validate = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
 
 
 def train_classifier(
@@ -275,8 +280,16 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          hidden: Sequence[int], dropout: Sequence[float], input_rank: int | None,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
-         seed: int, device: torch.device, progress: bool) -> tuple[M.MLP, dict[str, np.ndarray]]:
-    """Train with early stopping on the validation loss; returns the best model and history."""
+         seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
+         validate: Validate | None = None) -> tuple[M.MLP, dict[str, np.ndarray]]:
+    """Train with early stopping on the validation loss; returns the best model and history.
+
+    Two hooks let other training schemes reuse this loop (both ``None``: plain training):
+    ``batch_loss(model, xb, yb, loss_fn)`` returns the loss of a training batch (e.g. on clean
+    and adversarial versions of it; the model is in train mode and must be left so), and
+    ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
+    ``'val_loss'``, the early-stopping criterion (lower is better).
+    """
     train, val = split == K.SPLIT_TRAIN, split == K.SPLIT_VAL
     rank = None
     if input_rank:
@@ -318,19 +331,28 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                 if input_noise > 0:
                     xb = xb + input_noise * torch.randn(xb.shape, generator=gen, device=device)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yt[idx])
+                if batch_loss is None:
+                    loss = loss_fn(model(xb), yt[idx])
+                else:
+                    loss = batch_loss(model, xb, yt[idx], loss_fn)
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
             model.eval()
-            with torch.no_grad():
-                logits = model(xv)
-                val_loss = float(nn.functional.cross_entropy(logits, yv))
-                val_acc = float((logits.argmax(1) == yv).float().mean())
+            if validate is None:
+                with torch.no_grad():
+                    logits = model(xv)
+                    val_loss = float(nn.functional.cross_entropy(logits, yv))
+                    val_acc = float((logits.argmax(1) == yv).float().mean())
+                scores = {"val_loss": val_loss, "val_accuracy": val_acc}
+            else:
+                scores = validate(model, xv, yv)
+                val_loss = float(scores["val_loss"])
+                model.eval()
             history["train_loss"].append(total / len(yt))
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_acc)
-            bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
+            for name, value in scores.items():
+                history.setdefault(name, []).append(float(value))
+            bar.set_postfix({k.replace("accuracy", "acc"): f"{v:.3f}" for k, v in scores.items()})
             if val_loss < best_loss - 1e-4:
                 best_loss, best_epoch, bad = val_loss, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
