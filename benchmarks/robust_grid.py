@@ -51,7 +51,7 @@ def val_truth(adata: ad.AnnData, model: str) -> tuple[float, float]:
     lineage = pd.DataFrame(truth["lineage_genes"], index=truth["classes"],
                            columns=truth["genes"])
     n_lineage = []
-    for c, scores in zip(rec["classes"], rec["scores"]):
+    for c, scores in zip(rec["classes"], rec["scores"], strict=True):
         top = np.asarray(rec["genes"])[np.argsort(-scores)[:20]]
         n_lineage.append(int(lineage.loc[c, top].sum()))
     return prec, float(np.mean(n_lineage))

@@ -102,7 +102,7 @@ def main() -> None:
         scadv.tl.robust_accuracy(adata, models=[key for _, key, _ in rows], eps=(0, *EPS),
                                  progress=False)
         acc = adata.uns["scadv"]["robustness"]["accuracy"]
-        for (name, key, seconds), row in zip(rows, acc):
+        for (name, key, seconds), row in zip(rows, acc, strict=True):
             val = _val_robust(adata, key)
             results.setdefault(name, []).append([*val, *row, seconds])
             print(f"[seed {seed}] {name}: val {val[0]:.3f}/{val[1]:.3f}, test clean {row[0]:.3f}"
@@ -117,7 +117,7 @@ def main() -> None:
     print(f"  {'model':78s} " + " ".join(f"{h:>13s}" for h in head))
     for name, vals in results.items():
         arr = np.asarray(vals)
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(arr.mean(0), arr.std(0))]
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(arr.mean(0), arr.std(0), strict=True)]
         cells[-1] = f"{arr[:, -1].mean():.1f}"
         print(f"  {name:78s} " + " ".join(f"{c:>13s}" for c in cells))
     print("\nDefault robust model, robust accuracy at ε=0.1 under stronger attacks "

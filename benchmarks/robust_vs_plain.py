@@ -75,7 +75,8 @@ def one_run(adata: ad.AnnData, label_key: str, seed: int, simulated: bool) -> di
         scadv.tl.attribution_stability(adata, key=ig, k=20, n_repeats=2, seed=seed,
                                        key_added=f"stab_{name}", progress=False)
         stab = adata.uns["scadv"][f"stab_{name}"]
-        for p, jm, rm in zip(stab["perturbations"], stab["jaccard_mean"], stab["spearman_mean"]):
+        for p, jm, rm in zip(stab["perturbations"], stab["jaccard_mean"], stab["spearman_mean"],
+                             strict=True):
             out[f"IG stability {p}: Jaccard@20 {name}"] = jm
             out[f"IG stability {p}: Spearman {name}"] = rm
         scadv.tl.marker_overlap(adata, keys=[ig, f"saliency_{name}"], k=20,
@@ -86,7 +87,8 @@ def one_run(adata: ad.AnnData, label_key: str, seed: int, simulated: bool) -> di
         if simulated:
             scadv.tl.score_attributions(adata, keys=keys, k=20, key_added=f"truth_{name}")
             truth = adata.uns["scadv"][f"truth_{name}"]
-            for method, p, au in zip(METHODS, truth["precision_at_k_mean"], truth["auprc_mean"]):
+            for method, p, au in zip(METHODS, truth["precision_at_k_mean"], truth["auprc_mean"],
+                                     strict=True):
                 out[f"precision@20 {method} {name}"] = p
                 out[f"AUPRC {method} {name}"] = au
     return out

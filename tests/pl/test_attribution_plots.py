@@ -28,7 +28,7 @@ def test_robustness_curve(sim_trained, tmp_path):
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == ["classifier", "robust"]
     np.testing.assert_allclose(lines[1].get_ydata(), a.uns["scadv"]["robustness"]["accuracy"][1])
-    fig, given = plt.subplots()
+    _, given = plt.subplots()
     assert scadv.pl.robustness_curve(a, ax=given, show=False) is given
     plt.close("all")
     with pytest.raises(ScadvInputError, match="run scadv.tl.robust_accuracy"):
@@ -65,7 +65,7 @@ def test_check_plots(explained, tmp_path):
     scadv.pl.marker_overlap(a, show=False, save=tmp_path / "de.png")
     truth = a.uns["scadv"]["simulation"]
     sets = {f"P_{c}": list(np.asarray(truth["genes"])[m])
-            for c, m in zip(truth["classes"], truth["markers"])}
+            for c, m in zip(truth["classes"], truth["markers"], strict=True)}
     scadv.tl.gene_set_enrichment(a, sets, k=20)
     ax = scadv.pl.enrichment(a, show=False, save=tmp_path / "gsea.png")
     assert {t.get_text() for t in ax.get_yticklabels()} >= {"P_type0", "P_type1"}

@@ -123,7 +123,7 @@ def test_enrichment_finds_the_marker_programs(sim_trained, tmp_path):
     truth = a.uns["scadv"]["simulation"]
     genes = np.asarray(truth["genes"])
     lines = [f"PROGRAM_{c}\tmarkers of {c}\t" + "\t".join(genes[m])
-             for c, m in zip(truth["classes"], truth["markers"])]
+             for c, m in zip(truth["classes"], truth["markers"], strict=True)]
     rng = np.random.default_rng(0)
     lines += [f"RANDOM_{i}\tdecoy\t" + "\t".join(rng.choice(genes, 25, replace=False))
               for i in range(5)]

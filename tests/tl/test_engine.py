@@ -75,12 +75,12 @@ def test_batches_and_compaction_do_not_change_results(mlp):
     np.testing.assert_allclose(lo1, lo2, atol=1e-5)
     # early-stopped cells keep their first successful iterate, the rest run to the end
     success = lo1.argmax(-1) != y[None]
-    classic, lo_classic = _run(mlp, x, y, early_stop=False)
+    _, lo_classic = _run(mlp, x, y, early_stop=False)
     assert success.sum() >= (lo_classic.argmax(-1) != y[None]).sum()
     # with budgets that flip most cells early, the active set shrinks
     big = {"eps": (2.0, 5.0), "alpha": (0.5, 0.5)}
     stats: dict[str, int] = {}
-    adv, logits = _run(mlp, x, y, stats=stats, **big)
+    _, logits = _run(mlp, x, y, stats=stats, **big)
     assert (logits.argmax(-1) != y[None]).mean() > 0.5
     classic_stats: dict[str, int] = {}
     _run(mlp, x, y, early_stop=False, stats=classic_stats, **big)

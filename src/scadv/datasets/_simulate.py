@@ -166,8 +166,8 @@ def simulate(
     for t in range(n_types):
         markers[t] = program_of == f"type{t}"
         lineage_genes[t] = program_of == lineages[lineage_of[t]]
-    marker_of = pd.Categorical(np.where(np.isin(program_of, types), program_of, None),
-                               categories=types)
+    # genes of other programs are not among the categories, so they become NaN
+    marker_of = pd.Categorical(program_of, categories=types)
     obs = pd.DataFrame({
         label_key: pd.Categorical.from_codes(cell_type, categories=types),
         "lineage": pd.Categorical.from_codes(lineage_of[cell_type], categories=lineages),

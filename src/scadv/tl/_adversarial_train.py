@@ -231,7 +231,7 @@ def adversarial_train(
         obs[split_col] = pd.Categorical(split, categories=list(K.SPLITS))
     test = scores[K.SPLIT_TEST]
     robust = ", ".join(f"ε={K.format_eps(e)}: {a:.3f}"
-                       for e, a in zip(eval_eps_t, test["robust_accuracy"]))
+                       for e, a in zip(eval_eps_t, test["robust_accuracy"], strict=True))
     write_results(
         adata, step=f"adversarial training ({history['epoch'].size} epochs, test accuracy "
                     f"{test['accuracy']:.3f}, robust {robust})",

@@ -10,7 +10,6 @@ import numpy as np
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from scipy import sparse
 from torch import nn
 
 from .. import _device as D
@@ -217,13 +216,17 @@ def attribute(
                      - setup.explainer._target_output(
                          np.broadcast_to(setup.explainer.baseline, x.shape).copy(), targets))
         if method == "deepshap":
-            refs = setup.explainer.output(setup.explainer.references).mean(axis=0)
+            if (references := setup.explainer.references) is None:
+                raise RuntimeError("internal: DeepSHAP without its reference cells")
+            refs = setup.explainer.output(references).mean(axis=0)
             gap = np.abs(setup.explainer._target_output(x, targets) - refs[targets])
         rec["delta_mean_abs"] = float(np.mean(np.abs(delta)))
         rec["delta_max_abs"] = float(np.max(np.abs(delta)))
         rec["delta_relative"] = float(np.mean(np.abs(delta)) / max(np.mean(gap), 1e-12))
         note = f", convergence delta mean |δ| {rec['delta_mean_abs']:.2g}"
-    layers, obsm, obs = {}, {}, {}
+    layers: dict[str, np.ndarray] = {}
+    obsm: dict[str, np.ndarray] = {}
+    obs: dict[str, Any] = {}
     if per_cell:
         full = np.full((adata.n_obs, len(setup.genes)), np.nan, dtype=np.float32)
         full[mask] = attr
@@ -291,7 +294,7 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
         label_key = label_key or str(record.get("label_key", ""))
     elif callable(model):
         x = V.matrix(adata, layer)
-        x = np.ascontiguousarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float32)
+        x = np.ascontiguousarray(x.toarray() if V.is_sparse(x) else x, dtype=np.float32)
         V.check_finite(x, what="the explained matrix")
         genes = np.asarray(adata.var_names).astype(str)
         if isinstance(model, nn.Module):
@@ -329,7 +332,7 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
         else:
             raise ScadvInputError(f"baseline must be 'zero_expression', 'mean' or an array of "
                                   f"{len(genes)} values, got {baseline!r}.")
-        name = baseline
+        name: str = baseline
     else:
         base = np.asarray(baseline, dtype=np.float32).ravel()
         if base.shape != (len(genes),) or not np.isfinite(base).all():
@@ -356,8 +359,10 @@ def _probe(net: nn.Module | None, black_box: Callable | None, x: np.ndarray,
             with torch.no_grad():
                 out = net(torch.as_tensor(x, device=device))
             out = out.cpu().numpy()
-        else:
+        elif black_box is not None:
             out = np.asarray(black_box(x))
+        else:
+            raise RuntimeError("internal: neither a network nor a black box to probe")
     except Exception as err:  # the user's model failed on adata's rows
         raise ScadvInputError(
             f"calling the model on rows of the explained matrix ({x.shape[1]} genes) failed: "

@@ -5,7 +5,7 @@ overlap with differential-expression markers (``scadv.tl.attribution_stability``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from . import _explain as X
 from . import _rankings as RK
 
 Perturbation = Literal["noise", "downsample", "adversarial"]
-PERTURBATIONS = ("noise", "downsample", "adversarial")
+PERTURBATIONS: tuple[Perturbation, ...] = ("noise", "downsample", "adversarial")
 
 
 def attribution_stability(
@@ -104,7 +104,8 @@ def attribution_stability(
     params = P.call_params(locals(), attribution_stability)
     adata = V.start(adata, copy=copy)
     rec = RK.record(adata, key)
-    perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+    perturbations = ([cast(Perturbation, perturbations)] if isinstance(perturbations, str)
+                     else list(perturbations))
     bad = [p for p in perturbations if p not in PERTURBATIONS]
     if bad or not perturbations:
         raise ScadvInputError(f"perturbations must be among {list(PERTURBATIONS)}, got "
@@ -133,7 +134,7 @@ def attribution_stability(
             if pert == "noise":
                 xp = x0 + rng.normal(0.0, noise, size=x0.shape).astype(np.float32)
             elif pert == "downsample":
-                xp = _thin(counts, library, downsample, rng, setup.record["prepare"])
+                xp = _thin(counts, library, downsample, rng, _recipe(setup))
             else:
                 xp = _adversarial(setup, x0, clean_pred, eps, seed=seed, progress=progress)
             attr, _ = setup.explainer(xp, targets, progress=progress)
@@ -170,7 +171,8 @@ def attribution_stability(
         "table": table,
         "provenance": P.record(params, seed=seed),
     }
-    summary = ", ".join(f"{p}: {j:.2f}" for p, j in zip(perturbations, out["jaccard_mean"]))
+    summary = ", ".join(f"{p}: {j:.2f}"
+                        for p, j in zip(perturbations, out["jaccard_mean"], strict=True))
     write_results(adata, step=f"attribution stability (Jaccard@{k} {summary})", start=start,
                   uns={out_key: out})
     return adata if copy else None
@@ -253,6 +255,8 @@ def _adversarial(setup: AT.Setup, x0: np.ndarray, pred: np.ndarray, eps: float, 
     """:func:`scadv.tl.pgd`'s default attack, away from the model's prediction."""
     budget = E.Budget(eps=(float(eps),), norm="linf", alpha=(0.25 * eps,), steps=10,
                       random_start=False, n_restarts=1, loss="margin")
+    if setup.explainer.net is None:
+        raise ScadvInputError("the 'adversarial' perturbation needs a differentiable model.")
     adv, _ = E.run(setup.explainer.net, x0, pred, budget, E.Constraints(), targeted=False,
                    device=setup.explainer.device, seed=seed, batch_size=256, progress=progress)
     return adv[0]
@@ -407,7 +411,7 @@ def marker_overlap(
             if group not in classes or np.isnan(scores[classes.index(group)]).all():
                 continue
             up = np.asarray(de_scores[group], dtype=float) > 0
-            ranked = [g for g, u in zip(np.asarray(names[group]).astype(str), up)
+            ranked = [g for g, u in zip(np.asarray(names[group]).astype(str), up, strict=True)
                       if u and g in gene_set][:k]
             top = genes[RK.top_k(scores[classes.index(group)], k)]
             shared = [g for g in top if g in set(ranked)]
@@ -430,7 +434,15 @@ def marker_overlap(
         "provenance": P.record(params),
     }
     write_results(adata, step="marker overlap (" + ", ".join(
-        f"{key}: {v:.2f}" for key, v in zip(keys, rec["overlap_mean"])) + ")",
+        f"{key}: {v:.2f}" for key, v in zip(keys, rec["overlap_mean"], strict=True)) + ")",
         start=start, uns={key_added: rec})
     return adata if copy else None
 
+
+
+def _recipe(setup: AT.Setup) -> Mapping[str, Any]:
+    """The preprocessing recipe of the stored classifier behind ``setup``."""
+    if setup.record is None:
+        raise ScadvInputError("the 'downsample' perturbation needs a stored scadv classifier "
+                              "(its preprocessing recipe re-processes the thinned counts).")
+    return setup.record["prepare"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ def mlp_backward(model: M.MLP, x: torch.Tensor, score_fn: ScoreFn, *,
         h = x
         if isinstance(model.input, nn.Linear):
             h = torch.addmm(model.input.bias, h, model.input.weight.t())
-        masks = []
+        masks: list[torch.Tensor | None] = []
         for lin in linears:
             h = torch.addmm(lin.bias, h, lin.weight.t())
             masks.append(h > 0)
@@ -134,8 +134,8 @@ def mlp_backward(model: M.MLP, x: torch.Tensor, score_fn: ScoreFn, *,
             weights = [model.input.weight, *weights]
             masks = [None, *masks]
         for i in range(len(weights) - 1, -1, -1):
-            if masks[i] is not None:
-                g.mul_(masks[i])
+            if (relu_mask := masks[i]) is not None:
+                g.mul_(relu_mask)
             if i == 0:
                 torch.mm(g, weights[0], out=grad_out)
             else:
@@ -194,8 +194,9 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
     params = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    fast = isinstance(model, M.MLP) and objective is None
-    n_classes = model.head.out_features if fast else _n_out(model, d, device)
+    mlp = model if isinstance(model, M.MLP) and objective is None else None
+    fast = mlp is not None
+    n_classes = mlp.head.out_features if mlp is not None else _n_out(model, d, device)
     ws = _Workspace(min(batch_size, n) * n_eps, d, device, budget=budget,
                     box=budget.norm == "linf" or constraints.lower is not None
                     or constraints.upper is not None,
@@ -231,7 +232,7 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
             logit_out[:, lo:hi] = logits.view(n_eps, hi - lo, -1).cpu().numpy()
     finally:
         shared.bar.close()
-        for p, flag in zip(model.parameters(), params):
+        for p, flag in zip(model.parameters(), params, strict=True):
             p.requires_grad_(flag)
     return adv_out, logit_out
 
@@ -286,7 +287,11 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: f
             raise ValueError("internal: loss='kl' needs p_clean")
         score_fn = kl_score(p_clean)
     else:
-        score_fn = lambda logits: objective_and_grad(logits, y, loss=loss, targeted=False)  # noqa: E731
+        if y is None:
+            raise ValueError(f"internal: loss={loss!r} needs the classes y")
+        away_from: torch.Tensor = y
+        score_fn = lambda logits: objective_and_grad(  # noqa: E731
+            logits, away_from, loss=loss, targeted=False)
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
@@ -307,10 +312,10 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: f
         elif loss == "kl":
             adv.add_(0.001 * torch.randn(x.shape, generator=gen, device=x.device))
         grad = torch.empty_like(x)
-        fast = isinstance(model, M.MLP)
+        mlp = model if isinstance(model, M.MLP) else None
         for _ in range(int(steps)):
-            if fast:
-                mlp_backward(model, adv, score_fn, grad_out=grad)
+            if mlp is not None:
+                mlp_backward(mlp, adv, score_fn, grad_out=grad)
             else:
                 with torch.enable_grad():
                     xg = adv.detach().requires_grad_(True)
@@ -329,7 +334,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: f
                 adv = x + delta
         return adv.detach()
     finally:
-        for p, flag in zip(model.parameters(), flags):
+        for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
 
@@ -384,9 +389,16 @@ class _Workspace:
             return torch.empty((rows, d), device=device)
 
         self.X, self.G = buf(), buf()
-        self.LO, self.HI = (buf(), buf()) if box else (None, None)
-        self.X0 = buf() if budget.norm == "l2" else None
-        self.M = buf() if per_row_mask else None
+        self.LO: torch.Tensor | None = buf() if box else None
+        self.HI: torch.Tensor | None = buf() if box else None
+        self.X0: torch.Tensor | None = buf() if budget.norm == "l2" else None
+        self.M: torch.Tensor | None = buf() if per_row_mask else None
+
+    def box(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first ``n`` rows of the lower and upper bounds, if the attack has a box."""
+        if self.LO is None or self.HI is None:
+            return None
+        return self.LO[:n], self.HI[:n]
 
     def compact(self, n: int, where: torch.Tensor) -> None:
         """Keep rows ``where`` (sorted) of the first ``n`` rows, moved to the front."""
@@ -442,7 +454,7 @@ class _Batch:
         self.alpha = self.alpha_rows[rows].clone()
         if ws.X0 is not None:
             ws.X0[:n].copy_(X)
-        if ws.M is not None:
+        if ws.M is not None and self.movable is not None:  # M exists only for per-cell masks
             torch.index_select(self.movable, 0, cells, out=ws.M[:n])
         if ws.LO is not None:
             self._box(n)
@@ -454,7 +466,10 @@ class _Batch:
         """Per-row bounds: the L∞ ball ∩ the allowed range, widened where the clean value lies
         outside the range (the constraint itself never moves a clean cell)."""
         ws, s = self.ws, self.s
-        X, LO, HI = ws.X[:n], ws.LO[:n], ws.HI[:n]
+        box = ws.box(n)
+        if box is None:
+            raise RuntimeError("internal: per-row bounds without their buffers")
+        X, (LO, HI) = ws.X[:n], box
         if s.budget.norm == "linf":
             torch.sub(X, self.eps, out=LO)
             torch.add(X, self.eps, out=HI)
@@ -486,8 +501,8 @@ class _Batch:
         if (mask := self._mask(n)) is not None:
             noise.mul_(mask)
         X.add_(noise)
-        if ws.LO is not None:
-            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)
+        if (box := ws.box(n)) is not None:
+            torch.clamp(X, *box, out=X)
 
     # ---- the iteration ---------------------------------------------------------------------
 
@@ -512,7 +527,7 @@ class _Batch:
         m = n // blocks
         grad_out = ws.G[:m] if need_grad else None
         if s.fast:
-            logits, _, success, _ = mlp_input_grad(s.model, ws.X[:m], self.y[:m],
+            logits, _, success, _ = mlp_input_grad(cast(M.MLP, s.model), ws.X[:m], self.y[:m],
                                                    loss=s.budget.loss, targeted=s.targeted,
                                                    grad_out=grad_out)
         else:
@@ -544,11 +559,13 @@ class _Batch:
                 alive &= ~finished
                 n_alive = int(alive.sum())
                 if last or n_alive == 0:
-                    s.bar.update(steps - step)
+                    if s.bar is not None:
+                        s.bar.update(steps - step)
                     return
                 self.alpha *= alive.unsqueeze(1)  # finished rows take no more steps
             self._step(n)
-            s.bar.update(1)
+            if s.bar is not None:
+                s.bar.update(1)
             if n - int(alive.sum()) >= _COMPACT_AT * n:  # drop the finished rows
                 where = torch.nonzero(alive).squeeze(1)
                 ws.compact(n, where)
@@ -564,16 +581,20 @@ class _Batch:
             if mask is not None:
                 G.mul_(mask)
             X.addcmul_(G, self.alpha)
-            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)
+            if (box := ws.box(n)) is None:
+                raise RuntimeError("internal: an L-inf attack without its bounds")
+            torch.clamp(X, *box, out=X)
             return
         if mask is not None:
             G.mul_(mask)
         G.div_(G.norm(dim=1, keepdim=True).clamp_min(1e-12))
         X.addcmul_(G, self.alpha)
         # project onto the L2 ball around x0, then into the box (which only shrinks δ)
+        if ws.X0 is None:
+            raise RuntimeError("internal: an L2 attack without its x0 buffer")
         X0 = ws.X0[:n]
         X.sub_(X0)
         X.mul_(torch.clamp(self.eps / X.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
         X.add_(X0)
-        if ws.LO is not None:
-            torch.clamp(X, ws.LO[:n], ws.HI[:n], out=X)
+        if (box := ws.box(n)) is not None:
+            torch.clamp(X, *box, out=X)

@@ -62,12 +62,14 @@ class Explainer:
 
     def output(self, x: np.ndarray) -> np.ndarray:
         """Logits (differentiable model) or probabilities (black box) of the rows of ``x``."""
-        if self.black_box is not None:
-            out = [np.asarray(self.black_box(x[lo:lo + self.batch_size]), dtype=np.float64)
+        if (black_box := self.black_box) is not None:
+            out = [np.asarray(black_box(x[lo:lo + self.batch_size]), dtype=np.float64)
                    for lo in range(0, len(x), self.batch_size)]
             return np.concatenate(out) if out else np.empty((0, 0))
+        if (net := self.net) is None:
+            raise RuntimeError("internal: an explainer with neither a network nor a black box")
         with torch.no_grad():
-            out = [self.net(torch.as_tensor(x[lo:lo + self.batch_size], device=self.device))
+            out = [net(torch.as_tensor(x[lo:lo + self.batch_size], device=self.device))
                    .cpu().numpy() for lo in range(0, len(x), self.batch_size)]
         return np.concatenate(out).astype(np.float64)
 

@@ -110,7 +110,7 @@ def score_attributions(
         "provenance": P.record(params),
     }
     write_results(adata, step=f"ground-truth scores (precision@{k}: " + ", ".join(
-        f"{key} {v:.2f}" for key, v in zip(keys, out["precision_at_k_mean"])) + ")",
+        f"{key} {v:.2f}" for key, v in zip(keys, out["precision_at_k_mean"], strict=True)) + ")",
         start=start, uns={key_added: out})
     return adata if copy else None
 
@@ -133,7 +133,7 @@ def _truth(adata: AnnData, truth: Mapping[str, Sequence[str]] | None) -> dict[st
             "no ground truth: adata.uns['scadv']['simulation'] (written by "
             "scadv.datasets.simulate) is missing. Pass truth={class: [marker genes]}."
         )
-    genes = np.asarray(sim["genes"]).astype(str)
+    sim_genes = np.asarray(sim["genes"]).astype(str)
     mat = np.asarray(sim["markers"], dtype=bool)
-    return {str(c): set(genes[mat[i]]) for i, c in enumerate(np.asarray(sim["classes"]))
+    return {str(c): set(sim_genes[mat[i]]) for i, c in enumerate(np.asarray(sim["classes"]))
             if mat[i].any()}

@@ -17,7 +17,6 @@ import pandas as pd
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from torch import nn
 
 from .. import _device as D
 from .. import _keys as K
@@ -39,7 +38,7 @@ def check_eps_grid(eps: float | Sequence[float], *, what: str = "eps") -> tuple[
     return tuple(float(v) for v in np.unique(vals))
 
 
-def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray, eps: Sequence[float], *,
+def evaluate(net: M.MLP, x: np.ndarray, y: np.ndarray, eps: Sequence[float], *,
              n_classes: int, steps: int, device: torch.device, seed: int, batch_size: int,
              progress: bool) -> dict[str, np.ndarray]:
     """Accuracy against ``y`` (all ≥ 0) under PGD away from ``y`` at each budget (0: clean).
@@ -140,7 +139,7 @@ def robust_accuracy(
     records = [C.model_record(adata, m) for m in models]
     classes = [str(c) for c in np.asarray(records[0]["classes"])]
     rows, acc, per_class, masks = [], [], [], []
-    for name, record in zip(models, records):
+    for name, record in zip(models, records, strict=True):
         C.check_model_space(adata, record, action="scadv.tl.robust_accuracy")
         label_key = str(record.get("label_key", ""))
         model_classes = [str(c) for c in np.asarray(record["classes"])]
@@ -164,7 +163,7 @@ def robust_accuracy(
                 aligned[:, classes.index(c)] = res["accuracy_per_class"][:, j]
         per_class.append(aligned)
         rows += [{"model": name, "eps": e, "accuracy": float(a), "n_cells": int(mask.sum())}
-                 for e, a in zip(eps_t, res["accuracy"])]
+                 for e, a in zip(eps_t, res["accuracy"], strict=True)]
     if any(not np.array_equal(masks[0], m) for m in masks[1:]):
         logg.warning("the models are evaluated on different cells (different test splits); "
                      "train them with one split (split_key=...) to compare them cell for cell.")
@@ -181,7 +180,7 @@ def robust_accuracy(
         "provenance": P.record(params, seed=seed, device=dev),
     }
     summary = "; ".join(f"{m}: " + ", ".join(f"{a:.3f}" for a in row)
-                        for m, row in zip(models, acc))
+                        for m, row in zip(models, acc, strict=True))
     write_results(adata, step=f"robust accuracy at ε={list(eps_t)} ({summary})", start=start,
                   uns={key_added: rec})
     return adata if copy else None

@@ -260,7 +260,8 @@ def _split(adata: AnnData, y: np.ndarray, classes: Sequence[str], *, split_key: 
                               f"expected {K.SPLITS}.")
     split[y < 0] = K.SPLIT_UNLABELLED
     for name in (K.SPLIT_TRAIN, K.SPLIT_VAL):
-        missing = [classes[c] for c in range(len(classes)) if not ((split == name) & (y == c)).any()]
+        missing = [classes[c] for c in range(len(classes))
+                   if not ((split == name) & (y == c)).any()]
         if missing:
             raise ScadvInputError(f"split {split_key!r} has no {name} cells of {missing}.")
     return split
@@ -300,10 +301,13 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         model = M.MLP(x.shape[1], n_classes, hidden, dropout, rank).to(device)
         if rank:
             axes, bias = _pca_projection(x[train], rank, seed)
+            projection = model.input
+            if not isinstance(projection, nn.Linear):
+                raise RuntimeError("internal: an input rank without a linear input layer")
             with torch.no_grad():
-                model.input.weight.copy_(torch.from_numpy(axes))
-                model.input.bias.copy_(torch.from_numpy(bias))
-            model.input.requires_grad_(not freeze_input)
+                projection.weight.copy_(torch.from_numpy(axes))
+                projection.bias.copy_(torch.from_numpy(bias))
+            projection.requires_grad_(not freeze_input)
         gen = D.generator(seed, device)
         xt = torch.as_tensor(x[train], device=device)
         yt = torch.as_tensor(y[train], device=device)
@@ -318,7 +322,8 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=weight_decay)
         history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-        best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
+        best_state: dict[str, torch.Tensor] | None = None
+        best_loss, best_epoch, bad = float("inf"), 0, 0
         bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
                    leave=False, mininterval=0.5)
         for epoch in bar:
@@ -361,9 +366,13 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                 if bad >= patience:
                     break
         bar.close()
+    if best_state is None:
+        raise ScadvInputError(
+            "training diverged: the validation loss was not finite in any epoch. Check the "
+            "input for extreme values, or lower lr.")
     model.load_state_dict(best_state)
     model.eval()
-    out = {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
+    out: dict[str, np.ndarray] = {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
     out["epoch"] = np.arange(1, len(out["val_loss"]) + 1)
     out["best_epoch"] = np.int64(best_epoch + 1)
     return model, out
