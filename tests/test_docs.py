@@ -28,3 +28,11 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "html" / "generated" / "scadv.tl.pgd.html").exists()
+
+
+def test_every_plot_documents_ax_show_save():
+    for name in scadv.pl.__all__:
+        doc = getattr(scadv.pl, name).__doc__
+        assert "{ax_show_save}" not in doc, f"scadv.pl.{name}: unfilled docstring placeholder"
+        for param in ("ax", "show", "save"):
+            assert f"\n    {param}\n" in doc or f"\n{param}\n" in doc, (name, param)

@@ -36,6 +36,7 @@ def _heatmap(ax: Axes, values: np.ndarray, rows: Sequence[str], cols: Sequence[s
     ax.figure.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
 
 
+@U.doc_ax_show_save
 def top_genes(
     adata: AnnData,
     *,
@@ -62,16 +63,7 @@ def top_genes(
         Top genes per class.
     classes
         Classes to show (default: every class explained).
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = RK.record(adata, key)
     scores, all_classes, genes = RK.scores(rec)
@@ -95,6 +87,7 @@ def top_genes(
     return U.finish(ax, show=show, save=save)
 
 
+@U.doc_ax_show_save
 def attribution_stability(
     adata: AnnData,
     *,
@@ -114,16 +107,7 @@ def attribution_stability(
         Its ``key_added``.
     metric
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'`` (rank correlation).
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("jaccard", "spearman", "perturbations", "classes"),
                    made_by="scadv.tl.attribution_stability")
@@ -155,6 +139,7 @@ def attribution_stability(
     return U.finish(ax, show=show, save=save)
 
 
+@U.doc_ax_show_save
 def attribution_agreement(
     adata: AnnData,
     *,
@@ -174,16 +159,7 @@ def attribution_agreement(
         Its ``key_added``.
     metric
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'``.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("jaccard_mean", "spearman_mean", "keys"),
                    made_by="scadv.tl.attribution_agreement")
@@ -200,6 +176,7 @@ def attribution_agreement(
     return U.finish(ax, show=show, save=save)
 
 
+@U.doc_ax_show_save
 def marker_overlap(
     adata: AnnData,
     *,
@@ -216,16 +193,7 @@ def marker_overlap(
         Holds a record of :func:`scadv.tl.marker_overlap`.
     key
         Its ``key_added``.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("overlap", "keys", "classes"),
                    made_by="scadv.tl.marker_overlap")
@@ -240,6 +208,7 @@ def marker_overlap(
     return U.finish(ax, show=show, save=save)
 
 
+@U.doc_ax_show_save
 def enrichment(
     adata: AnnData,
     *,
@@ -259,16 +228,7 @@ def enrichment(
         Its ``key_added``.
     n_sets
         Gene sets shown per class (its most significant ones).
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("table", "n_universe"),
                    made_by="scadv.tl.gene_set_enrichment")
@@ -293,6 +253,7 @@ def enrichment(
     return U.finish(ax, show=show, save=save)
 
 
+@U.doc_ax_show_save
 def attribution_truth(
     adata: AnnData,
     *,
@@ -313,16 +274,7 @@ def attribution_truth(
     metric
         ``'precision_at_k'``, ``'recall_at_k'`` or ``'auprc'`` (with the random ranking's
         AUPRC drawn as a dashed line per class).
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("precision_at_k", "auprc", "keys", "classes"),
                    made_by="scadv.tl.score_attributions")

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def cgd(
     adata: AnnData,
     *,
@@ -29,16 +30,7 @@ def cgd(
         Holds a result of :func:`scadv.tl.cgd`.
     key
         Its ``key_added``.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("trajectory", "to", "original_label", "start_frac_to"),
                    made_by="scadv.tl.cgd")

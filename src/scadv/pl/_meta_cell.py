@@ -17,6 +17,7 @@ from . import _meta_common as PM
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def meta_cell(
     adata: AnnData,
     cell: str,
@@ -43,16 +44,7 @@ def meta_cell(
         Adversarial (or benign) layer; default the first evaluated adversarial layer.
     key
         Key of the detector.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = PM.detector(adata, key)
     if cell not in adata.obs_names:

@@ -19,6 +19,7 @@ from . import _meta_common as PM
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def meta_embedding(
     adata: AnnData,
     *,
@@ -47,16 +48,7 @@ def meta_embedding(
         Neighbours of the UMAP graph.
     seed
         Seeds the UMAP layout.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)

@@ -15,6 +15,7 @@ from . import _meta_common as PM
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def meta_scores(
     adata: AnnData,
     *,
@@ -44,16 +45,7 @@ def meta_scores(
         are shown.
     bins
         Number of bins over [0, 1].
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)

@@ -19,6 +19,7 @@ _TITLES = {
 }
 
 
+@U.doc_ax_show_save
 def overview(
     adata: AnnData,
     *,
@@ -42,16 +43,7 @@ def overview(
         (genes left out of the max-change set).
     cmap
         Matplotlib colour map.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("table", "targets", "modifications"),
                    made_by="scadv.tl.overview")

@@ -16,6 +16,7 @@ from . import _meta_common as PM
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def roc(
     adata: AnnData,
     *,
@@ -38,16 +39,7 @@ def roc(
         Key of the detector.
     layers
         Adversarial layers to show; default every evaluated one.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)

@@ -16,6 +16,7 @@ from . import _utils as U
 NOT_FLIPPED = "#c8c8c8"
 
 
+@U.doc_ax_show_save
 def single_gene(
     adata: AnnData,
     *,
@@ -43,16 +44,7 @@ def single_gene(
         The cluster to show (default: the first one attacked).
     top
         Number of bars.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to.
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     rec = U.record(adata, key, needs=("table", "summary", "targets"),
                    made_by="scadv.tl.single_gene")

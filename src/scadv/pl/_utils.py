@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import textwrap
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib.pyplot as plt
 import scanpy as sc
@@ -14,6 +16,33 @@ from matplotlib.figure import Figure
 
 from .. import _keys as K
 from .._errors import ScadvInputError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The end of every plot's docstring: the ``ax``, ``show`` and ``save`` parameters and what
+#: is returned. A docstring says ``{ax_show_save}`` where it goes.
+DOC_AX_SHOW_SAVE = """\
+ax
+    Axes to draw into; a new figure by default.
+show
+    Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
+save
+    File to save the figure to.
+
+Returns
+-------
+The axes drawn into.
+"""
+
+
+def doc_ax_show_save(func: _F) -> _F:
+    """Put :data:`DOC_AX_SHOW_SAVE` where ``func``'s docstring says ``{ax_show_save}``, at
+    that line's indentation (docstrings are dedented from Python 3.13 on)."""
+    if func.__doc__:
+        func.__doc__ = re.sub(r"^([ \t]*)\{ax_show_save\}\n",
+                              lambda m: textwrap.indent(DOC_AX_SHOW_SAVE, m.group(1)),
+                              func.__doc__, flags=re.M)
+    return func
 
 
 def record(adata: AnnData, key: str, *, needs: tuple[str, ...], made_by: str) -> Mapping[str, Any]:
