@@ -124,17 +124,6 @@ def counts() -> ad.AnnData:
     return make_counts()
 
 
-@pytest.fixture
-def small_trained() -> ad.AnnData:
-    """Synthetic data prepared and with a quickly trained classifier (for fast edge cases)."""
-    import scadv
-
-    adata = make_counts()
-    scadv.pp.prepare(adata, n_top_genes=100)
-    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
-    return adata
-
-
 @pytest.fixture(scope="session")
 def _small_trained_once() -> ad.AnnData:
     import scadv
@@ -146,8 +135,9 @@ def _small_trained_once() -> ad.AnnData:
 
 
 @pytest.fixture
-def small_trained_copy(_small_trained_once: ad.AnnData) -> ad.AnnData:
-    """The same as ``small_trained``, trained once per session (a fresh copy per test)."""
+def small_trained(_small_trained_once: ad.AnnData) -> ad.AnnData:
+    """Synthetic data prepared and with a quickly trained classifier (for fast edge cases);
+    trained once per session (training is deterministic), a fresh copy per test."""
     return _small_trained_once.copy()
 
 

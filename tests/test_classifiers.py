@@ -77,12 +77,12 @@ def test_function_adapter_reads_class_names_and_checks_shapes():
         bad.predict_proba(a.X)
 
 
-def test_resolve_refuses_other_objects(small_trained_copy):
+def test_resolve_refuses_other_objects(small_trained):
     with pytest.raises(ScadvInputError, match="classifier must be"):
-        CL.resolve(42, small_trained_copy)
+        CL.resolve(42, small_trained)
     with pytest.raises(ScadvInputError, match="no scadv classifier 'other'"):
-        CL.resolve("other", small_trained_copy)
-    assert isinstance(CL.resolve(None, small_trained_copy), CL.StoredMLP)
+        CL.resolve("other", small_trained)
+    assert isinstance(CL.resolve(None, small_trained), CL.StoredMLP)
 
 
 def test_public_namespace():

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._errors import ScadvInputError
-from ._model import weights_to_arrays
+from ._model import load_weights, weights_to_arrays
 
 DETECTOR_KIND = "scadv.meta_detector"
 FORMAT_VERSION = 1
@@ -150,26 +150,6 @@ def _int(arch: Mapping[str, Any], key: str) -> int:
     return int(value)
 
 
-def _load(module: nn.Module, stored: Mapping[str, Any], what: str) -> None:
-    expected = module.state_dict()
-    if not isinstance(stored, Mapping) or set(stored) != set(expected):
-        got = set(stored) if isinstance(stored, Mapping) else set()
-        raise ScadvInputError(
-            f"stored {what} weights do not match its architecture: missing "
-            f"{sorted(set(expected) - got)}, unexpected {sorted(got - set(expected))}."
-        )
-    tensors = {}
-    for name, ref in expected.items():
-        arr = np.asarray(stored[name])
-        if arr.dtype.kind != "f" or arr.shape != tuple(ref.shape):
-            raise ScadvInputError(
-                f"stored {what} weight {name!r} has shape {arr.shape} / dtype {arr.dtype}; "
-                f"expected {tuple(ref.shape)} floats."
-            )
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    module.load_state_dict(tensors)
-
-
 def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -> Networks:
     """Rebuild a fitted detector from the arrays :meth:`Networks.to_record` stored."""
     if not isinstance(record, Mapping) or "arch" not in record:
@@ -186,8 +166,8 @@ def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -
     if not np.all(np.isfinite(scale)) or (scale <= 0).any():
         raise ScadvInputError("stored detector feature_scale must be positive and finite.")
     triplet, detector = shape.build()
-    _load(triplet, record["triplet_weights"], "triplet network")
-    _load(detector, record["detector_weights"], "detector")
+    load_weights(triplet, record["triplet_weights"], what="triplet network")
+    load_weights(detector, record["detector_weights"], what="detector")
     return Networks(shape, mean.astype(np.float32), scale.astype(np.float32),
                     triplet.to(device).eval(), detector.to(device).eval())
 

@@ -151,24 +151,7 @@ def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -
     """
     arch = architecture(record)
     model = arch.build()
-    expected = model.state_dict()
-    stored = record["weights"]
-    if set(stored) != set(expected):
-        raise ScadvInputError(
-            "stored model weights do not match its architecture: "
-            f"missing {sorted(set(expected) - set(stored))}, unexpected "
-            f"{sorted(set(stored) - set(expected))}."
-        )
-    tensors = {}
-    for name, ref in expected.items():
-        arr = np.asarray(stored[name])
-        if arr.dtype.kind != "f" or arr.shape != tuple(ref.shape):
-            raise ScadvInputError(
-                f"stored weight {name!r} has shape {arr.shape} / dtype {arr.dtype}; "
-                f"expected {tuple(ref.shape)} floats."
-            )
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    model.load_state_dict(tensors)
+    load_weights(model, record["weights"], what="model")
     return model.to(device).eval()
 
 
@@ -194,3 +177,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_weights(module: nn.Module, stored: Any, *, what: str) -> None:
+    """Load plain arrays into ``module`` after checking every name, shape and dtype against
+    its architecture (nothing is unpickled; a malformed record raises a clear error)."""
+    expected = module.state_dict()
+    got = set(stored) if isinstance(stored, Mapping) else set()
+    if not isinstance(stored, Mapping) or got != set(expected):
+        raise ScadvInputError(
+            f"stored {what} weights do not match its architecture: missing "
+            f"{sorted(set(expected) - got)}, unexpected {sorted(got - set(expected))}."
+        )
+    tensors = {}
+    for name, ref in expected.items():
+        arr = np.asarray(stored[name])
+        if arr.dtype.kind != "f" or arr.shape != tuple(ref.shape):
+            raise ScadvInputError(
+                f"stored {what} weight {name!r} has shape {arr.shape} / dtype {arr.dtype}; "
+                f"expected {tuple(ref.shape)} floats."
+            )
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    module.load_state_dict(tensors)

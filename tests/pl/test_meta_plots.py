@@ -86,8 +86,8 @@ def test_meta_embedding(small_meta):
     plt.close("all")
 
 
-def test_missing_detector(small_trained_copy):
+def test_missing_detector(small_trained):
     for plot in (scadv.pl.meta_scores, scadv.pl.roc, scadv.pl.meta_confusion,
                  scadv.pl.meta_embedding):
         with pytest.raises(ScadvInputError, match="run scadv.tl.meta_detect"):
-            plot(small_trained_copy, show=False)
+            plot(small_trained, show=False)

@@ -45,10 +45,10 @@ def test_realistic_adaptive_attacker_respects_the_gate(small_meta):
     assert (layer[expressed] >= np.broadcast_to(zero + gap, a.shape)[expressed] - 1e-5).all()
 
 
-def test_bad_input(small_meta, small_trained_copy):
+def test_bad_input(small_meta, small_trained):
     with pytest.raises(ScadvInputError, match="lam must be"):
         scadv.tl.adaptive_pgd(small_meta, lam=-1.0, progress=False)
     with pytest.raises(ScadvInputError, match="kappa must be"):
         scadv.tl.adaptive_pgd(small_meta, kappa=0.0, progress=False)
     with pytest.raises(ScadvInputError, match="no scadv meta-detector"):
-        scadv.tl.adaptive_pgd(small_trained_copy, progress=False)
+        scadv.tl.adaptive_pgd(small_trained, progress=False)

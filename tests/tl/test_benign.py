@@ -12,8 +12,8 @@ from scadv.tl._benign import _full_counts
 from tests.conftest import assert_unchanged, snapshot
 
 
-def test_counts_are_rebuilt_exactly(small_trained_copy):
-    a = small_trained_copy
+def test_counts_are_rebuilt_exactly(small_trained):
+    a = small_trained
     mask = np.ones(a.n_obs, dtype=bool)
     counts, genes, _ = _full_counts(a, a.uns["scadv"]["prepare"], mask)
     pos = [list(genes).index(g) for g in a.var_names]
@@ -22,8 +22,8 @@ def test_counts_are_rebuilt_exactly(small_trained_copy):
                                a.obs["scadv_library_size"], rtol=1e-6)
 
 
-def test_perturbations(small_trained_copy):
-    a = small_trained_copy
+def test_perturbations(small_trained):
+    a = small_trained
     scadv.tl.benign_perturb(a, cells="all", seed=3)
     rec = a.uns["scadv"]["benign"]
     assert list(rec["kinds"]) == ["downsample", "dropout", "noise"]
@@ -53,8 +53,8 @@ def test_perturbations(small_trained_copy):
     assert 0 <= rec["pred_changed"][0] <= 1
 
 
-def test_default_cells_are_the_test_split(small_trained_copy):
-    a = small_trained_copy
+def test_default_cells_are_the_test_split(small_trained):
+    a = small_trained
     scadv.tl.benign_perturb(a, kinds=("noise",), key_added="n")
     test = (a.obs["scadv_split"] == "test").to_numpy()
     np.testing.assert_array_equal(a.obs["scadv_n_noise_pred"].notna().to_numpy(), test)
@@ -66,15 +66,15 @@ def test_default_cells_are_the_test_split(small_trained_copy):
     [({"kinds": ("blur",)}, "kinds must be"), ({"downsample": 1.0}, "downsample"),
      ({"dropout": 0.0}, "dropout"), ({"noise": -0.1}, "noise must be positive")],
 )
-def test_bad_options(small_trained_copy, kwargs, message):
-    before = snapshot(small_trained_copy)
+def test_bad_options(small_trained, kwargs, message):
+    before = snapshot(small_trained)
     with pytest.raises(ScadvInputError, match=message):
-        scadv.tl.benign_perturb(small_trained_copy, **kwargs)
-    assert_unchanged(small_trained_copy, before)
+        scadv.tl.benign_perturb(small_trained, **kwargs)
+    assert_unchanged(small_trained, before)
 
 
-def test_needs_counts(small_trained_copy):
-    a = small_trained_copy
+def test_needs_counts(small_trained):
+    a = small_trained
     del a.obs["scadv_library_size"]
     with pytest.raises(ScadvInputError, match="counts of all genes"):
         scadv.tl.benign_perturb(a)

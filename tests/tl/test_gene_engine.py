@@ -30,8 +30,8 @@ def _both(s, blk, batch_rows=97):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "marker", "forest", "extra_trees"])
-def test_fast_evaluators_match_stacked_rows(small_trained_copy, kind):
-    a = small_trained_copy
+def test_fast_evaluators_match_stacked_rows(small_trained, kind):
+    a = small_trained
     if kind == "mlp":
         clf = None
     elif kind == "marker":
@@ -83,17 +83,17 @@ def test_fast_evaluators_match_stacked_rows(small_trained_copy, kind):
     np.testing.assert_array_equal(fast.block, slow.block)
 
 
-def test_only_changed_cells_are_classified(small_trained_copy):
-    s, blk, _idx, cols, values = _setup(small_trained_copy, None)
+def test_only_changed_cells_are_classified(small_trained):
+    s, blk, _idx, cols, values = _setup(small_trained, None)
     ev = G.evaluator(s, blk, batch_rows=10_000)
     before = s.counter.rows
     _, _, n_changed = E.single_gene_scan(ev, cols, values)
     assert s.counter.rows - before == n_changed.sum() < values.size
 
 
-def test_non_rowwise_function_sees_whole_clusters(small_trained_copy):
+def test_non_rowwise_function_sees_whole_clusters(small_trained):
     """A classifier that normalises over the cells it is given is called on whole clusters."""
-    a = small_trained_copy
+    a = small_trained
     seen = []
 
     def centred(x):

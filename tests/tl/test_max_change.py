@@ -41,8 +41,8 @@ def test_marker_signature_is_the_clusters_markers(pbmc3k_markers, tmp_path):
     assert back.uns["scadv"]["max_change"]["table"].equals(rec["table"])
 
 
-def test_mlp_set_keeps_the_label_is_maximal_and_deterministic(small_trained_copy):
-    a = small_trained_copy
+def test_mlp_set_keeps_the_label_is_maximal_and_deterministic(small_trained):
+    a = small_trained
     kw = dict(cluster_key="cell_type", target="type0", modification="perc1", progress=False)
     scadv.tl.max_change(a, add_layer=True, seed=3, **kw)
     rec = a.uns["scadv"]["max_change"]
@@ -64,8 +64,8 @@ def test_mlp_set_keeps_the_label_is_maximal_and_deterministic(small_trained_copy
     np.testing.assert_array_equal(a.uns["scadv"]["again"]["signature"], rec["signature"])
 
 
-def test_max_change_errors(small_trained_copy):
-    a = small_trained_copy
+def test_max_change_errors(small_trained):
+    a = small_trained
     before = snapshot(a)
     with pytest.raises(ScadvInputError, match="one cluster name"):
         scadv.tl.max_change(a, cluster_key="cell_type", target=["type0", "type1"])

@@ -121,10 +121,10 @@ def test_missing_genes_are_an_error(pbmc3k_meta, pbmc3k_raw):
 # ---- features, networks, storage (fast, synthetic) --------------------------------------------
 
 
-def test_gradient_feature_uses_the_predicted_class(small_trained_copy):
-    rec = small_trained_copy.uns["scadv"]["classifier"]
+def test_gradient_feature_uses_the_predicted_class(small_trained):
+    rec = small_trained.uns["scadv"]["classifier"]
     net = M.from_record(rec, "cpu")
-    x = np.asarray(small_trained_copy.X[:16], dtype=np.float32)
+    x = np.asarray(small_trained.X[:16], dtype=np.float32)
     f, logits, emb = MF.compute(net, x, MF.GROUPS, device=torch.device("cpu"))
     xt = torch.as_tensor(x).requires_grad_(True)
     out = net(xt)
@@ -163,21 +163,21 @@ def test_small_run_writes_its_keys(small_meta):
     assert a.obs["scadv_pgd_eps0.3_meta_score"].notna().all()  # scored for every attacked cell
 
 
-def test_same_seed_same_detector(small_trained_copy):
+def test_same_seed_same_detector(small_trained):
     kw = {"eps": (0.3, 0.6, 1.0), "triplet_epochs": 2, "detector_epochs": 3, "progress": False,
           "baselines": False}
-    a = scadv.tl.meta_detect(small_trained_copy, copy=True, **kw)
-    b = scadv.tl.meta_detect(small_trained_copy, copy=True, **kw)
-    c = scadv.tl.meta_detect(small_trained_copy, copy=True, seed=1, **kw)
+    a = scadv.tl.meta_detect(small_trained, copy=True, **kw)
+    b = scadv.tl.meta_detect(small_trained, copy=True, **kw)
+    c = scadv.tl.meta_detect(small_trained, copy=True, seed=1, **kw)
     np.testing.assert_array_equal(a.obs["scadv_meta_score"], b.obs["scadv_meta_score"])
     assert not np.array_equal(a.obs["scadv_meta_score"], c.obs["scadv_meta_score"])
 
 
-def test_copy_leaves_input_untouched(small_trained_copy):
-    before = snapshot(small_trained_copy)
-    out = scadv.tl.meta_detect(small_trained_copy, eps=(0.3, 0.6, 1.0), triplet_epochs=1,
+def test_copy_leaves_input_untouched(small_trained):
+    before = snapshot(small_trained)
+    out = scadv.tl.meta_detect(small_trained, eps=(0.3, 0.6, 1.0), triplet_epochs=1,
                                detector_epochs=2, baselines=False, progress=False, copy=True)
-    assert_unchanged(small_trained_copy, before)
+    assert_unchanged(small_trained, before)
     assert "meta" in out.uns["scadv"] and "scadv_meta_score" in out.obs
 
 
@@ -237,11 +237,11 @@ def test_no_classifier_no_split_no_layers(small_meta, counts):
         ({"model": "other"}, "no scadv classifier 'other'"),
     ],
 )
-def test_bad_options(small_trained_copy, kwargs, message):
-    before = snapshot(small_trained_copy)
+def test_bad_options(small_trained, kwargs, message):
+    before = snapshot(small_trained)
     with pytest.raises(ScadvInputError, match=message):
-        scadv.tl.meta_detect(small_trained_copy, progress=False, triplet_epochs=1, **kwargs)
-    assert_unchanged(small_trained_copy, before)
+        scadv.tl.meta_detect(small_trained, progress=False, triplet_epochs=1, **kwargs)
+    assert_unchanged(small_trained, before)
 
 
 def test_not_in_model_space(small_meta):
@@ -275,12 +275,12 @@ def test_evaluate_named_layers_keeps_the_others(small_meta):
     assert set(a.uns["scadv"]["meta"]["table"].attack) >= {"late ε=0.9", "pgd ε=0.3"}
 
 
-def test_scoring_with_a_source_never_overwrites_other_models(small_meta, small_trained_copy):
+def test_scoring_with_a_source_never_overwrites_other_models(small_meta, small_trained):
     other = small_meta.copy()
     other.uns["scadv"]["meta"] = {"kind": "something else"}
     with pytest.raises(ScadvInputError, match="different entry under"):
         scadv.tl.meta_score(other, source=small_meta, progress=False)
-    mine = small_trained_copy.copy()
+    mine = small_trained.copy()
     scadv.tl.train_classifier(mine, "cell_type", max_epochs=2, seed=9, progress=False)
     with pytest.raises(ScadvInputError, match="different classifier"):
         scadv.tl.meta_score(mine, source=small_meta, progress=False)

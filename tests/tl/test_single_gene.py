@@ -65,8 +65,8 @@ def test_dichotomy_finds_a_subset_of_the_exhaustive_scan(pbmc3k_markers):
     np.testing.assert_allclose(merged["new_score_di"], merged["new_score_ex"], atol=1e-5)
 
 
-def test_random_forest_scan_matches_row_by_row(small_trained_copy):
-    a = small_trained_copy
+def test_random_forest_scan_matches_row_by_row(small_trained):
+    a = small_trained
     rf = RandomForestClassifier(n_estimators=20, random_state=0).fit(
         a.X, a.obs["cell_type"].astype(str))
     scadv.tl.single_gene(a, cluster_key="cell_type", target="type1", classifier=rf,
@@ -101,8 +101,8 @@ def test_results_survive_h5ad(pbmc3k_markers, tmp_path):
     assert rec["provenance"]["params"]["search"] == "exhaustive"
 
 
-def test_stored_mlp_is_the_default_and_genes_restrict_the_scan(small_trained_copy):
-    a = small_trained_copy
+def test_stored_mlp_is_the_default_and_genes_restrict_the_scan(small_trained):
+    a = small_trained
     genes = list(a.var_names[:10])
     scadv.tl.single_gene(a, cluster_key="cell_type", target="type0", genes=genes,
                          modification="positive_aberrant", progress=False)
