@@ -416,8 +416,9 @@ class AffineEvaluator(Evaluator):
         self.proba = self._proba_from_pre(self.a)
 
 
-class ForestEvaluator(Evaluator):
-    """Exact partial re-traversal of a scikit-learn tree ensemble (see the module)."""
+class ForestEvaluator(GenericEvaluator):
+    """Exact partial re-traversal of a scikit-learn tree ensemble (see the module) for single
+    genes; variants of many genes (``sets``) go through the stacked rows of the parent."""
 
     def __init__(self, clf: Classifier, block: np.ndarray, *, counter: Counter,
                  batch_rows: int, forest: _Forest) -> None:
@@ -537,22 +538,6 @@ class ForestEvaluator(Evaluator):
                 sums[:, cls] += np.bincount(var, weights=dp[:, cls], minlength=n_mod * k)
         return counts.reshape(n_mod, k, c), sums.reshape(n_mod, k, c)
 
-    def sets(self, genes: np.ndarray, choice: np.ndarray, values: np.ndarray) -> np.ndarray:
-        # variants of many genes: re-traverse every tree for the stacked rows
-        n_var = len(choice)
-        out = np.empty((n_var, self.n, self.n_classes), dtype=np.float32)
-        cur = self.block[:, genes]
-        per_call = max(1, min(self.batch_rows, _GENERIC_FLOATS // max(self.d, 1)) // self.n)
-        for lo in range(0, n_var, per_call):
-            hi = min(lo + per_call, n_var)
-            x = np.repeat(self.block[None], hi - lo, axis=0)
-            x[:, :, genes] = _gather_sets(cur, choice[lo:hi], values)
-            out[lo:hi] = self._call(x.reshape(-1, self.d)).reshape(hi - lo, self.n, -1)
-        return out
-
-    def commit(self, genes: np.ndarray, values: np.ndarray) -> None:
-        self.block[:, genes] = values
-        self.proba = self._current()
 
 
 def _paths(tree: _Tree, x: np.ndarray) -> np.ndarray:
