@@ -23,19 +23,27 @@ def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
     if isinstance(source, Mapping):
         M.architecture(source)
         return source
+    record = stored_record(
+        adata, model, source, kind=M.MODEL_KIND, noun="classifier", plural="classifiers",
+        hint="Train one with scadv.tl.train_classifier(adata, label_key), or pass "
+             "model=<key of a stored classifier>.")
+    M.architecture(record)
+    return record
+
+
+def stored_record(adata: AnnData, key: str, source: AnnData | None, *, kind: str, noun: str,
+                  plural: str, hint: str) -> Mapping[str, Any]:
+    """``uns['scadv'][key]`` of ``source`` (default ``adata``); if absent, an error that lists
+    the stored records of that ``kind`` and says how to make one (``hint``)."""
     holder = adata if source is None else source
     ns = holder.uns.get(K.UNS)
-    record = ns.get(model) if isinstance(ns, Mapping) else None
+    record = ns.get(key) if isinstance(ns, Mapping) else None
     if record is None:
         known = sorted(k for k, v in (ns or {}).items()
-                       if isinstance(v, Mapping) and str(v.get("kind", "")) == M.MODEL_KIND)
+                       if isinstance(v, Mapping) and str(v.get("kind", "")) == kind)
         where = "adata" if source is None else "the source AnnData"
-        raise ScadvInputError(
-            f"no scadv classifier {model!r} in {where}.uns['scadv'] (stored classifiers: "
-            f"{known or 'none'}). Train one with scadv.tl.train_classifier(adata, label_key), "
-            "or pass model=<key of a stored classifier>."
-        )
-    M.architecture(record)
+        raise ScadvInputError(f"no scadv {noun} {key!r} in {where}.uns['scadv'] (stored "
+                              f"{plural}: {known or 'none'}). {hint}")
     return record
 
 

@@ -70,22 +70,10 @@ def detector_fingerprint(record: Mapping[str, Any]) -> str:
 def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
                     ) -> Mapping[str, Any]:
     """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""
-    if isinstance(source, Mapping):
-        record = source
-    else:
-        holder = adata if source is None else source
-        ns = holder.uns.get(K.UNS)
-        found = ns.get(key) if isinstance(ns, Mapping) else None
-        if found is None:
-            known = sorted(k for k, v in (ns or {}).items()
-                           if isinstance(v, Mapping) and str(v.get("kind", "")) == DT.DETECTOR_KIND)
-            where = "adata" if source is None else "the source AnnData"
-            raise ScadvInputError(
-                f"no scadv meta-detector {key!r} in {where}.uns['scadv'] (stored detectors: "
-                f"{known or 'none'}). Train one with scadv.tl.meta_detect(adata), or pass "
-                "key=<key of a stored detector>."
-            )
-        record = found
+    record = source if isinstance(source, Mapping) else C.stored_record(
+        adata, key, source, kind=DT.DETECTOR_KIND, noun="meta-detector", plural="detectors",
+        hint="Train one with scadv.tl.meta_detect(adata), or pass key=<key of a stored "
+             "detector>.")
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
