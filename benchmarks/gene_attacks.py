@@ -34,8 +34,8 @@ import torch
 
 import scadv
 from scadv import classifiers as CL
-from scadv.tl import _gene_common as G
-from scadv.tl import _gene_engine as E
+from scadv.tl._genes import _common as G
+from scadv.tl._genes import _engine as E
 
 
 def adverscarial_cgd(adata: ad.AnnData, target: str, to: str, *, seed: int,

@@ -47,8 +47,8 @@ from sklearn.metrics import roc_auc_score
 import scadv
 from scadv import _keys as K
 from scadv import _model as M
-from scadv.tl import _engine as E
-from scadv.tl import _meta_features as MF
+from scadv.tl._attacks import _engine as E
+from scadv.tl._detect import _features as MF
 
 METRICS = ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "adv_detection_rate", "clean_detection_rate",
            "precision", "recall", "f1", "auroc_all")

@@ -32,7 +32,7 @@ import torch
 
 import scadv
 from scadv import _model as M
-from scadv.tl import _engine as A
+from scadv.tl._attacks import _engine as A
 
 EPS = (0.05, 0.1, 0.15)
 #: scadv runs with its own default batch size; captum and ART get all cells in one batch.

@@ -28,7 +28,7 @@ import scadv
 from scadv import _model as M
 from scadv import _validate as V
 from scadv.tl import _common as C
-from scadv.tl import _engine as E
+from scadv.tl._attacks import _engine as E
 
 EPS = (0.05, 0.1, 0.15)
 

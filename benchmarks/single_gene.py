@@ -52,7 +52,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 import scadv
 from scadv import classifiers as CL
-from scadv.tl import _modifications as MOD
+from scadv.tl._genes import _modifications as MOD
 
 MODS = ("perc1", "perc99")
 

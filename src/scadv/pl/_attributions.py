@@ -13,7 +13,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._errors import ScadvInputError
-from ..tl import _rankings as RK
+from ..tl._explain import _rankings as RK
 from . import _utils as U
 
 

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from .. import _device as D
 from .. import _keys as K
 from .. import _recipe as R
-from ..tl import _meta_common as MC
+from ..tl._detect import _common as MC
 from . import _meta_common as PM
 from . import _utils as U
 

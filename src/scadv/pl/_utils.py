@@ -85,6 +85,6 @@ def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes:
 def palette(adata: AnnData, classes: list[str], label_key: str = "") -> list[str]:
     """One colour per class: the user's ``uns['<label_key>_colors']`` where it covers the
     classes, else scanpy's default palette (as the attack plots)."""
-    from ..tl._attack import class_colors
+    from ..tl._attacks._attack import class_colors
 
     return class_colors(adata, label_key, classes)

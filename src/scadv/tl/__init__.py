@@ -1,26 +1,26 @@
 """Tools: train, apply, attack and explain classifiers, detect manipulated cells (``scadv.tl``)."""
 
-from ._adaptive import adaptive_pgd
-from ._adversarial_train import adversarial_train
-from ._attribute import attribute
-from ._attribution_checks import attribution_agreement, attribution_stability, marker_overlap
-from ._benign import benign_perturb
-from ._cgd import cgd
-from ._enrichment import gene_set_enrichment
-from ._fgsm import fgsm
-from ._grid import grid
-from ._ground_truth import score_attributions
-from ._max_change import max_change
-from ._meta_detect import meta_detect
-from ._meta_evaluate import meta_evaluate
-from ._meta_score import meta_score
-from ._overview import overview
-from ._pgd import pgd
-from ._predict import predict
-from ._random_walk import random_walk
-from ._robustness import robust_accuracy
-from ._single_gene import single_gene
-from ._train import train_classifier
+from ._attacks._fgsm import fgsm
+from ._attacks._pgd import pgd
+from ._attacks._robustness import robust_accuracy
+from ._detect._adaptive import adaptive_pgd
+from ._detect._benign import benign_perturb
+from ._detect._meta_detect import meta_detect
+from ._detect._meta_evaluate import meta_evaluate
+from ._detect._meta_score import meta_score
+from ._explain._attribute import attribute
+from ._explain._checks import attribution_agreement, attribution_stability, marker_overlap
+from ._explain._enrichment import gene_set_enrichment
+from ._explain._ground_truth import score_attributions
+from ._genes._cgd import cgd
+from ._genes._grid import grid
+from ._genes._max_change import max_change
+from ._genes._overview import overview
+from ._genes._random_walk import random_walk
+from ._genes._single_gene import single_gene
+from ._training._adversarial_train import adversarial_train
+from ._training._predict import predict
+from ._training._train import train_classifier
 
 __all__ = [
     "adaptive_pgd",

@@ -1,0 +1,295 @@
+"""The front end shared by :func:`scadv.tl.pgd` and :func:`scadv.tl.fgsm`: checks, threat-model
+constraints, metrics and writing the results. The attack itself runs in :mod:`._engine`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+
+from ... import _device as D
+from ... import _keys as K
+from ... import _model as M
+from ... import _provenance as P
+from ... import _recipe as R
+from ... import _validate as V
+from ..._errors import ScadvInputError
+from ..._results import write_results
+from .. import _common as C
+from . import _engine as E
+
+Norm = E.Norm
+Loss = E.Loss
+Budget = E.Budget
+AwayFrom = Literal["prediction", "label"]
+Clip = Literal["observed"] | tuple[float, float] | None
+
+
+def check_budget(eps: float | Sequence[float], *, norm: str, loss: str, steps: int,
+                 n_restarts: int, alpha: float | None) -> tuple[float, ...]:
+    """Validate the options every attack shares; returns ε as a sorted-unique tuple."""
+    eps_t = tuple(float(e) for e in np.atleast_1d(np.asarray(eps, dtype=float)))
+    if not eps_t or any(not np.isfinite(e) or e <= 0 for e in eps_t):
+        raise ScadvInputError(f"eps must be positive numbers, got {eps!r}.")
+    if len(set(eps_t)) != len(eps_t):
+        raise ScadvInputError(f"eps has repeated values {eps_t}; each budget is one layer.")
+    if norm not in ("linf", "l2"):
+        raise ScadvInputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+    if loss not in ("ce", "margin"):
+        raise ScadvInputError(f"loss must be 'ce' (cross-entropy) or 'margin', got {loss!r}.")
+    if int(steps) < 1 or int(n_restarts) < 1:
+        raise ScadvInputError(f"steps and n_restarts must be ≥ 1, got {steps} and {n_restarts}.")
+    if alpha is not None and not alpha > 0:
+        raise ScadvInputError(f"alpha must be positive (or None), got {alpha}.")
+    return eps_t
+
+
+def constraints(adata: AnnData, record: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray, *,
+                genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool
+                ) -> tuple[E.Constraints, dict[str, Any]]:
+    """Translate the user's realism options into masks and bounds (and a record of them)."""
+    recipe = record["prepare"]
+    model_genes = np.asarray(record["genes"]).astype(str)
+    out = E.Constraints()
+    note: dict[str, Any] = {"genes": "all", "clip": "none", "keep_zeros": bool(keep_zeros)}
+    if genes is not None:
+        arr = np.asarray(genes)
+        if arr.dtype == bool:
+            if arr.shape != (len(model_genes),):
+                raise ScadvInputError(f"a boolean genes mask needs {len(model_genes)} entries "
+                                      f"(one per model gene), got {arr.shape}.")
+            out.genes = arr.copy()
+        else:
+            pos = pd.Index(model_genes).get_indexer(arr.astype(str))
+            if (pos < 0).any():
+                raise ScadvInputError(
+                    f"{int((pos < 0).sum())} genes are not model genes (e.g. "
+                    f"{arr[pos < 0][:5].tolist()}); only the model's input genes can be attacked."
+                )
+            out.genes = np.zeros(len(model_genes), dtype=bool)
+            out.genes[pos] = True
+        if not out.genes.any():
+            raise ScadvInputError("the genes selection is empty; allow at least one gene to move.")
+        note["genes"] = model_genes[out.genes]
+    if clip is not None:
+        if isinstance(clip, str):
+            if clip != "observed":
+                raise ScadvInputError(
+                    f"clip must be None, 'observed' or (low, high), got {clip!r}.")
+            out.lower = np.asarray(recipe["x_min"], dtype=np.float32)
+            out.upper = np.asarray(recipe["x_max"], dtype=np.float32)
+            note["clip"] = "observed"
+        else:
+            low, high = (float(v) for v in clip)
+            if not low < high:
+                raise ScadvInputError(f"clip=(low, high) needs low < high, got {clip!r}.")
+            out.lower = np.full(len(model_genes), low, dtype=np.float32)
+            out.upper = np.full(len(model_genes), high, dtype=np.float32)
+            note["clip"] = [low, high]
+    if keep_zeros:
+        out.keep_zeros = zero_mask(adata, recipe, cells, x0)
+        floor = np.asarray(recipe["zero_level"], dtype=np.float32)
+        out.lower = floor if out.lower is None else np.maximum(out.lower, floor)
+        note["zero_fraction"] = float(out.keep_zeros.mean())
+    return out, note
+
+
+def zero_mask(adata: AnnData, recipe: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray
+              ) -> np.ndarray:
+    """Which (cell, gene) entries are at zero expression.
+
+    Read from ``.raw`` or the ``'counts'`` layer when they cover the model genes (exact),
+    otherwise from the model-space zero level of each gene.
+    """
+    genes = np.asarray(recipe["genes"]).astype(str)
+    for matrix, names in ((None if adata.raw is None else adata.raw.X,
+                           None if adata.raw is None else adata.raw.var_names),
+                          (adata.layers.get(K.COUNTS_LAYER), adata.var_names)):
+        if matrix is None:
+            continue
+        pos = pd.Index(names).get_indexer(genes)
+        if (pos >= 0).all():
+            sub = matrix[np.flatnonzero(cells)][:, pos]
+            sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+            return sub == 0
+    return np.isclose(x0, np.asarray(recipe["zero_level"], dtype=np.float32)[None, :], atol=1e-5)
+
+
+def summarise(adv_logits: np.ndarray, clean_pred: np.ndarray, y_true: np.ndarray,
+              group: np.ndarray, adv: np.ndarray, x0: np.ndarray, n_classes: int,
+              target: int | None) -> dict[str, Any]:
+    """Flip rate, robust accuracy (overall and per class) and perturbation sizes per ε."""
+    adv_pred = adv_logits.argmax(axis=-1)
+    flipped = adv_pred != clean_pred[None, :]
+    labelled = y_true >= 0
+    per_class_flip = np.full((len(adv_pred), n_classes), np.nan)
+    per_class_robust = np.full((len(adv_pred), n_classes), np.nan)
+    n_group = np.bincount(group[group >= 0], minlength=n_classes)
+    for c in np.flatnonzero(n_group):
+        members = group == c
+        per_class_flip[:, c] = flipped[:, members].mean(axis=1)
+        if labelled[members].any():
+            lab = members & labelled
+            per_class_robust[:, c] = (adv_pred[:, lab] == y_true[None, lab]).mean(axis=1)
+    delta = adv - x0[None]
+    out = {
+        "flip_rate": flipped.mean(axis=1),
+        "flip_rate_per_class": per_class_flip,
+        "n_cells_per_class": n_group.astype(np.int64),
+        "robust_accuracy": ((adv_pred[:, labelled] == y_true[None, labelled]).mean(axis=1)
+                            if labelled.any() else np.full(len(adv_pred), np.nan)),
+        "robust_accuracy_per_class": per_class_robust,
+        "linf_mean": np.abs(delta).max(axis=-1).mean(axis=1),
+        "l2_mean": np.linalg.norm(delta, axis=-1).mean(axis=1),
+        "genes_moved_mean": (np.abs(delta) > 1e-6).sum(axis=-1).mean(axis=1),
+    }
+    if target is not None:
+        eligible = clean_pred != target
+        out["target_success_rate"] = ((adv_pred[:, eligible] == target).mean(axis=1)
+                                      if eligible.any() else np.full(len(adv_pred), np.nan))
+    return out
+
+
+def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, Any],
+           budget: Budget, target: str | None, away_from: AwayFrom,
+           genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool,
+           cells: C.Cells, model: str, key_added: str | None, batch_size: int, seed: int,
+           device: D.Device, progress: bool, early_stop: bool = True,
+           objective: Callable[[M.MLP, torch.device], E.Objective] | None = None,
+           lower: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> None:
+    """Run an attack on ``adata`` (already validated and copied if asked) and write results.
+
+    ``objective`` builds a custom attacker objective from the rebuilt classifier and device
+    (e.g. an adaptive attacker's); ``lower`` raises the per-gene lower bound further;
+    ``extra`` entries are added to the run's record.
+    """
+    record = C.model_record(adata, model)
+    C.check_model_space(adata, record, action=f"scadv.tl.{method}")
+    key = key_added or K.default_attack_key(method, model)
+    if int(batch_size) < 1:
+        raise ScadvInputError(f"batch_size must be ≥ 1, got {batch_size}.")
+    classes = [str(c) for c in np.asarray(record["classes"])]
+    if away_from not in ("prediction", "label"):
+        raise ScadvInputError(f"away_from must be 'prediction' or 'label', got {away_from!r}.")
+    target_idx = None
+    if target is not None:
+        if str(target) not in classes:
+            raise ScadvInputError(f"target {target!r} is not a class of the model ({classes}).")
+        target_idx = classes.index(str(target))
+
+    mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
+    mi = R.model_input(adata, record["prepare"])
+    x0 = mi.x[mask]
+    V.check_finite(x0, what="adata.X")
+    dev = D.resolve(device)
+    net = M.from_record(record, dev)
+    _, clean_logits = M.infer(net, x0, device=dev)
+    clean_pred = clean_logits.argmax(axis=1)
+    label_key = str(record.get("label_key", ""))
+    y_true = (C.class_index(V.labels(adata, label_key), classes)[mask]
+              if label_key in adata.obs else np.full(mask.sum(), -1))
+    if target_idx is not None:
+        y_attack = np.full(len(x0), target_idx)
+    elif away_from == "label":
+        y_attack = np.where(y_true >= 0, y_true, clean_pred)
+    else:
+        y_attack = clean_pred
+    cons, cons_note = constraints(adata, record, mask, x0, genes=genes, clip=clip,
+                                  keep_zeros=keep_zeros)
+    if lower is not None:
+        floor = np.asarray(lower, dtype=np.float32)
+        cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
+    adv, adv_logits = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
+                          device=dev, seed=seed, batch_size=int(batch_size), progress=progress,
+                          early_stop=early_stop,
+                          objective=None if objective is None else objective(net, dev))
+
+    group = np.where(y_true >= 0, y_true, clean_pred)
+    summary = summarise(adv_logits, clean_pred, y_true, group, adv, x0, len(classes), target_idx)
+    clean = C.metrics(y_true, clean_pred, len(classes))
+    layers, obs, colors = {}, {}, {}
+    palette = class_colors(adata, label_key, classes)
+    x_full = mi.x
+    for i, e in enumerate(budget.eps):
+        layer = x_full.copy()
+        layer[mask] = adv[i]
+        layers[K.attack_layer(key, e)] = layer
+        obs.update(_obs_columns(adata.n_obs, mask, clean_pred, adv_logits[i].argmax(axis=1),
+                                classes, key, e))
+        colors[K.attack_pred(key, e)] = palette
+        colors[K.attack_flipped(key, e)] = [UNCHANGED_COLOR, FLIPPED_COLOR]
+        colors[K.attack_flipped_to(key, e)] = [*palette, UNCHANGED_COLOR]
+    rec = {
+        "method": method,
+        "model": model,
+        "classes": classes,
+        "eps": np.asarray(budget.eps),
+        "norm": budget.norm,
+        "alpha": np.asarray(budget.alpha),
+        "steps": budget.steps,
+        "random_start": budget.random_start,
+        "n_restarts": budget.n_restarts,
+        "loss": budget.loss,
+        "early_stop": bool(early_stop),
+        "target": "None" if target is None else str(target),
+        "away_from": away_from,
+        "constraints": cons_note,
+        "n_cells": int(mask.sum()),
+        "cells": cells if isinstance(cells, str) else "custom",
+        "grouped_by": label_key if (y_true >= 0).any() else "prediction",
+        "layers": [K.attack_layer(key, e) for e in budget.eps],
+        "clean_accuracy": clean["accuracy"],
+        "clean_accuracy_per_class": clean["per_class_accuracy"],
+        **summary,
+        **dict(extra or {}),
+        "provenance": P.record(params, seed=seed, device=dev),
+    }
+    rates = ", ".join(f"ε={K.format_eps(e)}: {r:.3f}"
+                      for e, r in zip(budget.eps, summary["flip_rate"], strict=True))
+    write_results(adata, step=f"{method} on {int(mask.sum())} cells (flip rate {rates})",
+                  start=start, uns={key: rec}, obs=obs, layers=layers, colors=colors)
+
+
+UNCHANGED_COLOR = "#c8c8c8"
+FLIPPED_COLOR = "#d62728"
+
+
+def class_colors(adata: AnnData, label_key: str, classes: list[str]) -> list[str]:
+    """One colour per class: the user's ``uns['<label_key>_colors']`` where it covers the
+    classes (so attack plots match their UMAPs), else scanpy's default palette."""
+    import scanpy as sc
+
+    col = adata.obs.get(label_key)
+    user = adata.uns.get(f"{label_key}_colors")
+    if col is not None and isinstance(col.dtype, pd.CategoricalDtype) and user is not None:
+        # stale colour lists may be shorter or longer than the categories: pair what exists
+        lookup = dict(zip(map(str, col.cat.categories), np.asarray(user).astype(str),
+                          strict=False))
+        if all(c in lookup for c in classes):
+            return [lookup[c] for c in classes]
+    base = sc.pl.palettes.default_20 if len(classes) <= 20 else sc.pl.palettes.default_102
+    return [base[i % len(base)] for i in range(len(classes))]
+
+
+def _obs_columns(n_obs: int, mask: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray,
+                 classes: list[str], key: str, eps: float) -> dict[str, Any]:
+    """Per-cell columns of one budget (categoricals, so ``sc.pl.umap`` can colour them);
+    NaN for cells that were not attacked."""
+    codes = np.full(n_obs, -1)
+    codes[mask] = adv_pred
+    flip_codes = np.full(n_obs, -1)
+    flip_codes[mask] = (adv_pred != clean_pred).astype(int)
+    to_codes = np.full(n_obs, -1)
+    to_codes[mask] = np.where(adv_pred != clean_pred, adv_pred, len(classes))
+    return {
+        K.attack_pred(key, eps): pd.Categorical.from_codes(codes, categories=classes),
+        K.attack_flipped(key, eps): pd.Categorical.from_codes(flip_codes, categories=[False, True]),
+        K.attack_flipped_to(key, eps): pd.Categorical.from_codes(
+            to_codes, categories=[*classes, K.UNCHANGED]),
+    }

@@ -1,0 +1,425 @@
+"""Shared by the meta-detector functions: the stored detector, scoring, thresholds, metrics and
+the evaluation on the test split."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ... import _detector as DT
+from ... import _keys as K
+from ... import _model as M
+from ..._errors import ScadvInputError
+from .. import _common as C
+from . import _baselines as B
+from . import _features as MF
+
+Threshold = Literal["youden", "fpr"]
+Positives = Literal["flipped", "all"]
+
+#: The methods of the evaluation table, in display order: key → description.
+METHODS = {
+    "detector": "triplet + residual detector with realism gate (the flag columns)",
+    "meta": "triplet + residual detector, meta-features only",
+    "no_grad": "triplet + residual detector without gradient features",
+    "logreg": "logistic regression on the raw meta-features",
+    "mahalanobis": "Mahalanobis distance on the classifier embedding",
+    "input": "input-space statistic (genes off their zero level / observed range)",
+}
+#: Attack methods whose layers the detector is evaluated on.
+ATTACK_METHODS = ("pgd", "fgsm", "adaptive_pgd")
+BENIGN_METHOD = "benign"
+
+
+def fingerprint(classifier: Mapping[str, Any]) -> str:
+    """SHA-256 of a stored classifier's weights, classes and genes."""
+    h = hashlib.sha256()
+    weights = classifier["weights"]
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
+    for arr in (classifier["classes"], classifier["genes"]):
+        h.update("\x00".join(np.asarray(arr).astype(str)).encode())
+    return h.hexdigest()
+
+
+def detector_fingerprint(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a stored detector's weights and threshold ('' if it is not one)."""
+    if str(record.get("kind", "")) != DT.DETECTOR_KIND:
+        return ""
+    h = hashlib.sha256()
+    for part in ("triplet_weights", "detector_weights"):
+        weights = record.get(part)
+        if not isinstance(weights, Mapping):
+            return ""
+        for name in sorted(weights):
+            h.update(f"{part}/{name}".encode())
+            h.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
+    h.update(repr(float(record.get("threshold", np.nan))).encode())
+    return h.hexdigest()
+
+
+def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
+                    ) -> Mapping[str, Any]:
+    """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""
+    record = source if isinstance(source, Mapping) else C.stored_record(
+        adata, key, source, kind=DT.DETECTOR_KIND, noun="meta-detector", plural="detectors",
+        hint="Train one with scadv.tl.meta_detect(adata), or pass key=<key of a stored "
+             "detector>.")
+    if str(record.get("kind", "")) != DT.DETECTOR_KIND:
+        raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
+                              f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
+    version = int(np.asarray(record.get("format_version", -1)))
+    if version > DT.FORMAT_VERSION:
+        raise ScadvInputError(f"the stored detector has format version {version}, newer than "
+                              f"this scadv understands ({DT.FORMAT_VERSION}). Upgrade scadv.")
+    return record
+
+
+@dataclass
+class Loaded:
+    """A stored detector with its classifier, rebuilt and ready to score."""
+
+    record: Mapping[str, Any]
+    classifier: Mapping[str, Any]
+    net: M.MLP
+    groups: tuple[str, ...]
+    nets: DT.Networks
+    threshold: float
+    gate: Mapping[str, Any] | None
+    max_violations: float
+    device: torch.device
+
+    @classmethod
+    def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
+              device: torch.device) -> Loaded:
+        if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
+            raise ScadvInputError(
+                f"the detector was trained for another version of classifier "
+                f"{str(record.get('model'))!r} (its weights, classes or genes differ): retrain the "
+                "detector with scadv.tl.meta_detect after retraining the classifier."
+            )
+        groups = MF.check_groups(np.asarray(record["features"]).astype(str).tolist())
+        gate = record.get("gate")
+        if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
+            gate = None
+        return cls(record=record, classifier=classifier, net=M.from_record(classifier, device),
+                   groups=groups, nets=DT.from_record(record, device),
+                   threshold=float(record["threshold"]), gate=gate,
+                   max_violations=float(gate["max_violations"]) if gate is not None else np.inf,
+                   device=device)
+
+    def features(self, x: np.ndarray, *, progress: bool = False) -> Scored:
+        f, logits, emb = MF.compute(self.net, x, self.groups, device=self.device,
+                                    progress=progress)
+        return Scored(features=f, logits=logits, emb=emb,
+                      meta=_sigmoid(self.nets.logit(f, device=self.device)),
+                      violations=(B.violations(self.gate, x) if self.gate is not None
+                                  else np.zeros(len(x), dtype=np.int64)))
+
+    def score(self, s: Scored) -> np.ndarray:
+        """The detector's score: the meta-detector's probability, 1 where the gate fires."""
+        return np.where(s.violations > self.max_violations, 1.0, s.meta)
+
+    def flag(self, s: Scored) -> np.ndarray:
+        return self.score(s) >= self.threshold
+
+
+@dataclass
+class Scored:
+    """Everything computed for a set of cells."""
+
+    features: np.ndarray
+    logits: np.ndarray
+    emb: np.ndarray
+    meta: np.ndarray  # meta-detector probability (float64)
+    violations: np.ndarray  # realism-gate count per cell
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
+    """The stored detector and its classifier (both from ``source`` when given)."""
+    record = detector_record(adata, key, source)
+    classifier = C.model_record(adata, str(record["model"]), source)
+    return Loaded.build(record, classifier, device)
+
+
+# ---- thresholds and metrics -------------------------------------------------------------------
+
+
+def threshold_at_fpr(clean: np.ndarray, fpr: float) -> float:
+    """Smallest threshold (flag: score ≥ threshold) whose false-positive rate on ``clean`` is at
+    most ``fpr``."""
+    s = np.sort(np.asarray(clean, dtype=np.float64))[::-1]
+    k = int(np.floor(fpr * len(s) + 1e-9))  # false positives allowed
+    if k >= len(s):
+        return float(-np.inf)
+    return float(np.nextafter(s[k], np.inf))
+
+
+def calibrate(clean: np.ndarray, adv: np.ndarray, *, method: Threshold, target_fpr: float
+              ) -> float:
+    """Threshold from a validation ROC: Youden's J, or the given false-positive rate."""
+    if method == "fpr":
+        return threshold_at_fpr(clean, target_fpr)
+    y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+    fpr, tpr, thr = roc_curve(y, np.r_[clean, adv])
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thr[best], np.nextafter(np.max(np.r_[clean, adv]), np.inf)))
+
+
+def tpr_at_fpr(clean: np.ndarray, adv: np.ndarray, fpr: float) -> float:
+    if len(adv) == 0:
+        return float("nan")
+    return float((adv >= threshold_at_fpr(clean, fpr)).mean())
+
+
+def auroc(clean: np.ndarray, adv: np.ndarray) -> float:
+    if len(adv) == 0 or len(clean) == 0:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(adv))], np.r_[clean, adv]))
+
+
+def detection_metrics(clean: np.ndarray, adv: np.ndarray, adv_all: np.ndarray,
+                      threshold: float) -> dict[str, Any]:
+    """Threshold-free and thresholded metrics; positives are the ``adv`` rows (successful
+    attacks), ``adv_all`` every attacked cell."""
+    tn = int((clean < threshold).sum())
+    fp = int((clean >= threshold).sum())
+    tp = int((adv >= threshold).sum())
+    fn = int((adv < threshold).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = (2 * precision * recall / (precision + recall)
+          if tp and np.isfinite(precision) and np.isfinite(recall) else 0.0)
+    return {
+        "auroc": auroc(clean, adv),
+        "auroc_all": auroc(clean, adv_all),
+        "tpr_at_1fpr": tpr_at_fpr(clean, adv, 0.01),
+        "tpr_at_5fpr": tpr_at_fpr(clean, adv, 0.05),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "clean_detection_rate": tn / max(tn + fp, 1),
+        "adv_detection_rate": float(recall),
+        "adv_detection_rate_all": float((adv_all >= threshold).mean()) if len(adv_all)
+        else float("nan"),
+        "confusion_matrix": np.array([[tn, fp], [fn, tp]], dtype=np.int64),
+    }
+
+
+# ---- which layers to score --------------------------------------------------------------------
+
+
+@dataclass
+class LayerInfo:
+    """An adversarial or benign layer of ``adata`` and the cells it changed."""
+
+    layer: str
+    run: str  # uns['scadv'] key of the run that wrote it
+    method: str
+    kind: str  # 'adversarial' or 'benign'
+    label: str  # e.g. 'pgd ε=0.1'
+    eps: float  # NaN for benign layers
+    changed: np.ndarray  # bool mask of cells the run perturbed
+
+
+def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
+                ) -> list[LayerInfo]:
+    """Adversarial layers of attacks on ``model`` and benign layers present in ``adata``.
+
+    With ``layers`` given, exactly those (each must be one of them, or any model-space layer,
+    scored for every cell).
+    """
+    ns = adata.uns.get(K.UNS) or {}
+    found: dict[str, LayerInfo] = {}
+    for run, rec in ns.items():
+        if not isinstance(rec, Mapping) or "layers" not in rec or "method" not in rec:
+            continue
+        method = str(rec["method"])
+        is_attack = method in ATTACK_METHODS and str(rec.get("model", K.DEFAULT_MODEL)) == model
+        if not (is_attack or method == BENIGN_METHOD):
+            continue
+        names = np.atleast_1d(np.asarray(rec["layers"]).astype(str))
+        eps = (np.atleast_1d(np.asarray(rec["eps"], dtype=float)) if is_attack
+               else np.full(len(names), np.nan))
+        kinds = (np.atleast_1d(np.asarray(rec["kinds"]).astype(str)) if not is_attack
+                 else None)
+        for i, name in enumerate(names):
+            pred_col = K.layer_pred(name)
+            if name not in adata.layers or pred_col not in adata.obs:
+                continue
+            changed = adata.obs[pred_col].notna().to_numpy()
+            label = (f"{run} ε={K.format_eps(eps[i])}" if kinds is None  # an attack
+                     else f"{run} {kinds[i]}")
+            found[name] = LayerInfo(name, str(run), method,
+                                    "adversarial" if is_attack else "benign", label,
+                                    float(eps[i]), changed)
+    if layers is None:
+        return sorted(found.values(), key=lambda i: _order(
+            {"kind": i.kind, "run": i.run, "eps": i.eps, "layer": i.layer}))
+    out = []
+    for name in layers:
+        if name not in adata.layers:
+            raise ScadvInputError(f"layer {name!r} not found; adata.layers has "
+                                  f"{sorted(adata.layers)}.")
+        out.append(found.get(name) or LayerInfo(name, "", "custom", "adversarial", name,
+                                                float("nan"), np.ones(adata.n_obs, dtype=bool)))
+    return out
+
+
+# ---- the evaluation ---------------------------------------------------------------------------
+
+
+@dataclass
+class MethodScores:
+    """Per-cell scores of every compared method for one set of cells."""
+
+    scores: dict[str, np.ndarray]
+    pred: np.ndarray
+
+
+def method_scores(det: Loaded, s: Scored, x: np.ndarray) -> MethodScores:
+    """Scores of the detector and of every stored baseline on the same cells."""
+    base = det.record.get("baselines") or {}
+    mean, scale = det.nets.mean, det.nets.scale
+    out = {"detector": det.score(s), "meta": s.meta}
+    if isinstance(base.get("no_grad"), Mapping):
+        nog = base["no_grad"]
+        cols = np.asarray(nog["columns"], dtype=np.int64)
+        nets = DT.from_record(nog, det.device)
+        out["no_grad"] = _sigmoid(nets.logit(s.features[:, cols], device=det.device))
+    if isinstance(base.get("logreg"), Mapping):
+        out["logreg"] = B.score_logreg(base["logreg"], s.features, mean, scale)
+    if isinstance(base.get("mahalanobis"), Mapping):
+        out["mahalanobis"] = B.score_mahalanobis(base["mahalanobis"], s.emb)
+    if isinstance(base.get("input"), Mapping):
+        out["input"] = B.violations(base["input"], x).astype(np.float64)
+    return MethodScores(out, s.logits.argmax(axis=1))
+
+
+def thresholds(det: Loaded) -> dict[str, float]:
+    """Calibrated threshold of each method (``detector`` and ``meta`` share one)."""
+    base = det.record.get("baselines") or {}
+    out = {"detector": det.threshold, "meta": det.threshold}
+    for name in ("no_grad", "logreg", "mahalanobis", "input"):
+        if isinstance(base.get(name), Mapping):
+            out[name] = float(base[name]["threshold"])
+    return out
+
+
+def evaluate_layer(info: LayerInfo, idx: np.ndarray, test: np.ndarray, clean: MethodScores,
+                   adv: MethodScores, thr: Mapping[str, float]) -> dict[str, Any]:
+    """Metrics of every method for one layer, on the test cells the layer changed.
+
+    ``clean`` holds the scores of every cell of ``adata``; ``adv`` those of the layer's
+    versions of cells ``idx``. Adversarial layers: positives are the test cells whose prediction
+    the attack flipped (``auroc``, TPR, precision / recall / F1, ``adv_detection_rate``) or
+    all attacked test cells (``auroc_all``, ``adv_detection_rate_all``); negatives are all clean
+    test cells. Benign layers: ``flag_rate`` is the fraction of perturbed test cells flagged.
+    """
+    rows = test[idx]
+    flipped = rows & (adv.pred != clean.pred[idx])
+    out: dict[str, Any] = {
+        "layer": info.layer, "run": info.run, "method": info.method, "kind": info.kind,
+        "label": info.label, "eps": info.eps,
+        "n_clean": int(test.sum()), "n_changed": int(rows.sum()),
+        "n_flipped": int(flipped.sum()),
+        "flip_rate": float(flipped.sum() / max(rows.sum(), 1)),
+    }
+    for name, thresh in thr.items():
+        if name not in adv.scores:
+            continue
+        s0, s1 = clean.scores[name][test], adv.scores[name]
+        if info.kind == "benign":
+            out[name] = {"flag_rate": float((s1[rows] >= thresh).mean()) if rows.any()
+                         else float("nan"),
+                         "clean_flag_rate": float((s0 >= thresh).mean()),
+                         "auroc": auroc(s0, s1[rows])}
+        else:
+            out[name] = detection_metrics(s0, s1[flipped], s1[rows], thresh)
+    return out
+
+
+def _order(ev: Mapping[str, Any]) -> tuple:
+    """Adversarial layers first, by run and budget; then benign layers."""
+    eps = float(ev.get("eps", np.nan))
+    return (str(ev["kind"]) != "adversarial", str(ev["run"]), np.isnan(eps),
+            0.0 if np.isnan(eps) else eps, str(ev["layer"]))
+
+
+TABLE_COLUMNS = ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "adv_detection_rate",
+                 "clean_detection_rate", "precision", "recall", "f1", "auroc_all",
+                 "flag_rate")
+
+
+def table(evaluation: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The evaluation as one DataFrame: a row per (layer, method)."""
+    rows = []
+    for ev in sorted(evaluation.values(), key=_order):
+        for name in METHODS:
+            m = ev.get(name)
+            if not isinstance(m, Mapping):
+                continue
+            row = {"attack": str(ev["label"]), "kind": str(ev["kind"]),
+                   "flip_rate": float(ev["flip_rate"]), "n_positive": int(ev["n_flipped"]),
+                   "method": name}
+            row.update({c: float(m[c]) if c in m else np.nan for c in TABLE_COLUMNS})
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=["attack", "kind", "flip_rate", "n_positive", "method",
+                                     *TABLE_COLUMNS])
+    return df.round(4)
+
+
+# ---- scoring an AnnData -----------------------------------------------------------------------
+
+
+def flag_column(flag: np.ndarray, where: np.ndarray | None = None) -> pd.Categorical:
+    """Categorical ``False`` / ``True`` (NaN outside ``where``)."""
+    codes = np.asarray(flag, dtype=np.int64)
+    if where is not None:
+        codes = np.where(where, codes, -1)
+    return pd.Categorical.from_codes(codes, categories=[False, True])
+
+
+def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[LayerInfo],
+                x: np.ndarray, test: np.ndarray | None, progress: bool
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score ``x`` (the model input of ``adata``) and every layer; evaluate on ``test`` cells.
+
+    Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
+    """
+    from ... import _recipe as R
+
+    s = det.features(x, progress=progress)
+    clean = method_scores(det, s, x)
+    obs: dict[str, Any] = {K.meta_score(key): det.score(s),
+                           K.meta_flag(key): flag_column(det.flag(s))}
+    thr = thresholds(det)
+    evaluation: dict[str, Any] = {}
+    for info in layers:
+        idx = np.flatnonzero(info.changed)
+        xl = R.model_input(adata, det.classifier["prepare"], layer=info.layer).x[idx]
+        sl = det.features(xl, progress=progress)
+        score = np.full(adata.n_obs, np.nan)
+        score[idx] = det.score(sl)
+        flag = np.zeros(adata.n_obs, dtype=bool)
+        flag[idx] = det.flag(sl)
+        obs[K.meta_score(key, info.layer)] = score
+        obs[K.meta_flag(key, info.layer)] = flag_column(flag, info.changed)
+        if test is not None and test[idx].any():
+            evaluation[info.layer] = evaluate_layer(info, idx, test, clean,
+                                                    method_scores(det, sl, xl), thr)
+    return obs, evaluation

@@ -1,0 +1,138 @@
+"""``scadv.tl.meta_score``: apply a stored meta-detector to any AnnData."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scanpy.logging as logg
+from anndata import AnnData
+
+from ... import _device as D
+from ... import _keys as K
+from ... import _provenance as P
+from ... import _recipe as R
+from ... import _validate as V
+from ..._errors import ScadvInputError
+from ..._results import write_results
+from .._attacks import _attack as A
+from . import _common as MC
+
+
+def meta_score(
+    adata: AnnData,
+    *,
+    key: str = K.DEFAULT_DETECTOR,
+    source: AnnData | None = None,
+    layer: str | None = None,
+    layers: Sequence[str] | None = (),
+    missing_genes: R.MissingGenes = "error",
+    key_added: str | None = None,
+    device: D.Device = "auto",
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Score cells with a stored meta-detector: new cells, a reloaded ``.h5ad``, any layer.
+
+    The detector and its classifier are rebuilt from their plain arrays (from ``adata`` or
+    from ``source``, e.g. a colleague's ``.h5ad``); the detector refuses a classifier other
+    than the one it was trained for. ``adata`` may be prepared data, raw counts or
+    log-normalised values of any genes (matched by name, transformed with the classifier's
+    recipe, ``X`` untouched), exactly as for :func:`scadv.tl.predict`. No labels are read:
+    every feature comes from the model's own prediction.
+
+    Parameters
+    ----------
+    adata
+        Cells to score.
+    key
+        Key of the stored detector (``uns['scadv'][key]``).
+    source
+        AnnData holding the detector and its classifier; default ``adata``. Both records are
+        copied into ``adata.uns['scadv']`` so later calls find them.
+    layer
+        Score ``adata.layers[layer]`` instead of ``X`` / ``.raw`` (counts, log-normalised or
+        model-space values).
+    layers
+        Model-space layers (e.g. adversarial layers) to score as well, each into its own
+        columns; ``None`` scores every adversarial and benign layer scadv wrote for the
+        detector's classifier. Default: none.
+    missing_genes
+        ``'error'`` (default) or ``'mean'`` (absent model genes set to their training mean).
+    key_added
+        Names the output columns; default ``key``.
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    progress
+        Show progress bars.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    A copy if ``copy=True``, else ``None``. Writes (``k`` = ``key_added``):
+
+    ``adata.obs['scadv_<k>_score']``, ``adata.obs['scadv_<k>_flag']``
+        Detector score (the meta-detector's probability, 1 where the realism gate fires) and
+        whether it reaches the stored threshold (categorical ``False`` / ``True``).
+    ``adata.obs['<layer>_<k>_score']``, ``adata.obs['<layer>_<k>_flag']``
+        The same for each layer in ``layers`` (NaN for cells the layer did not change).
+    ``adata.uns['scadv'][key]``, ``adata.uns['scadv'][<classifier key>]``
+        Copies of the detector and classifier records when they came from ``source``.
+    """
+    start = logg.info(f"scoring with scadv meta-detector {key!r}")
+    params = P.call_params(locals(), meta_score)
+    params["source"] = "None" if source is None else "AnnData"
+    adata = V.start(adata, copy=copy)
+    dev = D.resolve(device)
+    det = MC.load(adata, key, source=source, device=dev)
+    key_added = key_added or key
+    model = str(det.record["model"])
+    mi = R.model_input(adata, det.classifier["prepare"], layer=layer,
+                       missing_genes=missing_genes)
+    V.check_finite(mi.x, what=mi.source)
+    infos = MC.find_layers(adata, model, None if layers is None else list(layers))
+    obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, x=mi.x, test=None,
+                            progress=progress)
+    uns: dict[str, Mapping[str, Any]] = {}
+    if source is not None:
+        _check_no_conflict(adata, key, det.record, model, det.classifier)
+        uns[key] = {**dict(det.record), "provenance": {
+            **dict(det.record.get("provenance", {})),
+            "copied_by_meta_score": P.record(params),
+        }}
+        uns[model] = det.classifier
+    n_flag = int(np.asarray(obs[K.meta_flag(key_added)] == True).sum())  # noqa: E712
+    write_results(
+        adata, step=f"meta-detector scores from {mi.source} ({n_flag} of {adata.n_obs} cells "
+                    "flagged)",
+        start=start, uns=uns or None, obs=obs,
+        colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs
+                if col.endswith("_flag")},
+    )
+    return adata if copy else None
+
+
+def _check_no_conflict(adata: AnnData, key: str, record: Mapping[str, Any], model: str,
+                       classifier: Mapping[str, Any]) -> None:
+    """Refuse to overwrite a different detector or classifier already stored in ``adata``."""
+    ns = adata.uns.get(K.UNS)
+    if not isinstance(ns, Mapping):
+        return
+    mine = ns.get(key)
+    if isinstance(mine, Mapping) and mine is not record and (
+            MC.detector_fingerprint(mine) != MC.detector_fingerprint(record)):
+        raise ScadvInputError(
+            f"adata already holds a different entry under uns['scadv'][{key!r}]; scoring with "
+            "the source's detector would overwrite it. Score a copy, or rename yours first "
+            f"(adata.uns['scadv']['mine'] = adata.uns['scadv'].pop({key!r}))."
+        )
+    theirs = ns.get(model)
+    if isinstance(theirs, Mapping) and theirs is not classifier and (
+            not isinstance(theirs.get("weights"), Mapping)
+            or MC.fingerprint(theirs) != MC.fingerprint(classifier)):
+        raise ScadvInputError(
+            f"adata already holds a different classifier under uns['scadv'][{model!r}]; scoring "
+            "with the source's detector would overwrite it. Score a copy, or rename yours first."
+        )

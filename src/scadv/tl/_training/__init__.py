@@ -1,0 +1,1 @@
+"""Training and applying classifiers: train_classifier, predict, adversarial_train."""

@@ -1,0 +1,106 @@
+"""``scadv.tl.predict``: apply a stored classifier, from this AnnData or another one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scanpy.logging as logg
+from anndata import AnnData
+
+from ... import _device as D
+from ... import _keys as K
+from ... import _model as M
+from ... import _provenance as P
+from ... import _recipe as R
+from ... import _validate as V
+from ..._results import write_results
+from .. import _common as C
+
+
+def predict(
+    adata: AnnData,
+    *,
+    model: str = K.DEFAULT_MODEL,
+    source: AnnData | Mapping[str, Any] | None = None,
+    layer: str | None = None,
+    missing_genes: R.MissingGenes = "error",
+    key_added: str | None = None,
+    batch_size: int = 4096,
+    device: D.Device = "auto",
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict cell types with a stored classifier, rebuilt from its plain arrays.
+
+    The model comes from ``adata`` itself or from ``source`` (e.g. a colleague's ``.h5ad``).
+    ``adata`` may be the prepared training data, new raw counts, or new log-normalised data:
+    genes are matched by name and the model's own preprocessing recipe is applied (see
+    :func:`scadv.pp.transform`); ``adata.X`` is never modified.
+
+    Parameters
+    ----------
+    adata
+        Cells to classify.
+    model
+        Key of the stored classifier (``uns['scadv'][model]``).
+    source
+        AnnData (or model record) holding the classifier; default ``adata``. The record is
+        copied into ``adata.uns['scadv'][key_added]`` so later scadv calls on ``adata`` find it.
+    layer
+        Read the expression from ``adata.layers[layer]``.
+    missing_genes
+        ``'error'`` (default) or ``'mean'`` (set absent model genes to their training mean).
+    key_added
+        Key for the outputs; default ``model``.
+    batch_size
+        Cells per forward pass.
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    A copy if ``copy=True``, else ``None``. Writes (``p`` = ``'scadv'`` for
+    ``key_added='classifier'``, else ``'scadv_<key_added>'``):
+
+    ``adata.obs['<p>_pred']``
+        Predicted class.
+    ``adata.obsm['<p>_proba']``
+        Class probabilities (columns in the model's class order).
+    ``adata.obsm['X_<p>_emb']``
+        Cell embedding (last hidden layer).
+    ``adata.uns['scadv'][key_added]``
+        A copy of the model record when it came from ``source``.
+    """
+    start = logg.info(f"predicting with scadv classifier {model!r}")
+    adata = V.start(adata, copy=copy)
+    record = C.model_record(adata, model, source)
+    key_added = key_added or model
+    dev = D.resolve(device)
+    mi = R.model_input(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
+    net = M.from_record(record, dev)
+    emb, logits = M.infer(net, mi.x, device=dev, batch_size=batch_size)
+    classes = [str(c) for c in np.asarray(record["classes"])]
+    pred = logits.argmax(axis=1)
+    label_key = str(record.get("label_key", ""))
+    if label_key in adata.obs:
+        y = C.class_index(V.labels(adata, label_key), classes)
+        if (y >= 0).any():
+            acc = float((pred[y >= 0] == y[y >= 0]).mean())
+            logg.info(f"    accuracy against obs[{label_key!r}] on {(y >= 0).sum()} labelled "
+                      f"cells: {acc:.3f}")
+    uns = None
+    if source is not None or key_added != model:
+        uns = {key_added: {**dict(record), "provenance": {
+            **dict(record.get("provenance", {})),
+            "copied_by_predict": P.record({"model": model, "input": mi.source}),
+        }}}
+    write_results(
+        adata, step=f"prediction from {mi.source}", start=start, uns=uns,
+        obs={K.pred(key_added): pd.Categorical.from_codes(pred, categories=classes)},
+        obsm={K.proba(key_added): M.softmax(logits), K.embedding(key_added): emb},
+    )
+    return adata if copy else None

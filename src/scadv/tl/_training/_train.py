@@ -1,0 +1,378 @@
+"""``scadv.tl.train_classifier``: the cell-type MLP, trained and stored in the AnnData."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scanpy.logging as logg
+import torch
+from anndata import AnnData
+from sklearn.utils.extmath import randomized_svd
+from torch import nn
+from tqdm.auto import tqdm
+
+from ... import _device as D
+from ... import _keys as K
+from ... import _model as M
+from ... import _provenance as P
+from ... import _recipe as R
+from ... import _validate as V
+from ..._errors import ScadvInputError
+from ..._results import write_results
+from .. import _common as C
+
+MIN_CELLS_PER_CLASS = 3
+
+#: ``batch_loss(model, xb, yb, loss_fn) -> loss`` of one training batch (see :func:`_fit`).
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+#: ``validate(model, xv, yv) -> {'val_loss': …, …}`` once per epoch (see :func:`_fit`).
+Validate = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
+
+
+def train_classifier(
+    adata: AnnData,
+    label_key: str,
+    *,
+    hidden: Sequence[int] = (256, 128, 64),
+    dropout: Sequence[float] = (0.4, 0.4, 0.3),
+    input_rank: int | None = 50,
+    freeze_input: bool = True,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 64,
+    max_epochs: int = 60,
+    patience: int = 5,
+    label_smoothing: float = 0.0,
+    input_noise: float = 0.0,
+    class_weight: Literal["balanced"] | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.1,
+    split_key: str | None = None,
+    key_added: str = K.DEFAULT_MODEL,
+    seed: int = 42,
+    device: D.Device = "auto",
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Train the cell-type classifier on prepared data and store it in the AnnData.
+
+    The network is the brief's MLP (genes → 256 → 128 → 64 → classes, ReLU, dropout
+    0.4/0.4/0.3, the 64-d last hidden layer is the cell embedding), trained with cross-entropy
+    and AdamW on a stratified split, with early stopping on the validation loss (the best
+    epoch's weights are kept).
+
+    By default a low-rank input layer comes first: a fixed linear map onto the top 50
+    principal components of the *training* cells (as :func:`scanpy.pp.pca` computes by
+    default). Cell-type labels are usually made by clustering a few principal components, and
+    on PBMC3k this layer lifts held-out accuracy from about 0.91 to about 0.95 (see the docs'
+    model card). ``input_rank=None`` gives the plain MLP.
+
+    Parameters
+    ----------
+    adata
+        Prepared by :func:`scadv.pp.prepare` (its ``X`` is the model input).
+    label_key
+        ``obs`` column with cell types or clusters. Cells with a missing label (NaN) are not
+        trained on, but they are predicted.
+    hidden, dropout
+        Hidden layer widths and the dropout after each.
+    input_rank
+        Width of the PCA-initialised input layer; ``None`` for none.
+    freeze_input
+        Keep the input layer fixed at its PCA initialisation (a fixed projection).
+    lr, weight_decay
+        AdamW learning rate and weight decay.
+    batch_size, max_epochs, patience
+        Mini-batch size, epoch cap, and epochs without validation-loss improvement before
+        stopping.
+    label_smoothing
+        Label smoothing of the cross-entropy (0 disables).
+    input_noise
+        Standard deviation of Gaussian noise added to training inputs (0 disables).
+    class_weight
+        ``'balanced'`` weights each class by ``n_cells / (n_classes × n_class_cells)``.
+    test_size, val_size
+        Fractions of each class's labelled cells held out for testing and validation. Every
+        class needs at least three labelled cells (one per split); smaller classes are an error.
+    split_key
+        Reuse an existing split column (values ``'train'``, ``'val'``, ``'test'``), e.g. the
+        one of another model, so that two models are tested on the same cells.
+    key_added
+        Name the model is stored under; also decides the per-cell keys (see below).
+    seed
+        Seeds the split, the initialisation, dropout and batch order (same seed, same model on
+        the same device).
+    device
+        ``'auto'`` (CUDA when available), ``'cpu'`` or ``'cuda'``.
+    progress
+        Show a progress bar over epochs.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    A copy if ``copy=True``, else ``None``. Writes (``p`` = ``'scadv'`` for the default
+    ``key_added='classifier'``, else ``'scadv_<key_added>'``):
+
+    ``adata.obs['<p>_split']``
+        ``'train'`` / ``'val'`` / ``'test'`` / ``'unlabelled'`` (unless ``split_key`` is given).
+    ``adata.obs['<p>_pred']``
+        Predicted class of every cell.
+    ``adata.obsm['<p>_proba']``
+        Class probabilities (columns in the order of ``uns['scadv'][key_added]['classes']``).
+    ``adata.obsm['X_<p>_emb']``
+        64-d cell embedding (last hidden layer).
+    ``adata.uns['scadv'][key_added]``
+        The model as plain arrays (``weights``, ``arch``, ``classes``, ``genes``, the
+        preprocessing recipe ``prepare``), ``label_key``, ``split_key``, ``history``
+        (per-epoch losses and validation accuracy), ``metrics`` (``test`` and ``val``:
+        accuracy, balanced accuracy, per-class accuracy, confusion matrix) and
+        ``provenance``.
+    """
+    start = logg.info(f"training scadv classifier {key_added!r} on {label_key!r}")
+    params = P.call_params(locals(), train_classifier)
+    adata = V.start(adata, copy=copy)
+    _check_options(hidden=hidden, dropout=dropout, input_rank=input_rank, lr=lr,
+                   batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+                   test_size=test_size, val_size=val_size, label_smoothing=label_smoothing,
+                   class_weight=class_weight, input_noise=input_noise)
+    recipe = R.stored(adata)
+    if recipe is None:
+        raise ScadvInputError(
+            "adata has not been prepared: run scadv.pp.prepare(adata) first (it selects the "
+            "model genes and records how to transform new cells the same way)."
+        )
+    mi = R.model_input(adata, recipe, what="adata")
+    x = mi.x
+    V.check_finite(x, what="adata.X", adata=adata)
+
+    labels = V.labels(adata, label_key)
+    classes = _classes(adata.obs[label_key], labels)
+    y = C.class_index(labels, classes)
+    split = _split(adata, y, classes, split_key=split_key, test_size=test_size,
+                   val_size=val_size, seed=seed)
+    dev = D.resolve(device)
+
+    model, history = _fit(
+        x, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
+        input_rank=input_rank, freeze_input=freeze_input, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+        label_smoothing=label_smoothing, input_noise=input_noise, class_weight=class_weight,
+        seed=seed, device=dev, progress=progress,
+    )
+    emb, logits = M.infer(model, x, device=dev)
+    pred = logits.argmax(axis=1)
+    scores = {name: C.metrics(y[split == name], pred[split == name], len(classes))
+              for name in (K.SPLIT_TEST, K.SPLIT_VAL)}
+    arch = M.Architecture(x.shape[1], len(classes), tuple(int(h) for h in hidden),
+                          tuple(float(p) for p in dropout), int(input_rank or 0))
+    split_col = split_key or K.split(key_added)
+    record = M.to_record(
+        model, arch, classes=classes, genes=recipe["genes"], prepare=recipe,
+        label_key=label_key, split_key=split_col, history=history, metrics=scores,
+        provenance=P.record(params, seed=seed, device=dev),
+    )
+    obs: dict[str, Any] = {
+        K.pred(key_added): pd.Categorical.from_codes(pred, categories=list(classes)),
+    }
+    if split_key is None:
+        obs[split_col] = pd.Categorical(split, categories=list(K.SPLITS))
+    test = scores[K.SPLIT_TEST]
+    write_results(
+        adata, step=f"training ({history['epoch'].size} epochs, test accuracy "
+                    f"{test['accuracy']:.3f}, balanced {test['balanced_accuracy']:.3f})",
+        start=start, uns={key_added: record}, obs=obs,
+        obsm={K.proba(key_added): M.softmax(logits), K.embedding(key_added): emb},
+    )
+    return adata if copy else None
+
+
+def _check_options(*, hidden: Sequence[int], dropout: Sequence[float], input_rank: int | None,
+                   lr: float, batch_size: int, max_epochs: int, patience: int, test_size: float,
+                   val_size: float, label_smoothing: float, class_weight: str | None,
+                   input_noise: float) -> None:
+    problems = []
+    if len(hidden) == 0 or any(int(h) < 1 for h in hidden):
+        problems.append(f"hidden must list positive layer widths, got {tuple(hidden)}")
+    if len(dropout) != len(hidden) or any(not 0 <= p < 1 for p in dropout):
+        problems.append(f"dropout needs one rate in [0, 1) per hidden layer, got {tuple(dropout)}")
+    if input_rank is not None and int(input_rank) < 1:
+        problems.append(f"input_rank must be a positive integer or None, got {input_rank}")
+    if not lr > 0:
+        problems.append(f"lr must be positive, got {lr}")
+    if batch_size < 1 or max_epochs < 1 or patience < 1:
+        problems.append("batch_size, max_epochs and patience must be ≥ 1")
+    if not (0 < test_size < 1 and 0 < val_size < 1 and test_size + val_size < 1):
+        problems.append(f"test_size and val_size must be in (0, 1) with a sum below 1, "
+                        f"got {test_size} and {val_size}")
+    if not 0 <= label_smoothing < 1:
+        problems.append(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if input_noise < 0:
+        problems.append(f"input_noise must be ≥ 0, got {input_noise}")
+    if class_weight not in (None, "balanced"):
+        problems.append(f"class_weight must be None or 'balanced', got {class_weight!r}")
+    if problems:
+        raise ScadvInputError("; ".join(problems) + ".")
+
+
+def _classes(column: pd.Series, labels: pd.Series) -> list[str]:
+    """Classes present among labelled cells (category order for categoricals, else sorted)."""
+    present = set(labels.dropna())
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        classes = [str(c) for c in column.cat.categories if str(c) in present]
+    else:
+        classes = sorted(present)
+    counts = labels.value_counts()
+    if len(classes) < 2:
+        raise ScadvInputError(
+            f"the labels in {column.name!r} hold {len(classes)} class(es) "
+            f"({classes or 'all missing'}); a classifier needs at least two. "
+            "Check label_key, or cluster first (sc.tl.leiden)."
+        )
+    small = {c: int(counts[c]) for c in classes if counts[c] < MIN_CELLS_PER_CLASS}
+    if small:
+        raise ScadvInputError(
+            f"classes with fewer than {MIN_CELLS_PER_CLASS} labelled cells cannot be split into "
+            f"train / validation / test: {small}. Merge them into a related class, or set their "
+            f"labels to NaN (adata.obs[{column.name!r}] = adata.obs[{column.name!r}]"
+            f".where(~adata.obs[{column.name!r}].isin({list(small)}))) so they are predicted but "
+            "not trained on."
+        )
+    return classes
+
+
+def _split(adata: AnnData, y: np.ndarray, classes: Sequence[str], *, split_key: str | None,
+           test_size: float, val_size: float, seed: int) -> np.ndarray:
+    if split_key is None:
+        return C.stratified_split(y, test_size=test_size, val_size=val_size, seed=seed)
+    if split_key not in adata.obs:
+        raise ScadvInputError(
+            f"split_key {split_key!r} not found in adata.obs; pass the split column of an "
+            "earlier model (e.g. 'scadv_split') or None for a new split."
+        )
+    split = adata.obs[split_key].astype(str).to_numpy().astype(object)
+    unknown = set(split) - set(K.SPLITS)
+    if unknown:
+        raise ScadvInputError(f"split column {split_key!r} has unknown values {sorted(unknown)}; "
+                              f"expected {K.SPLITS}.")
+    split[y < 0] = K.SPLIT_UNLABELLED
+    for name in (K.SPLIT_TRAIN, K.SPLIT_VAL):
+        missing = [classes[c] for c in range(len(classes))
+                   if not ((split == name) & (y == c)).any()]
+        if missing:
+            raise ScadvInputError(f"split {split_key!r} has no {name} cells of {missing}.")
+    return split
+
+
+def _pca_projection(x: np.ndarray, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top principal axes (rank × genes) and the matching bias (−axes · mean)."""
+    mean = x.mean(axis=0)
+    rank = min(rank, min(x.shape) - 1)
+    _, _, vt = randomized_svd(x - mean, n_components=rank, random_state=seed, n_iter=7)
+    # fix the sign of each axis so the result does not depend on the SVD's sign choice
+    vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
+    return vt.astype(np.float32), (-vt @ mean).astype(np.float32)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
+         hidden: Sequence[int], dropout: Sequence[float], input_rank: int | None,
+         freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
+         patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
+         seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
+         validate: Validate | None = None) -> tuple[M.MLP, dict[str, np.ndarray]]:
+    """Train with early stopping on the validation loss; returns the best model and history.
+
+    Two hooks let other training schemes reuse this loop (both ``None``: plain training):
+    ``batch_loss(model, xb, yb, loss_fn)`` returns the loss of a training batch (e.g. on clean
+    and adversarial versions of it; the model is in train mode and must be left so), and
+    ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
+    ``'val_loss'``, the early-stopping criterion (lower is better).
+    """
+    train, val = split == K.SPLIT_TRAIN, split == K.SPLIT_VAL
+    rank = None
+    if input_rank:
+        rank = min(int(input_rank), int(train.sum()) - 1, x.shape[1])
+    cuda_ids = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_ids):
+        torch.manual_seed(seed)
+        model = M.MLP(x.shape[1], n_classes, hidden, dropout, rank).to(device)
+        if rank:
+            axes, bias = _pca_projection(x[train], rank, seed)
+            projection = model.input
+            if not isinstance(projection, nn.Linear):
+                raise RuntimeError("internal: an input rank without a linear input layer")
+            with torch.no_grad():
+                projection.weight.copy_(torch.from_numpy(axes))
+                projection.bias.copy_(torch.from_numpy(bias))
+            projection.requires_grad_(not freeze_input)
+        gen = D.generator(seed, device)
+        xt = torch.as_tensor(x[train], device=device)
+        yt = torch.as_tensor(y[train], device=device)
+        xv = torch.as_tensor(x[val], device=device)
+        yv = torch.as_tensor(y[val], device=device)
+        weight = None
+        if class_weight == "balanced":
+            counts = np.bincount(y[train], minlength=n_classes)
+            weight = torch.as_tensor(len(yt) / (n_classes * counts), dtype=torch.float32,
+                                     device=device)
+        loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=weight_decay)
+        history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+        best_state: dict[str, torch.Tensor] | None = None
+        best_loss, best_epoch, bad = float("inf"), 0, 0
+        bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
+                   leave=False, mininterval=0.5)
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(len(yt), generator=gen, device=device)
+            total = 0.0
+            for lo in range(0, len(order), batch_size):
+                idx = order[lo:lo + batch_size]
+                xb = xt[idx]
+                if input_noise > 0:
+                    xb = xb + input_noise * torch.randn(xb.shape, generator=gen, device=device)
+                opt.zero_grad(set_to_none=True)
+                if batch_loss is None:
+                    loss = loss_fn(model(xb), yt[idx])
+                else:
+                    loss = batch_loss(model, xb, yt[idx], loss_fn)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            model.eval()
+            if validate is None:
+                with torch.no_grad():
+                    logits = model(xv)
+                    val_loss = float(nn.functional.cross_entropy(logits, yv))
+                    val_acc = float((logits.argmax(1) == yv).float().mean())
+                scores = {"val_loss": val_loss, "val_accuracy": val_acc}
+            else:
+                scores = validate(model, xv, yv)
+                val_loss = float(scores["val_loss"])
+                model.eval()
+            history["train_loss"].append(total / len(yt))
+            for name, value in scores.items():
+                history.setdefault(name, []).append(float(value))
+            bar.set_postfix({k.replace("accuracy", "acc"): f"{v:.3f}" for k, v in scores.items()})
+            if val_loss < best_loss - 1e-4:
+                best_loss, best_epoch, bad = val_loss, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        bar.close()
+    if best_state is None:
+        raise ScadvInputError(
+            "training diverged: the validation loss was not finite in any epoch. Check the "
+            "input for extreme values, or lower lr.")
+    model.load_state_dict(best_state)
+    model.eval()
+    out: dict[str, np.ndarray] = {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
+    out["epoch"] = np.arange(1, len(out["val_loss"]) + 1)
+    out["best_epoch"] = np.int64(best_epoch + 1)
+    return model, out
