@@ -246,3 +246,44 @@ def sim_trained(_sim_trained: ad.AnnData) -> ad.AnnData:
     with a plain classifier ('classifier') and an adversarially trained one ('robust') on the
     same split (a fresh copy)."""
     return _sim_trained.copy()
+
+
+def model_x(adata: ad.AnnData, model: str = "classifier") -> np.ndarray:
+    """The model input of every cell (what scadv 0.1 wrote into ``X``), computed on demand."""
+    import scadv
+
+    return scadv.get.model_input(adata, model=model)
+
+
+def perturbed(adata: ad.AnnData, name: str) -> np.ndarray:
+    """A perturbation's model input of every cell (what scadv 0.1 wrote into
+    ``layers[name]``), rebuilt from the compact stored change."""
+    import scadv
+
+    return scadv.get.perturbed(adata, name, cells=np.arange(adata.n_obs))
+
+
+def stored(adata: ad.AnnData) -> list[str]:
+    """Names of the perturbations stored in ``adata``."""
+    import scadv
+
+    return list(scadv.get.perturbations(adata).index)
+
+
+def model_counts(adata: ad.AnnData) -> np.ndarray:
+    """Raw counts of the model genes (dense), from ``X`` of lazily prepared data."""
+    genes = list(adata.uns["scadv"]["prepare"]["genes"])
+    x = adata[:, genes].X
+    return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+
+def prepared_x(adata: ad.AnnData) -> np.ndarray:
+    """The model input of ``adata``'s own recipe (``uns['scadv']['prepare']``)."""
+    from scadv import _recipe as R
+
+    return R.source(adata, adata.uns["scadv"]["prepare"]).dense()
+
+
+def model_genes(adata: ad.AnnData) -> np.ndarray:
+    """The model genes of ``adata``'s own recipe, in model order."""
+    return np.asarray(adata.uns["scadv"]["prepare"]["genes"]).astype(str)

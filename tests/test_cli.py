@@ -18,7 +18,8 @@ def test_demo_writes_h5ad_figures_and_summary(tmp_path, capsys):
     for name in ("scadv_pbmc68k_reduced.h5ad", "flip_rate.png", "umap_flipped.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 1000
     back = ad.read_h5ad(tmp_path / "demo" / "scadv_pbmc68k_reduced.h5ad")
-    assert "pgd" in back.uns["scadv"] and "scadv_pgd_eps0.1" in back.layers
+    assert "pgd" in back.uns["scadv"]
+    assert "scadv_pgd_eps0.1" in back.uns["scadv"]["perturbations"]
 
 
 def test_audit_user_file(pbmc3k_path, tmp_path, capsys):

@@ -105,8 +105,8 @@ def run_chain(adata: ad.AnnData, *, label_key: str, out: Path, name: str,
 
     umap_png = out / "umap_flipped.png"
     if "X_umap" not in adata.obsm:
-        sc.pp.pca(adata, n_comps=min(50, adata.n_vars - 1, adata.n_obs - 1), random_state=seed)
-        sc.pp.neighbors(adata, random_state=seed)
+        # a map of the cells as the classifier sees them: its 64-d embedding
+        sc.pp.neighbors(adata, use_rep=K.embedding(K.DEFAULT_MODEL), random_state=seed)
         sc.tl.umap(adata, random_state=seed)
     middle = K.attack_flipped_to("pgd", eps[len(eps) // 2])
     fig = sc.pl.umap(adata, color=[label_key, K.pred(K.DEFAULT_MODEL), middle], show=False,

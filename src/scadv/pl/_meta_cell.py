@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from .. import _device as D
 from .. import _keys as K
 from .. import _model as M
-from .. import _recipe as R
+from .. import _store as ST
 from .._errors import ScadvInputError
 from . import _meta_common as PM
 from . import _utils as U
@@ -56,7 +56,7 @@ def meta_cell(
                                   "layer=...")
         layer = names[0]
     score_col = K.meta_score(key, layer)
-    if layer not in adata.layers or score_col not in adata.obs:
+    if not ST.exists(adata, layer) or score_col not in adata.obs:
         raise ScadvInputError(f"layer {layer!r} has not been scored by detector {key!r}; run "
                               f"scadv.tl.meta_evaluate(adata, key={key!r}).")
     i = adata.obs_names.get_loc(cell)
@@ -68,8 +68,8 @@ def meta_cell(
     classifier = adata.uns[K.UNS][model]
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     net = M.from_record(classifier, D.resolve("cpu"))
-    x = np.vstack([R.model_input(adata[[cell]], classifier["prepare"]).x,
-                   R.model_input(adata[[cell]], classifier["prepare"], layer=layer).x])
+    x = np.vstack([ST.reader(adata, classifier["prepare"])[[i]],
+                   ST.reader(adata, classifier["prepare"], layer=layer)[[i]]])
     _, logits = M.infer(net, x, device=D.resolve("cpu"))
     proba = M.softmax(logits)
     thr = float(rec["threshold"])

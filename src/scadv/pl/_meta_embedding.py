@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 
 from .. import _device as D
 from .. import _keys as K
-from .. import _recipe as R
+from .. import _store as ST
 from ..tl._detect import _common as MC
 from . import _meta_common as PM
 from . import _utils as U
@@ -55,10 +55,10 @@ def meta_embedding(
     cells = PM.layers(adata, key, rec, layers)
     det = MC.load(adata, key, source=None, device=D.resolve("cpu"))
     recipe = det.classifier["prepare"]
-    blocks = [R.model_input(adata, recipe).x[test]]
+    blocks = [ST.reader(adata, recipe)[test]]
     groups = [np.zeros(int(test.sum()), dtype=np.int64)]
     for i, c in enumerate(cells, start=1):
-        blocks.append(R.model_input(adata, recipe, layer=c.layer).x[c.flipped])
+        blocks.append(ST.reader(adata, recipe, layer=c.layer)[c.flipped])
         groups.append(np.full(int(c.flipped.sum()), i))
     x = np.vstack(blocks)
     group = np.concatenate(groups)

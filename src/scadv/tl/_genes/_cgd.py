@@ -235,11 +235,10 @@ def _choose_to(s: G.Setup, ev: E.Evaluator, orig: int, to: str | None) -> int:
 
 
 def _col_stat(s: G.Setup, idx: np.ndarray, fn: Any) -> np.ndarray:
-    from . import _modifications as MOD
-
     out = np.empty(len(idx), dtype=np.float32)
-    for lo in range(0, len(idx), 1024):
-        out[lo:lo + 1024] = fn(MOD.dense_columns(s.x, idx[lo:lo + 1024]), axis=0)
+    step = min(1024, s.x.column_step(len(idx)))
+    for lo in range(0, len(idx), step):
+        out[lo:lo + step] = fn(s.x.columns(idx[lo:lo + step]), axis=0)
     return out
 
 
