@@ -12,11 +12,11 @@ import torch
 from anndata import AnnData
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
-from tqdm.auto import tqdm
 
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _validate as V
@@ -324,8 +324,7 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best_state: dict[str, torch.Tensor] | None = None
         best_loss, best_epoch, bad = float("inf"), 0, 0
-        bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
-                   leave=False, mininterval=0.5)
+        bar = PB.bar(range(max_epochs), desc="training", unit="epoch", progress=progress)
         for epoch in bar:
             model.train()
             order = torch.randperm(len(yt), generator=gen, device=device)
