@@ -40,3 +40,11 @@ def distinct_styles(lines) -> None:
     keys = [(to_rgba(line.get_color()), round(line.get_linewidth(), 2),
              str(line.get_linestyle())) for line in lines]
     assert len(set(keys)) == len(keys), keys
+
+
+def readable_on(rgba) -> str:
+    """The text colour with the higher WCAG contrast on a cell of colour ``rgba``."""
+    r, g, b, _ = to_rgba(rgba)
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "black" if (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) else "white"

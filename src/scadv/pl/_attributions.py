@@ -77,7 +77,7 @@ def top_genes(
     _heatmap(ax, vals, list(genes[rows]), shown, cmap="RdBu_r" if signed else "Reds",
              vmin=-1 if signed else 0, vmax=1, label="mean attribution (÷ column max)",
              annotate=False)
-    ax.set_title(f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
+    U.set_title(ax, f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
     return U.finish(ax, show=show, save=save, name="top_genes")
 
 
@@ -127,7 +127,7 @@ def attribution_stability(
     k = int(np.asarray(rec["k"]))
     ax.set_xlabel(f"Jaccard@{k} with the clean ranking" if metric == "jaccard"
                   else "Spearman correlation with the clean ranking")
-    ax.set_title(f"Stability of {rec['method']} rankings ({rec['attribution_key']})")
+    U.set_title(ax, f"Stability of {rec['method']} rankings ({rec['attribution_key']})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return U.finish(ax, show=show, save=save, name="attribution_stability")
@@ -166,7 +166,7 @@ def attribution_agreement(
     _heatmap(ax, vals, keys, keys, cmap="viridis", vmin=0 if metric == "jaccard" else -1,
              vmax=1, label=f"Jaccard@{k}" if metric == "jaccard" else "Spearman",
              annotate=True)
-    ax.set_title("Agreement of attribution rankings (mean over classes)")
+    U.set_title(ax, "Agreement of attribution rankings (mean over classes)")
     return U.finish(ax, show=show, save=save, name="attribution_agreement")
 
 
@@ -198,7 +198,7 @@ def marker_overlap(
     k = int(np.asarray(rec["k"]))
     _heatmap(ax, vals, keys, classes, cmap="viridis", vmin=0, vmax=1,
              label=f"top-{k} genes among top-{k} DE markers", annotate=True)
-    ax.set_title("Overlap of attributions with rank_genes_groups markers")
+    U.set_title(ax, "Overlap of attributions with rank_genes_groups markers")
     return U.finish(ax, show=show, save=save, name="marker_overlap")
 
 
@@ -243,7 +243,7 @@ def enrichment(
     ax.scatter(sig[:, 1], sig[:, 0], s=12, color="black", marker="o", label="FDR < 0.05")
     if len(sig):
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.25), fontsize="small", frameon=False)
-    ax.set_title(f"Gene-set enrichment of the top {int(np.asarray(table['k'].iloc[0]))} genes")
+    U.set_title(ax, f"Gene-set enrichment of the top {int(np.asarray(table['k'].iloc[0]))} genes")
     return U.finish(ax, show=show, save=save, name="enrichment")
 
 
@@ -294,7 +294,7 @@ def attribution_truth(
     k = int(np.asarray(rec["k"]))
     ax.set_ylabel({"precision_at_k": f"precision@{k}", "recall_at_k": f"recall@{k}",
                    "auprc": "AUPRC"}[metric] + " of the true markers")
-    ax.set_title("Attributions against the ground truth")
+    U.set_title(ax, "Attributions against the ground truth")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return U.finish(ax, show=show, save=save, name="attribution_truth")

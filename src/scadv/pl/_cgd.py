@@ -67,6 +67,6 @@ def cgd(
     mode = "true gradients" if str(rec.get("mode")) == "gradient" else "probes"
     verdict = (f"switched after {int(x[at])} genes" if at is not None
                else f"not switched after {int(x[-1])} genes")
-    ax.set_title(f"CGD ({mode}) on {rec['target']}: {verdict}", fontsize="medium")
+    U.set_title(ax, f"CGD ({mode}) on {rec['target']}: {verdict}")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
     return U.finish(ax, show=show, save=save, name="cgd")

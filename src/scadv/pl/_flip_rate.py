@@ -62,7 +62,7 @@ def flip_rate(
     ax.set_xlabel("fraction of cells")
     norm = {"linf": "L∞", "l2": "L2"}.get(str(rec.get("norm")), str(rec.get("norm")))
     steps = int(np.asarray(rec.get("steps", 1)))
-    ax.set_title(f"{str(rec.get('method', key)).upper()} ({norm}, {steps} step"
+    U.set_title(ax, f"{str(rec.get('method', key)).upper()} ({norm}, {steps} step"
                  f"{'s' if steps != 1 else ''}) on {int(np.asarray(rec['n_cells']))} cells")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="x", alpha=0.3)

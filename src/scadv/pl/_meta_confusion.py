@@ -113,4 +113,4 @@ def _heatmap(ax: Axes, counts: np.ndarray, rows: Sequence[str], cols: Sequence[s
     U.annotate_cells(ax, im, counts, lambda v: str(int(v)), skip_zero=True)
     ax.set_xticks(np.arange(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(np.arange(len(rows)), rows)
-    ax.set_title(title, fontsize="medium")
+    U.set_title(ax, title)

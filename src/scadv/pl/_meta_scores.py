@@ -78,6 +78,5 @@ def meta_scores(
     ax.set_ylim(-0.05, len(series) - 0.05)
     ax.set_xlabel(f"detector score (dashed: threshold {thr:.3f}; 1: flagged by the realism "
                   "gate)")
-    ax.set_title(f"meta-detector {key!r}: test cells (each row scaled to its own maximum)",
-                 fontsize="medium")
+    U.set_title(ax, f"meta-detector {key!r}: test cells (each row scaled to its own maximum)")
     return U.finish(ax, show=show, save=save, name="meta_scores")

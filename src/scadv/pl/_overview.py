@@ -69,8 +69,8 @@ def overview(
     ax.set_xticks(np.arange(len(mods)), mods)
     ax.set_yticks(np.arange(len(targets)),
                   [f"{t} (n={int(n)})" for t, n in zip(targets, n_cells, strict=True)])
-    ax.set_title(f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
-                 f"{int(table['n_genes'].iloc[0])} genes)", fontsize="medium")
+    U.set_title(ax, f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
+                 f"{int(table['n_genes'].iloc[0])} genes)")
     bar = ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02, label="genes")
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return U.finish(ax, show=show, save=save, name="overview")

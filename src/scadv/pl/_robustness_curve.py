@@ -51,8 +51,8 @@ def robustness_curve(
     attack = rec.get("attack", {})
     steps = int(np.asarray(attack.get("steps", 10)))
     same = bool(rec.get("same_cells", True))
-    ax.set_title(f"Robustness ({steps}-step PGD away from the label"
-                 + ("" if same else "; different test cells") + ")", fontsize="medium")
+    U.set_title(ax, f"Robustness ({steps}-step PGD away from the label"
+                 + ("" if same else "; different test cells") + ")")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     return U.finish(ax, show=show, save=save, name="robustness_curve")

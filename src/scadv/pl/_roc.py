@@ -69,6 +69,6 @@ def roc(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("false-positive rate (clean test cells flagged)")
     ax.set_ylabel("true-positive rate (flipped test cells flagged)")
-    ax.set_title(f"meta-detector {key!r}; dots: threshold {thr:.3f}")
+    U.set_title(ax, f"meta-detector {key!r}; dots: threshold {thr:.3f}")
     ax.legend(loc="lower right", fontsize="small", frameon=False)
     return U.finish(ax, show=show, save=save, name="roc")

@@ -82,8 +82,8 @@ def single_gene(
                   f"(unmodified {base_score:.4g})")
     counts = ", ".join(f"{m}: {int(n)}" for m, n in zip(info["modification"],
                                                        info["n_flip_genes"], strict=True))
-    ax.set_title(f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
-                 f"{counts}", fontsize="medium")
+    U.set_title(ax, f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
+                 f"{counts}")
     flipped_to = sorted(set(rows.loc[rows["flipped"], "new_label"]))
     handles = [Patch(color=palette[classes.index(c)], label=f"flips to {c}") for c in flipped_to]
     handles.append(Patch(color=NOT_FLIPPED, label="label unchanged"))

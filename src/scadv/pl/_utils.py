@@ -154,3 +154,15 @@ def annotate_cells(ax: Axes, image: Any, values: Any, fmt: Callable[[float], str
         face = image.cmap(image.norm(image.get_array()[i, j]))
         ax.text(j, i, fmt(v), ha="center", va="center", fontsize=fontsize,
                 color=text_color(face))
+
+
+def set_title(ax: Axes, text: str, *, fontsize: str = "medium") -> None:
+    """``ax.set_title`` wrapped to the figure's width, so a long title is never cut off by
+    ``savefig`` (constrained layout can shrink axes, not titles)."""
+    from matplotlib.font_manager import FontProperties
+
+    points = FontProperties(size=fontsize).get_size_in_points()
+    width_in = root_figure(ax).get_figwidth()
+    chars = max(20, int(0.65 * width_in * 72 / (0.55 * points)))
+    lines = [textwrap.fill(line, chars) for line in text.split("\n")]
+    ax.set_title("\n".join(lines), fontsize=fontsize)
