@@ -8,8 +8,8 @@ import pytest
 import scanpy as sc
 
 import scadv
-from tests.pl import visible as V
 from scadv._errors import ScadvInputError
+from tests.pl import visible as V
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_check_plots(explained, tmp_path):
     # the diagonal (agreement 1: viridis yellow) carries dark text, dark cells light text
     im = ax.images[0]
     for t in ax.texts:
-        x, y = (int(round(v)) for v in t.get_position())
+        x, y = (round(v) for v in t.get_position())
         assert t.get_color() == V.readable_on(im.cmap(im.norm(im.get_array()[y, x])))
     diagonal = [t for t in ax.texts if t.get_position()[0] == t.get_position()[1]]
     assert diagonal and {t.get_color() for t in diagonal} == {"black"}
