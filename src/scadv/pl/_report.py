@@ -22,6 +22,7 @@ import webbrowser
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,11 +214,11 @@ def _attacks(adata: AnnData, ctx: Context) -> str | None:
             f"<p>{int(np.asarray(rec['n_cells']))} {esc(rec.get('cells', ''))} cells, "
             f"{int(np.asarray(rec.get('steps', 1)))} steps; constraints: {esc(note)}.</p>"
             + table(df)
-            + ctx.figure(lambda k=key: flip_rate(adata, key=k, show=False),
+            + ctx.figure(partial(flip_rate, adata, key=key, show=False),
                          alt=f"flip rate per class, {key}"))
         middle = K.attack_flipped_to(key, float(eps[len(eps) // 2]))
         if "X_umap" in adata.obsm and middle in adata.obs:
-            parts.append(ctx.figure(lambda col=middle: _umap(adata, col),
+            parts.append(ctx.figure(partial(_umap, adata, middle),
                                     alt=f"UMAP coloured by {middle}"))
     return "\n".join(parts) or None
 
@@ -244,9 +245,9 @@ def _detector(adata: AnnData, ctx: Context) -> str | None:
                  "positives are successful attacks.</p>")
         body = table(pd.DataFrame(df)) if isinstance(df, pd.DataFrame) else ""
         parts.append(f"<h3>Detector {esc(key)}</h3>{intro}{body}"
-                     + ctx.figure(lambda k=key: meta_scores(adata, key=k, show=False),
+                     + ctx.figure(partial(meta_scores, adata, key=key, show=False),
                                   alt=f"detector scores, {key}")
-                     + ctx.figure(lambda k=key: roc(adata, key=k, show=False),
+                     + ctx.figure(partial(roc, adata, key=key, show=False),
                                   alt=f"ROC, {key}"))
     return "\n".join(parts) or None
 
@@ -263,8 +264,8 @@ def _genes(adata: AnnData, ctx: Context) -> str | None:
         parts.append(f"<h3>Single genes that flip a cluster ({esc(key)})</h3>"
                      + table(summary.drop(columns=[c for c in summary if c.endswith("genes")
                                                   and summary[c].dtype == object]))
-                     + "".join(ctx.figure(lambda k=key, t=t: single_gene(
-                         adata, key=k, target=t, show=False), alt=f"single genes, {t}")
+                     + "".join(ctx.figure(partial(single_gene, adata, key=key, target=t,
+                                            show=False), alt=f"single genes, {t}")
                          for t in [str(t) for t in _arr(rec["targets"])][:4]))
     for key, rec in ctx.records(lambda r: r.get("method") == "max_change" and "signature" in r):
         sig = [str(g) for g in _arr(rec["signature"])]
@@ -274,11 +275,11 @@ def _genes(adata: AnnData, ctx: Context) -> str | None:
                      f"{' …' if len(sig) > 60 else ''}</p>")
     for key, _ in ctx.records(lambda r: r.get("method") == "overview" and "table" in r):
         parts.append(f"<h3>Overview ({esc(key)})</h3>"
-                     + ctx.figure(lambda k=key: overview(adata, key=k, show=False),
+                     + ctx.figure(partial(overview, adata, key=key, show=False),
                                   alt=f"overview, {key}"))
     for key, _ in ctx.records(lambda r: r.get("method") == "cgd" and "trajectory" in r):
         parts.append(f"<h3>CGD ({esc(key)})</h3>"
-                     + ctx.figure(lambda k=key: cgd(adata, key=k, show=False),
+                     + ctx.figure(partial(cgd, adata, key=key, show=False),
                                   alt=f"CGD, {key}"))
     return "\n".join(parts) or None
 
@@ -289,7 +290,7 @@ def _robustness(adata: AnnData, ctx: Context) -> str | None:
 
     parts = []
     for key, _ in ctx.records(lambda r: {"accuracy", "eps", "models"} <= set(r)):
-        parts.append(ctx.figure(lambda k=key: robustness_curve(adata, key=k, show=False),
+        parts.append(ctx.figure(partial(robustness_curve, adata, key=key, show=False),
                                 alt=f"robustness curve, {key}"))
     return "\n".join(parts) or None
 
