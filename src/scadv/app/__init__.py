@@ -35,6 +35,9 @@ def serve(path: str | Path | None = None, *, port: int = 8050, host: str = "127.
           label_key: str | None = None, open_browser: bool = True, quick: bool = False) -> None:
     """Load ``path`` (default: the bundled pbmc68k_reduced, trained on start) and serve the
     app at ``http://host:port`` until interrupted."""
+    if path is None:
+        print("scadv app: preparing pbmc68k_reduced and training a classifier and a "
+              "meta-detector (about a minute)...", flush=True)
     session = load(path, label_key=label_key, quick=quick)
     app = make_app(session)
     url = f"http://{host}:{port}/"
