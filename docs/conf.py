@@ -57,6 +57,7 @@ nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_merge_streams = True
 os.environ.setdefault("SCADV_DATA", str(REPO.parent / "shared" / "data"))
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the rendered notebooks
 os.environ.setdefault("SCADV_TUTORIAL_OUT", str(DOCS / "_build" / "tutorial_out"))
 
 # ---- the example figure on every pl.* page (_templates/autosummary/function.rst) ------------

@@ -267,7 +267,9 @@ def execute_tutorial(script: Path, out: Path, timeout: int = 900) -> tuple[Path,
     nb = jupytext.read(script)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    saved = {k: os.environ.get(k) for k in ("SCADV_DATA", "SCADV_TUTORIAL_OUT", "MPLBACKEND")}
+    saved = {k: os.environ.get(k) for k in ("SCADV_DATA", "SCADV_TUTORIAL_OUT", "MPLBACKEND",
+                                            "TQDM_DISABLE")}
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bars in the rendered notebooks
     os.environ["SCADV_DATA"] = str(DATA)
     os.environ["SCADV_TUTORIAL_OUT"] = str(out)
     os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend shows the figures

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from tqdm.auto import tqdm
+with warnings.catch_warnings():
+    # in a notebook without ipywidgets, tqdm.auto warns once and falls back to text bars
+    warnings.simplefilter("ignore")
+    from tqdm.auto import tqdm
 
 
 def enabled(progress: bool | None = True) -> bool:
-    """Whether a bar shows: the function's ``progress=`` option (``None``: on) and scanpy's
-    verbosity (``sc.settings.verbosity = 0``, errors only, silences every bar)."""
+    """Whether a bar shows: the function's ``progress=`` option (``None``: on), scanpy's
+    verbosity (``sc.settings.verbosity = 0``, errors only, silences every bar) and tqdm's own
+    ``TQDM_DISABLE`` environment variable (set when the documentation renders notebooks)."""
     if progress is False:
+        return False
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         return False
     import scanpy as sc
 

@@ -83,6 +83,11 @@ def test_progress_bars_follow_scanpy_verbosity(small_trained, capsys, scanpy_set
     scanpy_settings.verbosity = 0
     scadv.tl.pgd(a, eps=0.3, progress=True, key_added="quiet")
     assert capsys.readouterr().err == ""
+    scanpy_settings.verbosity = 1
+    with pytest.MonkeyPatch.context() as mp:  # tqdm's own switch (rendered notebooks)
+        mp.setenv("TQDM_DISABLE", "1")
+        scadv.tl.pgd(a, eps=0.3, progress=True, key_added="quiet")
+    assert capsys.readouterr().err == ""
 
 
 def test_new_figures_survive_a_plain_savefig(small_trained):

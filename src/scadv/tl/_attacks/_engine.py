@@ -26,7 +26,7 @@ from typing import Literal, cast
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
 from ... import _model as M

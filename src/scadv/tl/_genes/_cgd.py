@@ -10,7 +10,7 @@ import pandas as pd
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
 from ... import _progress as PB

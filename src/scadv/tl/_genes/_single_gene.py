@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
 from ... import _progress as PB
