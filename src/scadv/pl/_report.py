@@ -143,10 +143,11 @@ def _data_and_model(adata: AnnData, ctx: Context) -> str | None:
     recipe = ns.get(K.PREPARE)
     rows: list[tuple[str, Any]] = [("cells × genes", f"{adata.n_obs} × {adata.n_vars}")]
     if isinstance(recipe, Mapping):
+        n_genes = len(_arr(recipe.get("genes", [])))
         rows += [("input", str(recipe.get("input_kind", "?"))),
-                 ("model genes", len(_arr(recipe.get("genes", [])))),
-                 ("gene selection", f"{recipe.get('flavor', '?')}, "
-                                    f"{recipe.get('n_top_genes', '?')} highly variable genes"),
+                 ("model genes", n_genes),
+                 ("gene selection", f"highly variable genes ({recipe.get('flavor', '?')})"
+                                    if n_genes < adata.n_vars else "all genes"),
                  ("z-scores clipped at", recipe.get("max_value", "?"))]
     out = [kv(rows)]
     for key, rec in ctx.records(_is_classifier):
