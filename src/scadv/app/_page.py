@@ -164,17 +164,17 @@ def build(session: Session) -> Any:
                f"{repr(det) if det else 'none stored'}. The file is never written to."),
         dcc.Store(id="cell", data=test[0] if test else None),
         html.Div(style={"display": "flex", "gap": "16px"}, children=[
-            html.Div(style={"flex": "3"}, children=[
+            html.Div(style={"flex": "3", "minWidth": "0"}, children=[
                 html.Label("colour by "),
                 dcc.Dropdown(id="color", options=columns,
                              value=columns[0] if columns else None, clearable=False),
                 dcc.Graph(id="umap", figure=umap_figure(session, columns[0] if columns
                                                         else None, None)),
             ]),
-            html.Div(style={"flex": "2"}, children=[
+            html.Div(style={"flex": "2", "minWidth": "0"}, children=[
                 html.Label("cell (click one on the UMAP, or type its name) "),
                 dcc.Input(id="cell-name", type="text", value=test[0] if test else "",
-                          debounce=True, style={"width": "20em"}),
+                          debounce=True, style={"width": "95%"}),
                 html.Div(id="cell-info", style={"margin": "6px 0"}),
                 html.Label("attack "),
                 dcc.Dropdown(id="attack", options=[{"label": s.label, "value": n}
