@@ -184,3 +184,10 @@ def sim_program() -> str:
 def sim_theta() -> str:
     """``obsm`` key of simulated data: each cell's mixture over gene programs."""
     return f"{PREFIX}_sim_theta"
+
+
+# ---- pseudo-labels (scadv.tl.pseudo_labels) ---------------------------------------------------
+
+#: Default ``key_added`` of :func:`scadv.tl.pseudo_labels`: the ``obs`` column of the clusters
+#: and, under the same name, their record in ``uns['scadv']``.
+PSEUDO_LABEL = f"{PREFIX}_pseudo_label"

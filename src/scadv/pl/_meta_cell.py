@@ -26,7 +26,7 @@ def meta_cell(
     key: str = K.DEFAULT_DETECTOR,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Class probabilities of one cell before and after an attack, with the detector's verdict.
 
@@ -90,8 +90,8 @@ def meta_cell(
     def verdict(s: float) -> str:
         return f"{s:.3f} → {'FLAGGED' if s >= thr else 'passed'}"
 
-    ax.set_title(f"{cell}: {truth}{classes[int(proba[0].argmax())]} → "
+    U.set_title(ax, f"{cell}: {truth}{classes[int(proba[0].argmax())]} → "
                  f"{classes[int(proba[1].argmax())]}\ndetector (threshold {thr:.3f}): clean "
-                 f"{verdict(clean_score)}, attacked {verdict(adv_score)}", fontsize="medium")
+                 f"{verdict(clean_score)}, attacked {verdict(adv_score)}")
     ax.legend(loc="lower right", fontsize="small", frameon=False)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="meta_cell")

@@ -29,7 +29,7 @@ def meta_embedding(
     seed: int = 0,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """UMAP of the detector's 64-d triplet embedding: clean test cells and attacked ones.
 
@@ -82,7 +82,7 @@ def meta_embedding(
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    ax.set_title(f"meta-detector {key!r}: triplet embedding of test cells")
+    U.set_title(ax, f"meta-detector {key!r}: triplet embedding of test cells")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False,
               markerscale=2)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="meta_embedding")

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from tqdm.auto import tqdm
 
+from .. import _progress as PB
 from .. import _recipe as R
 from .. import _rows as RW
 from .. import _validate as V
@@ -111,8 +111,7 @@ def first_pass(x: Any, *, kind: Literal["counts", "lognorm"], target_sum: float,
     hi = np.full(n_vars, -np.inf)
     lo = np.full(n_vars, np.inf)
     library = np.empty(n_obs, dtype=np.float64) if kind == "counts" else None
-    bar = tqdm(total=n_obs, desc="prepare: statistics", unit="cell", disable=not progress,
-               leave=False, mininterval=0.5)
+    bar = PB.bar(total=n_obs, desc="prepare: statistics", unit="cell", progress=progress)
     for start in range(0, n_obs, batch_size):
         stop = min(start + batch_size, n_obs)
         block = RW.read(x, slice(start, stop))
@@ -149,8 +148,7 @@ def clipped_moments(x: Any, clip: np.ndarray, cols: np.ndarray, *, progress: boo
     clip_all[cols] = clip
     total = np.zeros(n_vars)
     total_sq = np.zeros(n_vars)
-    bar = tqdm(total=n_obs, desc="prepare: seurat_v3", unit="cell", disable=not progress,
-               leave=False, mininterval=0.5)
+    bar = PB.bar(total=n_obs, desc="prepare: seurat_v3", unit="cell", progress=progress)
     for start in range(0, n_obs, batch_size):
         stop = min(start + batch_size, n_obs)
         block = RW.read(x, slice(start, stop))

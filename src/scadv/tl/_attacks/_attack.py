@@ -21,6 +21,7 @@ from ... import _recipe as R
 from ... import _rows as RW
 from ... import _store as ST
 from ... import _validate as V
+from ..._colors import FLIPPED_COLOR, UNCHANGED_COLOR, class_colors
 from ..._errors import ScadvInputError
 from ..._results import write_results
 from ..._store import Perturbation
@@ -305,27 +306,6 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     write_results(adata, step=f"{method} on {int(mask.sum())} cells (flip rate {rates})",
                   start=start, uns={key: rec}, obs=obs, perturbations=perturbations,
                   colors=colors)
-
-
-UNCHANGED_COLOR = "#c8c8c8"
-FLIPPED_COLOR = "#d62728"
-
-
-def class_colors(adata: AnnData, label_key: str, classes: list[str]) -> list[str]:
-    """One colour per class: the user's ``uns['<label_key>_colors']`` where it covers the
-    classes (so attack plots match their UMAPs), else scanpy's default palette."""
-    import scanpy as sc
-
-    col = adata.obs.get(label_key)
-    user = adata.uns.get(f"{label_key}_colors")
-    if col is not None and isinstance(col.dtype, pd.CategoricalDtype) and user is not None:
-        # stale colour lists may be shorter or longer than the categories: pair what exists
-        lookup = dict(zip(map(str, col.cat.categories), np.asarray(user).astype(str),
-                          strict=False))
-        if all(c in lookup for c in classes):
-            return [lookup[c] for c in classes]
-    base = sc.pl.palettes.default_20 if len(classes) <= 20 else sc.pl.palettes.default_102
-    return [base[i % len(base)] for i in range(len(classes))]
 
 
 def _obs_columns(n_obs: int, mask: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray,

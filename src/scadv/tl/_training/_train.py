@@ -12,11 +12,11 @@ import torch
 from anndata import AnnData
 from scipy import linalg
 from torch import nn
-from tqdm.auto import tqdm
 
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _rows as RW
@@ -280,8 +280,7 @@ def predict_all(model: M.MLP, src: R.Source | ST.LazyRows, *, device: torch.devi
                 batch_size: int = RW.BATCH) -> tuple[np.ndarray, np.ndarray]:
     """Embedding and logits of every cell of ``src``, batch by batch."""
     embs, logits = [], []
-    bar = tqdm(total=src.n_obs, desc="predicting", unit="cell", disable=not progress,
-               leave=False, mininterval=0.5)
+    bar = PB.bar(total=src.n_obs, desc="predicting", unit="cell", progress=progress)
     for idx, xb in src.batches(batch_size=batch_size):
         emb, logit = M.infer(model, xb, device=device)
         embs.append(emb)
@@ -420,8 +419,7 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         best_state: dict[str, torch.Tensor] | None = None
         best_loss, best_epoch, bad = float("inf"), 0, 0
         window = max(batch_size, (RW.BATCH // batch_size) * batch_size)
-        bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
-                   leave=False, mininterval=0.5)
+        bar = PB.bar(range(max_epochs), desc="training", unit="epoch", progress=progress)
         for epoch in bar:
             model.train()
             order = torch.randperm(len(train_cells), generator=gen, device=device).cpu().numpy()
