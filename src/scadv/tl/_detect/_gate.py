@@ -44,7 +44,8 @@ COUNT_RTOL = 1e-5
 Z_TOL = 1e-3
 #: Largest ``k`` tried for the cell's smallest count.
 MAX_K = 8
-#: Fraction of a cell's expressed genes that may be off the lattice while ``k`` is chosen.
+#: Fraction of a cell's expressed genes (at least one gene) that may be off the lattice while
+#: its scale is chosen; they are then counted as violations.
 K_SLACK = 0.02
 #: Clean reference cells that must pass for the lattice check to be used.
 MIN_CLEAN_PASS = 0.99
@@ -106,24 +107,48 @@ def violations(gate: Mapping[str, Any], x: np.ndarray, *, missing: np.ndarray | 
 
 def _off_lattice(x: np.ndarray, expressed: np.ndarray, mean: np.ndarray, std: np.ndarray
                  ) -> np.ndarray:
-    """Expressed genes whose implied count is not whole, for the best per-cell scale."""
+    """Expressed genes whose implied count is not whole, for the best per-cell scale.
+
+    Candidate scales, largest first: the smallest implied level divided by 1 … ``MAX_K``, and
+    the smallest gap between two distinct levels divided by 1 … 3 (deep cells whose counts are
+    all large still have neighbouring counts one apart). The first that puts all but
+    ``K_SLACK`` (at least one) of the cell's expressed genes on whole numbers (after refining
+    it by least squares on the rounded counts) is the cell's scale."""
     level = np.where(expressed, np.expm1(x * std + mean), np.nan)  # = count · s
     smallest = np.nanmin(np.where(expressed, level, np.inf), axis=1)
-    smallest = np.where(np.isfinite(smallest) & (smallest > 0), smallest, 1.0)
+    ok_row = np.isfinite(smallest) & (smallest > 0)
+    smallest = np.where(ok_row, smallest, 1.0)
+    ordered = np.sort(level, axis=1)  # NaN (not expressed) last
+    gaps = np.diff(ordered, axis=1)
+    gaps = np.where(gaps > 1e-4 * ordered[:, 1:], gaps, np.inf)
+    gap = np.min(gaps, axis=1, initial=np.inf)
+    gap = np.where(np.isfinite(gap), gap, smallest)
+    scales = np.column_stack([smallest / k for k in range(1, MAX_K + 1)]
+                             + [gap / j for j in range(1, 4)])
     n_expr = expressed.sum(axis=1)
-    best = np.full(x.shape, False)
+    best = np.zeros(x.shape, dtype=bool)
     chosen = np.zeros(len(x), dtype=bool)
-    for k in range(1, MAX_K + 1):
-        counts = level * (k / smallest)[:, None]
-        off = expressed & (np.abs(counts - np.rint(counts)) > COUNT_TOL + COUNT_RTOL
-                           * np.abs(counts))
-        n_off = off.sum(axis=1)
-        take = ~chosen & (n_off <= K_SLACK * n_expr)
-        best[take] = off[take]
-        chosen |= take
-        if k == 1:
-            first = off
-        if chosen.all():
+    first = None
+    for i in np.argsort(-scales, axis=1, kind="stable").T:  # per row, largest scale first
+        rows = np.flatnonzero(~chosen)
+        if not len(rows):
             break
-    best[~chosen] = first[~chosen]  # no scale fits: report the count at the smallest value
+        scale = scales[rows, i[rows]]
+        whole = np.where(expressed[rows], np.rint(level[rows] / scale[:, None]), 0.0)
+        # refined by least squares on the rounded counts (a candidate taken from one or two
+        # levels carries their float32 rounding into every large count)
+        fit = (np.nansum(level[rows] * whole, axis=1)
+               / np.maximum((whole * whole).sum(axis=1), 1.0))
+        scale = np.where(fit > 0, fit, scale)
+        counts = level[rows] / scale[:, None]
+        off = expressed[rows] & (np.abs(counts - np.rint(counts))
+                                 > COUNT_TOL + COUNT_RTOL * np.abs(counts))
+        if first is None:
+            first = np.zeros(x.shape, dtype=bool)
+            first[rows] = off
+        take = off.sum(axis=1) <= np.maximum(1.0, K_SLACK * n_expr[rows])
+        best[rows[take]] = off[take]
+        chosen[rows[take]] = True
+    if first is not None:
+        best[~chosen] = first[~chosen]  # no scale fits: report the count at the largest scale
     return best
