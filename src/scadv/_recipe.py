@@ -225,8 +225,27 @@ class Source:
 
     def __repr__(self) -> str:
         gap = f", {int(self.missing.sum())} missing" if self.missing.any() else ""
-        return (f"Source({self.label}, {self.kind}, {self.n_obs} cells × {self.n_genes} model "
+        n = "?" if self.matrix is None else self.n_obs
+        return (f"Source({self.label}, {self.kind}, {n} cells × {self.n_genes} model "
                 f"genes{gap})")
+
+    def template(self, cells: np.ndarray) -> Source:
+        """This source restricted to the cells at positions ``cells``, without its matrix:
+        what a worker needs (with :meth:`bind`) to compute their model input from their rows
+        read elsewhere (e.g. a block of a dask array computed on a Dask worker)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        lib = None if self._library_size is None else self._library_size[cells]
+        return Source(None, kind=self.kind, recipe=self.recipe, present=self.present,
+                      missing=self.missing, label=self.label, obs_names=self.obs_names[cells],
+                      library_size=lib)
+
+    def bind(self, block: Any) -> Source:
+        """A :meth:`template` bound to its cells' rows of the underlying matrix (all its genes,
+        in memory): ``bind(block).rows(np.arange(n))`` is exactly ``rows(cells)`` of the full
+        source."""
+        return Source(block, kind=self.kind, recipe=self.recipe, present=self.present,
+                      missing=self.missing, label=self.label, obs_names=self.obs_names,
+                      library_size=self._library_size)
 
     # ---- reading ------------------------------------------------------------------------------
 

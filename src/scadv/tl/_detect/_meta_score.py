@@ -93,7 +93,7 @@ def meta_score(
                    missing_genes=missing_genes)
     infos = MC.find_layers(adata, model, None if layers is None else list(layers))
     obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, src=src, test=None,
-                            progress=progress)
+                            progress=progress, device=device)
     uns: dict[str, Mapping[str, Any]] = {}
     if source is not None:
         _check_no_conflict(adata, key, det.record, model, det.classifier)

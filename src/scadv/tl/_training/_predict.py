@@ -89,16 +89,18 @@ def predict(
     record = C.model_record(adata, model, source)
     key_added = key_added or model
     dev = D.resolve(device)
+    change = None
     if layer is not None and ST.entry(adata, layer) is not None:
         # a stored perturbation (e.g. an adversarial version of the cells)
-        src: R.Source | ST.LazyRows = ST.reader(adata, record["prepare"], layer=layer,
-                                                missing_genes=missing_genes)
+        clean = R.source(adata, record["prepare"], missing_genes=missing_genes)
+        src, change = ST.plan(adata, layer, clean)
         label = f"perturbation {layer!r}"
     else:
         src = R.source(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
         label = src.label
     net = M.from_record(record, dev)
-    emb, logits = T.predict_all(net, src, device=dev, progress=progress, batch_size=batch_size)
+    emb, logits = T.predict_all(net, src, device=device, progress=progress,
+                                batch_size=batch_size, change=change)
     classes = [str(c) for c in np.asarray(record["classes"])]
     pred = logits.argmax(axis=1)
     label_key = str(record.get("label_key", ""))

@@ -16,6 +16,7 @@ from torch import nn
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _progress as PB
 from ... import _provenance as P
 from ... import _recipe as R
@@ -275,19 +276,28 @@ def architecture(model: M.MLP, n_genes: int, n_classes: int, hidden: Sequence[in
                           tuple(float(p) for p in dropout), int(rank))
 
 
-def predict_all(model: M.MLP, src: R.Source | ST.LazyRows, *, device: torch.device,
-                progress: bool,
-                batch_size: int = RW.BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Embedding and logits of every cell of ``src``, batch by batch."""
-    embs, logits = [], []
-    bar = PB.bar(total=src.n_obs, desc="predicting", unit="cell", progress=progress)
-    for idx, xb in src.batches(batch_size=batch_size):
-        emb, logit = M.infer(model, xb, device=device)
-        embs.append(emb)
-        logits.append(logit)
-        bar.update(len(idx))
-    bar.close()
-    return np.concatenate(embs), np.concatenate(logits)
+def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool,
+                batch_size: int = RW.BATCH,
+                change: Callable[[np.ndarray], ST.Change] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding and logits of every cell of ``src`` (with a stored perturbation's ``change``
+    per chunk, see :func:`scadv._store.plan`), a batch of cells per task: in this process, or
+    on Dask when the cells' matrix is a dask array (:mod:`scadv._parallel`)."""
+    chunks = list(RW.chunks(np.arange(src.n_obs), batch_size))
+    fetch = change or (lambda idx: None)
+    parts = PAR.map_cells(_infer_chunk, src, chunks, per_chunk=lambda i, c: (fetch(c),),
+                          shared=(model, device), progress=progress, desc="predicting")
+    if not parts:
+        return (np.empty((0, model.head.in_features), np.float32),
+                np.empty((0, model.head.out_features), np.float32))
+    return (np.concatenate([e for e, _ in parts]), np.concatenate([lg for _, lg in parts]))
+
+
+def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: M.MLP,
+                 device: D.Device) -> tuple[np.ndarray, np.ndarray]:
+    """One task of :func:`predict_all`: ``(embedding, logits)`` of a chunk of cells."""
+    dev = D.resolve(device)
+    return M.infer(model.to(dev), ST.rows_of(src, cells, change), device=dev)
 
 
 #: Training and validation inputs up to this size are read once and kept in memory; larger
