@@ -316,12 +316,13 @@ class Source:
             yield chunk, self.rows(sel)
 
     def dense(self, idx: np.ndarray | None = None, *, what: str = "this step",
-              batch_size: int = RW.BATCH) -> np.ndarray:
+              batch_size: int = RW.BATCH,
+              hint: str = "Select fewer cells (cells=...), or use a machine with more memory."
+              ) -> np.ndarray:
         """The model input of the selected cells (all by default) as one dense matrix, built
-        batch by batch; a clear error if it would not fit in memory."""
+        batch by batch; a clear error (ending with ``hint``) if it would not fit in memory."""
         cells = np.arange(self.n_obs) if idx is None else np.asarray(idx, np.int64)
-        RW.check_fits(len(cells) * self.n_genes * 4, what=what,
-                        hint="Select fewer cells (cells=...), or use a machine with more memory.")
+        RW.check_fits(len(cells) * self.n_genes * 4, what=what, hint=hint)
         out = np.empty((len(cells), self.n_genes), dtype=np.float32)
         order = np.argsort(cells, kind="stable")
         for lo in range(0, len(cells), batch_size):

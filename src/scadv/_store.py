@@ -330,6 +330,8 @@ class LazyRows:
         else:
             arr = np.asarray(key)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        RW.check_fits(len(idx) * self.shape[1] * 4, what=f"the model input of {len(idx)} cells",
+                      hint="Select fewer cells (e.g. cells=... or a smaller cluster).")
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
         for lo in range(0, len(idx), RW.BATCH):
             out[lo:lo + RW.BATCH] = self._fetch(idx[lo:lo + RW.BATCH])

@@ -4,6 +4,7 @@ the evaluation on the test split."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,7 +73,8 @@ def detector_fingerprint(record: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
+def detector_record(adata: AnnData, key: str,
+                    source: AnnData | Mapping[str, Any] | str | os.PathLike | None = None
                     ) -> Mapping[str, Any]:
     """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""
     record = source if isinstance(source, Mapping) else C.stored_record(
@@ -154,7 +156,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
+def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
+         device: torch.device) -> Loaded:
     """The stored detector and its classifier (both from ``source`` when given)."""
     record = detector_record(adata, key, source)
     classifier = C.model_record(adata, str(record["model"]), source)

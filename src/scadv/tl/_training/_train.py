@@ -422,10 +422,15 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     if hooks and group is not None:
         raise ScadvInputError("distributed training is available for plain training "
                               "(scadv.tl.train_classifier) only.")
-    fits = (len(train_cells) + len(val_cells)) * src.n_genes * 4 <= CACHE_BYTES
+    size = (len(train_cells) + len(val_cells)) * src.n_genes * 4
+    fits = size <= CACHE_BYTES and RW.fits(size)
     if hooks and not fits:
-        RW.check_fits(CACHE_BYTES + 1, what="adversarial training on this many cells",
-                      hint="Train on a subsample of the cells.")
+        limit = min(CACHE_BYTES, RW.physical_memory() // 2 or CACHE_BYTES)
+        raise ScadvInputError(
+            f"adversarial training keeps the model input of its {len(train_cells)} training and "
+            f"{len(val_cells)} validation cells in memory: {RW.size(size)}, more than its "
+            f"limit of {RW.size(limit)} on this machine. Train on a subsample of the cells "
+            "(e.g. adata[sample].copy()).")
     rank = _effective_rank(input_rank, len(train_cells), src.n_genes)
     project = bool(rank) and freeze_input and input_noise == 0 and not hooks
     # with a process group, the one-off passes of a projected model are shared out: each rank
