@@ -9,6 +9,7 @@ say how much memory that takes when it would not fit.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -230,3 +231,31 @@ def test_compact_perturbations_round_trip_and_read_backed(h5ad, tmp_path):
         np.testing.assert_array_equal(got, expected)
     finally:
         backed.file.close()
+
+
+def test_predict_and_meta_score_read_only_the_records_of_a_file(h5ad, tmp_path):
+    # a copy whose matrix is not readable any more: only uns['scadv'] may be opened
+    records_only = tmp_path / "records_only.h5ad"
+    shutil.copy(h5ad, records_only)
+    with h5py.File(records_only, "a") as f:
+        f["X"].attrs["encoding-type"] = "unreadable"
+        f["obs"].attrs["encoding-type"] = "unreadable"
+    with pytest.raises(Exception):  # noqa: B017, PT011 - anndata cannot read it whole
+        ad.read_h5ad(records_only)
+    reference = ad.read_h5ad(h5ad)
+    got, want = make_counts(seed=5), make_counts(seed=5)
+    scadv.tl.predict(got, source=records_only, progress=False)
+    scadv.tl.predict(want, source=reference, progress=False)
+    np.testing.assert_array_equal(got.obsm["scadv_proba"], want.obsm["scadv_proba"])
+    got, want = make_counts(seed=5), make_counts(seed=5)
+    scadv.tl.meta_score(got, source=str(records_only), progress=False)
+    scadv.tl.meta_score(want, source=reference, progress=False)
+    np.testing.assert_array_equal(got.obs["scadv_meta_score"], want.obs["scadv_meta_score"])
+    assert set(got.uns["scadv"]) >= {"meta", "classifier"}
+    with pytest.raises(ScadvInputError, match=r"no scadv classifier 'other'.*\['classifier'\]"):
+        scadv.tl.predict(make_counts(), source=records_only, model="other", progress=False)
+    with pytest.raises(ScadvInputError, match="does not exist"):
+        scadv.tl.predict(make_counts(), source=tmp_path / "nowhere.h5ad", progress=False)
+    (tmp_path / "text.h5ad").write_text("not hdf5")
+    with pytest.raises(ScadvInputError, match="cannot read"):
+        scadv.tl.predict(make_counts(), source=tmp_path / "text.h5ad", progress=False)

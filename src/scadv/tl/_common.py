@@ -35,12 +35,16 @@ def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
     return record
 
 
-def stored_record(adata: AnnData, key: str, source: AnnData | None, *, kind: str, noun: str,
-                  plural: str, hint: str) -> Mapping[str, Any]:
-    """``uns['scadv'][key]`` of ``source`` (default ``adata``); if absent, an error that lists
-    the stored records of that ``kind`` and says how to make one (``hint``)."""
-    holder = adata if source is None else source
-    ns = holder.uns.get(K.UNS)
+def stored_record(adata: AnnData, key: str, source: AnnData | str | os.PathLike | None, *,
+                  kind: str, noun: str, plural: str, hint: str) -> Mapping[str, Any]:
+    """``uns['scadv'][key]`` of ``source`` (default ``adata``; a path: that ``.h5ad`` file's
+    records, read alone); if absent, an error that lists the stored records of that ``kind``
+    and says how to make one (``hint``)."""
+    ns: Any
+    if isinstance(source, (str, os.PathLike)):
+        ns = file_records(source)
+    else:
+        ns = (adata if source is None else source).uns.get(K.UNS)
     record = ns.get(key) if isinstance(ns, Mapping) else None
     if record is None:
         known = sorted(k for k, v in (ns or {}).items()
