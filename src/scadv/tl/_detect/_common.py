@@ -4,7 +4,8 @@ the evaluation on the test split."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,8 +18,10 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from ... import _detector as DT
+from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _recipe as R
 from ... import _rows as RW
 from ... import _store as ST
@@ -96,7 +99,8 @@ def detector_fingerprint(record: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
+def detector_record(adata: AnnData, key: str,
+                    source: AnnData | Mapping[str, Any] | str | os.PathLike | None = None
                     ) -> Mapping[str, Any]:
     """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""
     record = source if isinstance(source, Mapping) else C.stored_record(
@@ -280,7 +284,8 @@ class MethodScores:
     violations: np.ndarray
 
 
-def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
+def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
+         device: torch.device) -> Loaded:
     """The stored detector and its classifier (both from ``source`` when given)."""
     record = detector_record(adata, key, source)
     classifier = C.model_record(adata, str(record["model"]), source)
@@ -576,20 +581,24 @@ def lattice_ok(det: Loaded, clean: MethodScores, label: str) -> bool | None:
 
 
 def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[LayerInfo],
-                src: R.Source, test: np.ndarray | None, progress: bool
+                src: R.Source, test: np.ndarray | None, progress: bool, device: Any = None
                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Score every cell of ``adata`` (model input from ``src``) and every perturbation's cells;
-    evaluate on ``test`` cells. Cells are read and scored a batch at a time.
+    evaluate on ``test`` cells. Cells are read and scored a batch at a time, one task per batch
+    (in this process, or on Dask when the cells' matrix is a dask array: see
+    :mod:`scadv._parallel`; tasks there resolve ``device``, default the detector's).
 
     Returns the ``obs`` columns to write, the evaluation per layer (empty without ``test``) and
     a note on the gate (``lattice``: whether the count-lattice check was used on this data).
     """
     missing = src.missing if src.missing.any() else None
-    clean = score_cells(det, (xb for _, xb in src.batches()), missing=missing)
+    spec = (det.record, det.classifier, det.device if device is None else device, missing)
+    clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, None,
+                   progress=progress, desc="meta-scores")
     lattice = lattice_ok(det, clean, src.label)
     if lattice is False:
-        clean = score_cells(det, (xb for _, xb in src.batches()), missing=missing,
-                            lattice=False)
+        clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, False,
+                       progress=progress, desc="meta-scores")
     score = clean.scores["detector"]
     obs: dict[str, Any] = {K.meta_score(key): score,
                            K.meta_flag(key): flag_column(score >= det.threshold)}
@@ -597,9 +606,9 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
     evaluation: dict[str, Any] = {}
     for info in layers:
         idx = np.flatnonzero(info.changed)
-        batches = (ST.model_rows(adata, info.layer, chunk, src)
-                   for chunk in RW.chunks(idx, RW.BATCH))
-        adv = score_cells(det, batches, missing=missing, lattice=lattice)
+        layer_src, change = ST.plan(adata, info.layer, src)
+        adv = _score(layer_src, change, idx, spec, lattice, progress=progress,
+                     desc=f"meta-scores of {info.layer}")
         layer_score = np.full(adata.n_obs, np.nan)
         flag = np.zeros(adata.n_obs, dtype=bool)
         if len(idx):
@@ -613,3 +622,29 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
             and bool(np.asarray(det.gate.get("check_lattice", False))),
             "source": src.label}
     return obs, evaluation, note
+
+
+def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], Any, np.ndarray | None],
+           lattice: bool | None, *, progress: bool, desc: str) -> MethodScores:
+    """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
+    batch of :data:`scadv._rows.BATCH` cells (in this process, or on Dask when the cells'
+    matrix is a dask array: see :mod:`scadv._parallel`)."""
+    chunks = list(RW.chunks(idx, RW.BATCH))
+    on_dask = PAR.lazy(src.matrix)
+    parts = PAR.map_cells(_score_chunk, src, chunks, per_chunk=lambda i, c: (change(c),),
+                          shared=(*spec, lattice), progress=progress and on_dask, desc=desc)
+    if not parts:
+        return MethodScores({}, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+                        np.concatenate([p.pred for p in parts]),
+                        np.concatenate([p.violations for p in parts]))
+
+
+def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
+                 record: Mapping[str, Any], classifier: Mapping[str, Any], device: Any,
+                 missing: np.ndarray | None, lattice: bool | None) -> MethodScores:
+    """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
+    baseline on one batch of cells."""
+    det = Loaded.build(record, classifier, D.resolve(device))
+    return det.scores(ST.rows_of(src, cells, change), missing=missing, lattice=lattice)

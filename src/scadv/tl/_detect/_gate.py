@@ -11,7 +11,8 @@ be whole numbers. The gate counts, per cell, the model genes that break this:
     A value whose implied count is not a whole number. The cell's ``s`` is not needed: it is
     found from the cell itself, as the smallest non-zero implied level divided by the smallest
     ``k`` (1, 2, …) that puts all but a few of its genes on whole numbers (``k = 1`` when the
-    cell has a gene with one count, as nearly every measured cell has).
+    cell has a gene with one count, as nearly every measured cell has), or — for very deep
+    cells whose counts are all large — as the smallest gap between two of its levels.
 
 Depth does not matter (deeper or shallower libraries have other ``s``, the same lattice), nor
 the observed range of the reference (the old gate's range check flagged deeper libraries).

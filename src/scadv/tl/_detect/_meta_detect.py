@@ -362,7 +362,7 @@ def meta_detect(
     det = MC.Loaded.build(det_record, record, dev)
     obs, evaluation, note = MC.score_adata(adata, det, key=key_added, layers=score_layers,
                                            src=src, test=split == K.SPLIT_TEST,
-                                           progress=progress)
+                                           progress=progress, device=device)
     det_record["evaluation"] = evaluation
     det_record["table"] = MC.table(evaluation)
     det_record["scored"] = note
