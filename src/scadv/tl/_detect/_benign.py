@@ -42,7 +42,7 @@ def benign_perturb(
     noise: float = 0.1,
     batch: float = 0.3,
     ambient: float = 0.05,
-    missing: int = 100,
+    missing: int | None = None,
     cells: C.Cells = "test",
     model: str = K.DEFAULT_MODEL,
     key_added: str = K.DEFAULT_BENIGN,
@@ -105,7 +105,8 @@ def benign_perturb(
     ambient
         Fraction of each new library that is ambient RNA, in (0, 1).
     missing
-        Number of model genes made absent (≥ 1, fewer than the model genes).
+        Number of model genes made absent (≥ 1, fewer than the model genes); default 100, or a
+        tenth of the model genes for models with fewer than 1,000.
     cells
         ``'test'`` (the classifier's test split; default), ``'all'``, names or a mask.
     model
@@ -148,6 +149,8 @@ def benign_perturb(
     net = M.from_record(record, dev)
     classes = [str(c) for c in np.asarray(record["classes"])]
     palette = A.class_colors(adata, str(record.get("label_key", "")), classes)
+    if missing is None:
+        missing = max(1, min(100, src.n_genes // 10))
     if "missing" in kinds_t and int(missing) >= src.n_genes:
         raise ScadvInputError(f"missing must be fewer than the model's {src.n_genes} genes, got "
                               f"{missing}.")
@@ -227,7 +230,8 @@ def benign_perturb(
 
 
 def _check(kinds: Sequence[str], *, downsample: float, depth: float, dropout: float,
-           noise: float, batch: float, ambient: float, missing: int) -> tuple[str, ...]:
+           noise: float, batch: float, ambient: float, missing: int | None
+           ) -> tuple[str, ...]:
     chosen = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     problems = []
     unknown = sorted(set(chosen) - set(KINDS))
@@ -242,7 +246,7 @@ def _check(kinds: Sequence[str], *, downsample: float, depth: float, dropout: fl
     for name, value in (("noise", noise), ("batch", batch)):
         if not value > 0:
             problems.append(f"{name} must be positive, got {value}")
-    if int(missing) < 1:
+    if missing is not None and int(missing) < 1:
         problems.append(f"missing must be ≥ 1 gene, got {missing}")
     if problems:
         raise ScadvInputError("; ".join(problems) + ".")
