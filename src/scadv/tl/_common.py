@@ -21,18 +21,19 @@ def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
                  source: AnnData | Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     """The stored classifier ``model`` of ``source`` (default: ``adata``), validated."""
     if isinstance(source, Mapping):
-        M.architecture(source)
+        M.check_record(source)
         return source
     record = stored_record(
-        adata, model, source, kind=M.MODEL_KIND, noun="classifier", plural="classifiers",
-        hint="Train one with scadv.tl.train_classifier(adata, label_key), or pass "
-             "model=<key of a stored classifier>.")
-    M.architecture(record)
+        adata, model, source, kind=M.MODEL_KINDS, noun="classifier", plural="classifiers",
+        hint="Train one with scadv.tl.train_classifier(adata, label_key), store one with "
+             "scadv.tl.add_model, or pass model=<key of a stored classifier>.")
+    M.check_record(record)
     return record
 
 
-def stored_record(adata: AnnData, key: str, source: AnnData | None, *, kind: str, noun: str,
-                  plural: str, hint: str) -> Mapping[str, Any]:
+def stored_record(adata: AnnData, key: str, source: AnnData | None, *,
+                  kind: str | tuple[str, ...], noun: str, plural: str, hint: str
+                  ) -> Mapping[str, Any]:
     """``uns['scadv'][key]`` of ``source`` (default ``adata``); if absent, an error that lists
     the stored records of that ``kind`` and says how to make one (``hint``)."""
     holder = adata if source is None else source
@@ -40,7 +41,8 @@ def stored_record(adata: AnnData, key: str, source: AnnData | None, *, kind: str
     record = ns.get(key) if isinstance(ns, Mapping) else None
     if record is None:
         known = sorted(k for k, v in (ns or {}).items()
-                       if isinstance(v, Mapping) and str(v.get("kind", "")) == kind)
+                       if isinstance(v, Mapping)
+                       and str(v.get("kind", "")) in ((kind,) if isinstance(kind, str) else kind))
         where = "adata" if source is None else "the source AnnData"
         raise ScadvInputError(f"no scadv {noun} {key!r} in {where}.uns['scadv'] (stored "
                               f"{plural}: {known or 'none'}). {hint}")

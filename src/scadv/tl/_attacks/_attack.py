@@ -208,7 +208,8 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     adv, adv_logits = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
                           device=dev, seed=seed, batch_size=int(batch_size), progress=progress,
                           early_stop=early_stop,
-                          objective=None if objective is None else objective(net, dev))
+                          objective=None if objective is None else objective(
+                              M.require_mlp(net, action=f"an adaptive {method}"), dev))
 
     group = np.where(y_true >= 0, y_true, clean_pred)
     summary = summarise(adv_logits, clean_pred, y_true, group, adv, x0, len(classes), target_idx)

@@ -111,7 +111,8 @@ class Loaded:
         gate = record.get("gate")
         if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
             gate = None
-        return cls(record=record, classifier=classifier, net=M.from_record(classifier, device),
+        net = M.require_mlp(M.from_record(classifier, device), action="the meta-detector")
+        return cls(record=record, classifier=classifier, net=net,
                    groups=groups, nets=DT.from_record(record, device),
                    threshold=float(record["threshold"]), gate=gate,
                    max_violations=float(gate["max_violations"]) if gate is not None else np.inf,

@@ -191,7 +191,7 @@ def meta_detect(
     mi = R.model_input(adata, record["prepare"])
     x = mi.x
     V.check_finite(x, what="adata.X")
-    net = M.from_record(record, dev)
+    net = M.require_mlp(M.from_record(record, dev), action="scadv.tl.meta_detect")
 
     # 1. adversarial examples of training and validation cells
     logg.info(f"    attacking {int(train.sum())} training and {int(val.sum())} validation "
