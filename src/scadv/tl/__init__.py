@@ -18,12 +18,14 @@ from ._genes._max_change import max_change
 from ._genes._overview import overview
 from ._genes._random_walk import random_walk
 from ._genes._single_gene import single_gene
+from ._models._add_model import add_model
 from ._training._adversarial_train import adversarial_train
 from ._training._predict import predict
 from ._training._train import train_classifier
 
 __all__ = [
     "adaptive_pgd",
+    "add_model",
     "adversarial_train",
     "attribute",
     "attribution_agreement",
