@@ -69,7 +69,7 @@ def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | Non
     V.check_finite(x, what=source)
     if not sparse.issparse(x):
         x = np.asarray(x)
-    bound = clf.bind(np.asarray(adata.var_names))
+    bound = clf.bind(np.asarray(adata.var_names), adata=adata, layer=layer)
     return Setup(adata=adata, x=x, source=source, var_names=np.asarray(adata.var_names).astype(str),
                  clf=bound, clusters=clusters, cluster_key=cluster_key, model_key=model_key)
 
