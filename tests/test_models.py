@@ -385,6 +385,11 @@ def test_model_classifier_reads_counts_lognorm_or_its_own_input(pbmc):
     scadv.pp.prepare(prepared, n_top_genes=200)
     with pytest.raises(ScadvInputError, match="another preprocessing"):
         CL.resolve(model, prepared).bind(prepared.var_names, adata=prepared)
+    # prepare's counts layer holds only its genes: library sizes would be wrong
+    subset = prepared[:, :150].copy()
+    subset.layers["counts"] = pbmc.counts[:, subset.var_names].X.copy()
+    with pytest.raises(ScadvInputError, match="counts of only some genes"):
+        CL.ModelClassifier(model).bind(subset.var_names, adata=subset, layer="counts")
 
 
 def test_gene_engine_fast_path_keeps_celltypist_probabilities(pbmc):

@@ -223,6 +223,17 @@ class ModelClassifier(Classifier):
         self.mode = kind
         if kind == "counts":
             self.genes = None  # every gene counts towards the library size
+            if K.LIBRARY_SIZE in adata.obs:
+                total = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+                known = adata.obs[K.LIBRARY_SIZE].to_numpy(dtype=np.float64)
+                if not np.allclose(total, known, rtol=1e-3):
+                    raise ScadvInputError(
+                        f"{source} holds counts of only some genes (its cell totals are not "
+                        f"the library sizes in obs[{K.LIBRARY_SIZE!r}]), so "
+                        f"{self.describe()} cannot normalise cells as its own preprocessing "
+                        "does. Attack the counts of all genes (e.g. the AnnData as read from "
+                        "disk)."
+                    )
 
     def _bound(self, genes: pd.Index) -> None:
         if self.mode == "counts":
