@@ -555,8 +555,29 @@ def _forward64(layers: list[tuple[np.ndarray, np.ndarray]], activation: str,
     return h
 
 
+def _probe(layers: list[tuple[np.ndarray, np.ndarray]], n_in: int) -> np.ndarray:
+    """Test inputs for the final estimator whose logits are of order one.
+
+    For a linear model the rows are spread around a point where every logit is 0 (so the
+    intercepts cannot swamp the comparison, and a softmax and one-vs-rest sigmoids give
+    different probabilities); a network gets standard-normal rows.
+    """
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((48, n_in))
+    if len(layers) > 1:
+        return r
+    w, b = layers[0]
+    center = np.linalg.lstsq(w, -b, rcond=None)[0]
+    spread = np.abs(r @ w.T).max()
+    return center + r * (3.0 / spread if spread > 0 else 1.0)
+
+
 def _output_of(final: Any, estimator: Any, logits64: np.ndarray, probe: np.ndarray) -> str:
     """The rule by which ``final.predict_proba`` follows from its logits (read off a probe)."""
+    from sklearn.neural_network import MLPClassifier
+
+    if isinstance(final, MLPClassifier):  # softmax, or one logistic unit made (0, z)
+        return "softmax"
     if not hasattr(final, "predict_proba"):
         return "decision"
     with warnings.catch_warnings():
@@ -566,7 +587,7 @@ def _output_of(final: Any, estimator: Any, logits64: np.ndarray, probe: np.ndarr
         except (AttributeError, NotImplementedError):
             return "decision"
     for rule in ("softmax", "ovr"):
-        if np.abs(M.probabilities(logits64, rule).astype(np.float64) - p).max() < 1e-5:
+        if np.abs(M.probabilities(logits64, rule).astype(np.float64) - p).max() < 1e-6:
             return rule
     raise ScadvInputError(black_box_message(
         estimator, "its predict_proba is neither the softmax nor the one-vs-rest sigmoid of "
@@ -641,10 +662,9 @@ def from_sklearn(estimator: Any, *, genes: Sequence[str] | np.ndarray | None = N
         else:
             shift, scale = scaler
 
-    # read the output rule off the estimator and check the translation, on random inputs
-    rng = np.random.default_rng(0)
-    probe = rng.standard_normal((32, n_in)) * 2.0
-    inner = probe if shift is None or scale is None else (probe - shift) / scale
+    # read the output rule off the estimator and check the translation, on test inputs
+    inner = _probe(layers, n_in)  # the final estimator's input
+    probe = inner if shift is None or scale is None else inner * scale + shift
     logits64 = _forward64(layers, activation, inner)
     output = _output_of(final, estimator, logits64, inner)
     reference = estimator if shift is not None else final
