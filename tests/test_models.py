@@ -480,3 +480,21 @@ def test_stored_celltypist_model_through_model_key_tools(pbmc):
                          progress=False)
     with pytest.raises(ScadvInputError, match="needs scadv's own MLP"):
         scadv.tl.meta_detect(adata, model="celltypist", progress=False)
+
+
+def test_probability_rule_is_read_off_unsaturated_logits():
+    """Large inputs saturate the logits, where a softmax and one-vs-rest sigmoids agree; the
+    rule must still be told apart (an SGD log-loss model is one-vs-rest)."""
+    rng = np.random.default_rng(1)
+    x = rng.poisson(1.0, (400, 1500)).astype(np.float64)
+    y = rng.integers(0, 4, 400).astype(str)
+    x[y == "1", :40] += 3
+    genes = [f"g{i}" for i in range(1500)]
+    sgd = make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", alpha=0.01,
+                                                        random_state=0)).fit(x, y)
+    lr = LogisticRegression(max_iter=50).fit(x, y)
+    for est, rule in ((sgd, "ovr"), (lr, "softmax")):
+        model = scadv.models.from_sklearn(est, genes=genes)
+        assert model.output == rule
+        z = R.lognorm_to_model(x.astype(np.float32), model.preprocessing)
+        assert np.abs(model.predict_proba(z) - est.predict_proba(x)).max() <= TOL
