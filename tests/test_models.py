@@ -221,7 +221,7 @@ def test_sklearn_binary_and_scaler_kept_in_the_network(pbmc):
     assert np.abs(adapted.predict_proba(pbmc.counts[keep]) - ref).max() <= TOL
 
     prepared = pbmc.counts.copy()
-    scadv.pp.prepare(prepared, n_top_genes=200)
+    scadv.pp.prepare(prepared, n_top_genes=200, subset=True)
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=60)).fit(prepared.X,
                                                                                   pbmc.y)
     adapted = scadv.models.from_sklearn(pipe, preprocessing=prepared)
@@ -382,7 +382,7 @@ def test_model_classifier_reads_counts_lognorm_or_its_own_input(pbmc):
     assert direct._output() == "sigmoid"
     np.testing.assert_allclose(direct.predict_proba(own.X), ref, atol=TOL)
     prepared = pbmc.counts.copy()
-    scadv.pp.prepare(prepared, n_top_genes=200)
+    scadv.pp.prepare(prepared, n_top_genes=200, subset=True)
     with pytest.raises(ScadvInputError, match="another preprocessing"):
         CL.resolve(model, prepared).bind(prepared.var_names, adata=prepared)
     # prepare's counts layer holds only its genes: library sizes would be wrong
@@ -453,15 +453,15 @@ def test_linear_fast_path_matches_autograd(pbmc):
 
 def test_stored_celltypist_model_through_model_key_tools(pbmc):
     """predict, pgd, fgsm, attribute and the gene-level attacks take model=<key> of a stored
-    CellTypist model on data in its input space; the meta-detector says it needs scadv's MLP."""
+    CellTypist model on raw counts (its own preprocessing streamed); the meta-detector says it
+    needs scadv's MLP."""
     adata = pbmc.counts[::4].copy()
     model = _ct(pbmc)
     expected = model.predict(adata)
     y = C.class_index(adata.obs["cell_type"], model.classes)
     adata.obs["split"] = C.stratified_split(y, test_size=0.2, val_size=0.1, seed=0)
     scadv.tl.add_model(adata, model, label_key="cell_type", split_key="split")
-    scadv.pp.transform(adata, adata.uns["scadv"]["celltypist"]["prepare"])
-    scadv.tl.predict(adata, model="celltypist")
+    scadv.tl.predict(adata, model="celltypist", progress=False)
     pred = adata.obs["scadv_celltypist_pred"].astype(str).to_numpy()
     assert np.array_equal(pred, expected)
     assert (pred == adata.obs["cell_type"].astype(str)).mean() > 0.75  # measured 0.82
@@ -472,6 +472,13 @@ def test_stored_celltypist_model_through_model_key_tools(pbmc):
     flips = adata.uns["scadv"]["pgd_celltypist"]["flip_rate"]
     assert adata.uns["scadv"]["pgd_celltypist"]["n_cells"] == (adata.obs["split"] == "test").sum()
     assert 0 < flips[0] < flips[1]
+    # the stored adversarial cells are CellTypist's own input, and it classifies them as recorded
+    test = (adata.obs["split"] == "test").to_numpy()
+    adv = np.asarray(scadv.get.perturbed(adata, "scadv_pgd_celltypist_eps0.5",
+                                         cells=adata.obs_names[test]))
+    adv_pred = np.asarray(model.classes)[model.decision_function(adv).argmax(axis=1)]
+    recorded = adata.obs["scadv_pgd_celltypist_eps0.5_pred"].astype(str).to_numpy()[test]
+    assert np.array_equal(adv_pred, recorded)
     scadv.tl.fgsm(adata, model="celltypist", cells="all", progress=False)
     scadv.tl.attribute(adata, model="celltypist", method="saliency", cells="all",
                        progress=False)
@@ -498,3 +505,15 @@ def test_probability_rule_is_read_off_unsaturated_logits():
         assert model.output == rule
         z = R.lognorm_to_model(x.astype(np.float32), model.preprocessing)
         assert np.abs(model.predict_proba(z) - est.predict_proba(x)).max() <= TOL
+
+
+def test_gene_attack_with_a_model_object_reads_its_own_preprocessing(pbmc):
+    """On lazily prepared data (scadv's recipe recorded, X raw counts) a CellTypist model
+    passed as an object reads the counts through its own preprocessing, not scadv's z-scores."""
+    adata = pbmc.counts[::3].copy()
+    scadv.pp.prepare(adata, n_top_genes=200, progress=False)
+    model = _ct(pbmc)
+    scadv.tl.single_gene(adata, cluster_key="cell_type", target="B", classifier=model,
+                         genes=list(model.genes[:40]), progress=False, key_added="sg")
+    rec = adata.uns["scadv"]["sg"]
+    assert rec["source"] == "adata.X" and rec["classifier"] == model.name

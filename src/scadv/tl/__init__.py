@@ -18,6 +18,7 @@ from ._genes._max_change import max_change
 from ._genes._overview import overview
 from ._genes._random_walk import random_walk
 from ._genes._single_gene import single_gene
+from ._labels._pseudo import pseudo_labels
 from ._models._add_model import add_model
 from ._training._adversarial_train import adversarial_train
 from ._training._predict import predict
@@ -43,6 +44,7 @@ __all__ = [
     "overview",
     "pgd",
     "predict",
+    "pseudo_labels",
     "random_walk",
     "robust_accuracy",
     "score_attributions",
