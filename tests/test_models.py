@@ -271,7 +271,12 @@ def test_from_torch_module_in_memory_and_feedforward_stored(pbmc):
     np.testing.assert_allclose(model.predict_proba(pbmc.counts), ref, atol=1e-6)
     assert not model.storable
     with pytest.raises(ScadvInputError, match="cannot store"):
-        scadv.tl.add_model(pbmc.counts.copy(), model)
+        model.to_record()
+    held = pbmc.counts[:50].copy()
+    scadv.tl.add_model(held, model, observed_range=False)  # its description only
+    assert held.uns["scadv"]["torch_model"]["kind"] == "scadv.torch"
+    with pytest.raises(ScadvInputError, match="held in memory"):
+        scadv.models.from_adata(held, "torch_model")
     with pytest.raises(ScadvInputError, match=r"shape \(cells, 2\)"):
         scadv.models.from_torch(net, genes=pbmc.genes, classes=["a", "b"])
     ff = M.Feedforward([N_GENES, 8, 3], activation="tanh")
@@ -485,8 +490,14 @@ def test_stored_celltypist_model_through_model_key_tools(pbmc):
     assert "attr_saliency_celltypist" in adata.uns["scadv"]
     scadv.tl.single_gene(adata, cluster_key="cell_type", target="B", classifier="celltypist",
                          progress=False)
-    with pytest.raises(ScadvInputError, match="needs scadv's own MLP"):
-        scadv.tl.meta_detect(adata, model="celltypist", progress=False)
+    # the meta-detector reads this model's own signals (the logits of a linear model)
+    scadv.tl.meta_detect(adata, model="celltypist", triplet_epochs=1, detector_epochs=2,
+                         baselines=False, progress=False, seed=0)
+    det = adata.uns["scadv"]["meta"]
+    assert det["model"] == "celltypist"
+    assert 0.5 < float(det["calibration"]["auroc"]) <= 1.0
+    scadv.tl.meta_score(adata, key="meta", progress=False)
+    assert adata.obs["scadv_meta_score"].notna().all()
 
 
 def test_probability_rule_is_read_off_unsaturated_logits():
@@ -517,3 +528,124 @@ def test_gene_attack_with_a_model_object_reads_its_own_preprocessing(pbmc):
                          genes=list(model.genes[:40]), progress=False, key_added="sg")
     rec = adata.uns["scadv"]["sg"]
     assert rec["source"] == "adata.X" and rec["classifier"] == model.name
+
+
+# ---- gradient tools on model objects ---------------------------------------------------------
+
+
+def _by_hand(model: scadv.models.Model) -> scadv.models.Model:
+    """The CellTypist model's logistic regression as a plain ``nn.Linear`` (autograd path),
+    with the same preprocessing: a user's torch module held in memory."""
+    lin = nn.Linear(len(model.genes), len(model.classes))
+    with torch.no_grad():
+        lin.weight.copy_(model.module.head.weight)
+        lin.bias.copy_(model.module.head.bias)
+    return scadv.models.from_torch(nn.Sequential(lin), genes=model.genes, classes=model.classes,
+                                   preprocessing=model.preprocessing, output=model.output,
+                                   name="by hand")
+
+
+def test_pgd_on_a_celltypist_object_matches_the_linear_module_built_by_hand(pbmc, tmp_path):
+    """PGD, FGSM and attributions take a Model object and attack it in its own input space
+    (raw counts → its preprocessing); the adapted CellTypist model (exact linear gradient) and
+    the same linear module built by hand (autograd) flip the same cells, and a rerun is
+    bit-identical. The torch module is registered as a 'scadv.torch' record whose results
+    survive an h5ad round trip; its key alone cannot rebuild it (clear error)."""
+    adata = pbmc.counts[::5].copy()
+    ct = _ct(pbmc)
+    hand = _by_hand(ct)
+    np.testing.assert_allclose(hand.predict_proba(adata), ct.predict_proba(adata), atol=1e-6)
+    kw: dict[str, Any] = {"eps": (0.1, 0.3), "loss": "ce", "cells": "all", "progress": False}
+    scadv.tl.pgd(adata, model=ct, **kw)
+    scadv.tl.pgd(adata, model=hand, **kw)
+    assert adata.uns["scadv"]["celltypist"]["kind"] == "scadv.linear"
+    assert adata.uns["scadv"]["torch_model"]["kind"] == "scadv.torch"
+    a, b = adata.uns["scadv"]["pgd_celltypist"], adata.uns["scadv"]["pgd_torch_model"]
+    assert 0 < a["flip_rate"][0] < a["flip_rate"][1]
+    np.testing.assert_allclose(a["flip_rate"], b["flip_rate"], atol=0.01)
+    for e in ("0.1", "0.3"):
+        fa = adata.obs[f"scadv_pgd_celltypist_eps{e}_flipped"].astype(bool).to_numpy()
+        fb = adata.obs[f"scadv_pgd_torch_model_eps{e}_flipped"].astype(bool).to_numpy()
+        assert (fa == fb).mean() >= 0.99
+        xa = np.asarray(scadv.get.perturbed(adata, f"scadv_pgd_celltypist_eps{e}"))
+        xb = np.asarray(scadv.get.perturbed(adata, f"scadv_pgd_torch_model_eps{e}"))
+        pa, pb = ct.predict_proba(xa), ct.predict_proba(xb)
+        # the gradients agree to rounding; a sign step differs only where an entry is ~0,
+        # so most cells end at the same adversarial probabilities (measured: 100% at ε=0.1,
+        # 97.9% at ε=0.3 on these 528 cells) and the same cells flip
+        assert (np.abs(pa - pb).max(axis=1) < 1e-3).mean() >= 0.95
+        # the stored adversarial input is what the model classifies as recorded
+        pred = adata.obs[f"scadv_pgd_celltypist_eps{e}_pred"].astype(str).to_numpy()
+        logits = ct.decision_function(xa)  # (sigmoid probabilities can tie at 1.0)
+        assert np.array_equal(np.asarray(ct.classes)[logits.argmax(axis=1)], pred)
+    # exactly reproducible
+    again = pbmc.counts[::5].copy()
+    scadv.tl.pgd(again, model=ct, **kw)
+    for e in ("0.1", "0.3"):
+        name = f"scadv_pgd_celltypist_eps{e}"
+        assert np.array_equal(np.asarray(scadv.get.perturbed(again, name)),
+                              np.asarray(scadv.get.perturbed(adata, name)))
+    # FGSM and a gradient attribution on the object; passing it twice reuses its record
+    scadv.tl.fgsm(adata, model=hand, eps=0.2, cells="all", progress=False)
+    assert 0 < adata.uns["scadv"]["fgsm_torch_model"]["flip_rate"][0] <= 1
+    scadv.tl.attribute(adata, model=ct, method="saliency", cells=np.arange(adata.n_obs) < 20,
+                       progress=False)
+    assert "attr_saliency_celltypist" in adata.uns["scadv"]
+    # another module under the same default key is refused with the fix
+    other = _by_hand(ct)
+    with torch.no_grad():
+        other.module[0].bias.add_(1.0)
+    with pytest.raises(ScadvInputError, match="key_added"):
+        scadv.tl.pgd(adata, model=other, **kw)
+    path = tmp_path / "torch_model.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(
+        np.asarray(scadv.get.perturbed(back, "scadv_pgd_torch_model_eps0.3")),
+        np.asarray(scadv.get.perturbed(adata, "scadv_pgd_torch_model_eps0.3")))
+    with pytest.raises(ScadvInputError, match="held in memory"):
+        scadv.tl.pgd(back, model="torch_model", **kw)
+    scadv.tl.pgd(back, model=hand, **{**kw, "eps": 0.1}, key_added="again")  # same module
+
+
+def test_meta_detector_of_a_torch_module_and_black_box_messages(pbmc):
+    """meta_detect on a user's torch module (autograd gradient features); meta_score needs the
+    object back, and refuses another module; black-box estimators say which tools they get."""
+    adata = pbmc.counts[::3].copy()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(N_GENES, 32), nn.ReLU(), nn.Linear(32, 9))
+    x = torch.from_numpy(pbmc.x.astype(np.float32))
+    classes = sorted(set(pbmc.y))
+    y = torch.as_tensor([classes.index(v) for v in pbmc.y])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    model = scadv.models.from_torch(net, genes=pbmc.genes, classes=classes, name="my net")
+    yy = C.class_index(adata.obs["cell_type"], classes)
+    adata.obs["split"] = C.stratified_split(yy, test_size=0.3, val_size=0.2, seed=0)
+    # labels and split recorded with its description; the tools take the object
+    scadv.tl.add_model(adata, model, label_key="cell_type", split_key="split")
+    scadv.tl.meta_detect(adata, model=model, triplet_epochs=1, detector_epochs=3,
+                         baselines=False, progress=False, seed=0)
+    det = adata.uns["scadv"]["meta"]
+    assert det["model"] == "torch_model"
+    assert 0.5 < float(det["calibration"]["auroc"]) <= 1.0
+    with pytest.raises(ScadvInputError, match="held in memory"):
+        scadv.tl.meta_score(adata, key="meta", progress=False)
+    scadv.tl.meta_score(adata, key="meta", model=model, progress=False)
+    assert adata.obs["scadv_meta_score"].notna().all()
+    other = scadv.models.from_torch(nn.Sequential(nn.Linear(N_GENES, 9)), genes=pbmc.genes,
+                                    classes=classes)
+    with pytest.raises(ScadvInputError, match="not the classifier"):
+        scadv.tl.meta_score(adata, key="meta", model=other, progress=False)
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(pbmc.x, pbmc.y)
+    for tool in (scadv.tl.pgd, scadv.tl.fgsm, scadv.tl.meta_detect):
+        with pytest.raises(ScadvInputError, match="compare_models"):
+            tool(adata, model=forest, progress=False)
+    with pytest.raises(ScadvInputError, match="from_torch"):
+        scadv.tl.pgd(adata, model=net, progress=False)
+    lr = LogisticRegression(max_iter=20).fit(pbmc.x, pbmc.y)
+    with pytest.raises(ScadvInputError, match="from_sklearn"):
+        scadv.tl.pgd(adata, model=lr, progress=False)

@@ -14,6 +14,11 @@ become probabilities (``record['output']``, see :func:`probabilities`):
     SGD classifiers (:mod:`scadv.models`).
 ``'scadv.sklearn_mlp'``
     A scikit-learn ``MLPClassifier``: hidden layers with its activation, then the output layer.
+``'scadv.torch'``
+    A user's PyTorch module (:func:`scadv.models.from_torch`), written when such a model is
+    passed as ``model=`` to a tool: its genes, classes, preprocessing and output rule, and a
+    SHA-256 of its weights, but no network (scadv cannot store an arbitrary module as plain
+    arrays); :func:`from_record` refuses it with the fix (pass the model object again).
 
 The last two are rebuilt as a :class:`Feedforward` network, except that a ReLU
 ``MLPClassifier`` without a standardisation step is rebuilt as an :class:`MLP` (dropout 0),
@@ -37,8 +42,13 @@ from ._errors import ScadvInputError
 MODEL_KIND = "scadv.mlp"
 LINEAR_KIND = "scadv.linear"
 SKLEARN_MLP_KIND = "scadv.sklearn_mlp"
-#: Every stored classifier kind :func:`from_record` understands.
-MODEL_KINDS = (MODEL_KIND, LINEAR_KIND, SKLEARN_MLP_KIND)
+#: A user's PyTorch module held in memory: its genes, classes, preprocessing and output rule
+#: are stored (so results made with it can be read back), its network is not.
+MEMORY_KIND = "scadv.torch"
+#: Every stored classifier kind.
+MODEL_KINDS = (MODEL_KIND, LINEAR_KIND, SKLEARN_MLP_KIND, MEMORY_KIND)
+#: The kinds :func:`from_record` can rebuild a network for.
+NETWORK_KINDS = (MODEL_KIND, LINEAR_KIND, SKLEARN_MLP_KIND)
 FORMAT_VERSION = 1
 #: How a model's logits become probabilities (see :func:`probabilities`).
 OUTPUTS = ("softmax", "ovr", "sigmoid", "decision")
@@ -335,7 +345,16 @@ def feedforward_architecture(record: Mapping[str, Any]) -> FeedforwardArchitectu
 def check_record(record: Mapping[str, Any]) -> str:
     """Validate a stored classifier of any kind (without building it); returns its kind."""
     kind = _kind(record)
-    if kind == MODEL_KIND:
+    if kind == MEMORY_KIND:
+        n_in = len(np.asarray(record.get("genes", [])).ravel())
+        n_out = len(np.asarray(record.get("classes", [])).ravel())
+        if output_rule(record) not in OUTPUTS:
+            raise ScadvInputError(f"stored model is malformed: output {record['output']!r} is "
+                                  f"not one of {OUTPUTS}.")
+        if n_in < 1 or n_out < 2:
+            raise ScadvInputError("stored model is malformed: it needs genes and at least two "
+                                  "classes.")
+    elif kind == MODEL_KIND:
         arch = architecture(record)
         n_in, n_out = arch.n_input, arch.n_classes
     else:
@@ -363,9 +382,18 @@ def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -
     Returns an :class:`MLP` for ``'scadv.mlp'`` records and for ReLU ``'scadv.sklearn_mlp'``
     records without a standardisation step, a :class:`Feedforward` otherwise; both map the
     model input to logits. Only numeric arrays are read; every weight's name, shape and dtype
-    is checked against the architecture before loading.
+    is checked against the architecture before loading. A ``'scadv.torch'`` record (a module
+    held in memory) has no network to rebuild: a clear error says to pass the model object.
     """
-    if check_record(record) == MODEL_KIND:
+    kind = check_record(record)
+    if kind == MEMORY_KIND:
+        name = str(record.get("key", record.get("name", "this classifier")))
+        raise ScadvInputError(
+            f"classifier {name!r} is a PyTorch module held in memory (scadv.models.from_torch): "
+            "its network is not stored (scadv never pickles). Pass the scadv.models.Model "
+            "object itself as model=..., not its key."
+        )
+    if kind == MODEL_KIND:
         mlp = architecture(record).build()
         load_weights(mlp, record["weights"], what="model")
         return mlp.to(device).eval()
@@ -391,17 +419,41 @@ def _as_mlp(ff: Feedforward) -> MLP:
 
 
 def require_mlp(model: nn.Module, *, action: str) -> MLP:
-    """``model`` itself if it is scadv's :class:`MLP`, else a clear error: ``action`` still
-    needs scadv's own network (the other classifier kinds get it later)."""
+    """``model`` itself if it is scadv's :class:`MLP`, else a clear error: ``action`` needs
+    scadv's own network (its hidden layers are part of what it does)."""
     if isinstance(model, MLP):
         return model
     raise ScadvInputError(
         f"{action} needs scadv's own MLP, but the classifier is a {type(model).__name__} "
-        "(e.g. a CellTypist or scikit-learn model). Train one with "
+        "(e.g. a CellTypist, scikit-learn or PyTorch model). Train one with "
         "scadv.tl.train_classifier(adata, label_key) and pass its key as model=..., or audit "
-        "this classifier with scadv.tl.pgd / scadv.tl.fgsm / scadv.tl.attribute or the "
-        "gene-level attacks."
+        "this classifier with scadv.tl.pgd / fgsm / meta_detect / attribute / compare_models "
+        "or the gene-level attacks, which take any model."
     )
+
+
+def embedding_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embedding, logits)`` of any module: its ``forward_with_embedding`` where it has one
+    (scadv's :class:`MLP` and :class:`Feedforward`), else the logits twice."""
+    both = getattr(model, "forward_with_embedding", None)
+    if callable(both):
+        emb, logits = both(x)
+        return emb, logits
+    logits = model(x)
+    return logits, logits
+
+
+def state_digest(module: nn.Module) -> np.ndarray:
+    """SHA-256 of a module's state dict (names, shapes, float32 values) as 32 float32 numbers
+    (the ``weights`` of a ``'scadv.torch'`` record, so fingerprints tell modules apart)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        arr = value.detach().cpu().numpy()
+        h.update(f"{name}{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8).astype(np.float32)
 
 
 def linear_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:

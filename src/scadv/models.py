@@ -447,7 +447,9 @@ def black_box_message(estimator: Any, why: str) -> str:
     return (
         f"{why} So {name} stays a black box. It can be audited by the tools that only call it: "
         f"the gene-level attacks ({', '.join(GENE_TOOLS)}: pass classifier=<the estimator>) and "
-        "scadv.tl.attribute with method='occlusion' or 'lime' (pass model=<its predict_proba>). "
+        "scadv.tl.attribute with method='occlusion' or 'lime' (pass model=<its predict_proba>), "
+        "and scadv.tl.compare_models (clean accuracy and single-gene flips; its flip rate "
+        "per ε is reported as black-box: n/a). "
         f"The gradient tools ({', '.join(GRADIENT_TOOLS)}) need a differentiable model: "
         "LogisticRegression, LinearSVC, SGDClassifier, RidgeClassifier or MLPClassifier, "
         "optionally after a StandardScaler in a Pipeline."
@@ -771,11 +773,11 @@ def from_torch(module: nn.Module, *, genes: Sequence[str] | np.ndarray, classes:
 
 def from_record(record: Mapping[str, Any]) -> Model:
     """The :class:`Model` of a stored classifier record (any kind; validated, no pickles)."""
-    M.check_record(record)
+    net = M.from_record(record)  # validates; refuses a 'scadv.torch' record with the fix
     kind = str(record["kind"])
     default = {M.MODEL_KIND: "scadv MLP", M.LINEAR_KIND: "linear classifier",
                M.SKLEARN_MLP_KIND: "scikit-learn MLPClassifier"}[kind]
-    return Model(M.from_record(record), genes=np.asarray(record["genes"]),
+    return Model(net, genes=np.asarray(record["genes"]),
                  classes=[str(c) for c in np.asarray(record["classes"])],
                  preprocessing=record["prepare"], output=M.output_rule(record),
                  name=str(record.get("name", default)), record=record,

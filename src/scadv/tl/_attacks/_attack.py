@@ -26,6 +26,7 @@ from ..._errors import ScadvInputError
 from ..._results import write_results
 from ..._store import Perturbation
 from .. import _common as C
+from .._models import _resolve as RS
 from . import _engine as E
 
 Norm = E.Norm
@@ -182,7 +183,7 @@ ATTACK_CHUNK = 8192
 def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, Any],
            budget: Budget, target: str | None, away_from: AwayFrom,
            genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool,
-           cells: C.Cells, model: str, key_added: str | None, batch_size: int, seed: int,
+           cells: C.Cells, model: Any, key_added: str | None, batch_size: int, seed: int,
            device: D.Device, progress: bool, early_stop: bool = True,
            objective: Callable[[M.MLP, torch.device], E.Objective] | None = None,
            lower: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> None:
@@ -192,7 +193,9 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     (e.g. an adaptive attacker's); ``lower`` raises the per-gene lower bound further;
     ``extra`` entries are added to the run's record.
     """
-    record = C.model_record(adata, model)
+    dev = D.resolve(device)
+    resolved = RS.resolve(adata, model, dev)
+    record, net, model = resolved.record, resolved.net, resolved.key
     key = key_added or K.default_attack_key(method, model)
     if int(batch_size) < 1:
         raise ScadvInputError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -207,8 +210,6 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
 
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = R.source(adata, record["prepare"], what="adata")
-    dev = D.resolve(device)
-    net = M.from_record(record, dev)
     label_key = str(record.get("label_key", ""))
     y_all = (C.class_index(V.labels(adata, label_key), classes)
              if label_key in adata.obs else np.full(adata.n_obs, -1))

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
 
 from ... import _detector as DT
 from ... import _keys as K
@@ -93,7 +94,7 @@ class Loaded:
 
     record: Mapping[str, Any]
     classifier: Mapping[str, Any]
-    net: M.MLP
+    net: nn.Module
     groups: tuple[str, ...]
     nets: DT.Networks
     threshold: float
@@ -103,7 +104,7 @@ class Loaded:
 
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
-              device: torch.device) -> Loaded:
+              device: torch.device, module: nn.Module | None = None) -> Loaded:
         if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
@@ -114,7 +115,8 @@ class Loaded:
         gate = record.get("gate")
         if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
             gate = None
-        net = M.require_mlp(M.from_record(classifier, device), action="the meta-detector")
+        net = (M.from_record(classifier, device) if module is None
+               else module.to(device).eval())
         return cls(record=record, classifier=classifier, net=net,
                    groups=groups, nets=DT.from_record(record, device),
                    threshold=float(record["threshold"]), gate=gate,
@@ -153,11 +155,31 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
-    """The stored detector and its classifier (both from ``source`` when given)."""
+def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device,
+         model: Any = None) -> Loaded:
+    """The stored detector and its classifier (both from ``source`` when given).
+
+    ``model``: the classifier object (a :class:`scadv.models.Model`) when the detector's
+    classifier is a torch module held in memory (a ``'scadv.torch'`` record has no network);
+    its weights must be the ones the detector was trained for.
+    """
+    from .._models import _resolve as RS
+
     record = detector_record(adata, key, source)
     classifier = C.model_record(adata, str(record["model"]), source)
-    return Loaded.build(record, classifier, device)
+    module = None
+    if model is not None:
+        obj = RS.as_model_object(model)
+        if obj is None:
+            raise ScadvInputError("model= of a detector must be the classifier object (a "
+                                  "scadv.models.Model); its key is read from the detector.")
+        mine = RS.memory_record(obj) if not obj.storable else obj.to_record()
+        if fingerprint(mine) != fingerprint(classifier):
+            raise ScadvInputError(
+                f"model= is not the classifier {str(record['model'])!r} the detector was "
+                "trained for (its weights, classes or genes differ).")
+        module = obj.module
+    return Loaded.build(record, classifier, device, module)
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------

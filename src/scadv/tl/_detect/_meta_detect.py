@@ -10,11 +10,11 @@ import numpy as np
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
+from torch import nn
 
 from ... import _detector as DT
 from ... import _device as D
 from ... import _keys as K
-from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _validate as V
@@ -23,6 +23,7 @@ from ..._results import write_results
 from .. import _common as C
 from .._attacks import _attack as A
 from .._attacks import _engine as E
+from .._models import _resolve as RS
 from . import _baselines as B
 from . import _common as MC
 from . import _features as MF
@@ -54,7 +55,7 @@ def meta_detect(
     batch_size: int = 64,
     lr: float = 1e-3,
     triplet_margin: float = 1.0,
-    model: str = K.DEFAULT_MODEL,
+    model: RS.ModelSpec = K.DEFAULT_MODEL,
     key_added: str = K.DEFAULT_DETECTOR,
     seed: int = 42,
     device: D.Device = "auto",
@@ -132,7 +133,11 @@ def meta_detect(
         Training of the two networks (AdamW; early stopping of the detector after
         ``patience`` epochs without a lower validation loss).
     model
-        Key of the stored classifier.
+        The classifier to protect: the key of a stored classifier of any kind, or a
+        :class:`scadv.models.Model` / CellTypist model object (registered in ``adata`` first,
+        see :func:`scadv.tl.pgd`). The features are its own: the ``embedding`` is the last
+        hidden layer of a network, the logits of a linear model. A model object needs a split
+        of its own: store it with ``scadv.tl.add_model(..., split_key=...)`` first.
     key_added
         Name of the detector; decides the keys below (``'meta'`` by default).
     seed
@@ -177,7 +182,9 @@ def meta_detect(
                               batch_size=int(batch_size), lr=float(lr))
     DT.check_options(options)
     adata = V.start(adata, copy=copy)
-    record = C.model_record(adata, model)
+    dev = D.resolve(device)
+    resolved = RS.resolve(adata, model, dev)
+    record, net, model = resolved.record, resolved.net, resolved.key
     classes = [str(c) for c in np.asarray(record["classes"])]
     split = _split(adata, record, model)
     label_key = str(record.get("label_key", ""))
@@ -187,9 +194,7 @@ def meta_detect(
     val = split == K.SPLIT_VAL
     score_layers = MC.find_layers(adata, model, layers)
 
-    dev = D.resolve(device)
     src = R.source(adata, record["prepare"], what="adata")
-    net = M.require_mlp(M.from_record(record, dev), action="scadv.tl.meta_detect")
     gate = B.gate_arrays(adata, record["prepare"])
 
     # 1. adversarial examples of training and validation cells, reduced to what the detector
@@ -276,7 +281,7 @@ def meta_detect(
     det_record["provenance"] = P.record(params, seed=seed, device=dev)
 
     # 6. score everything, evaluate on the test split
-    det = MC.Loaded.build(det_record, record, dev)
+    det = MC.Loaded.build(det_record, record, dev, net)
     obs, evaluation = MC.score_adata(adata, det, key=key_added, layers=score_layers, src=src,
                                      test=split == K.SPLIT_TEST, progress=progress)
     det_record["evaluation"] = evaluation
@@ -338,7 +343,7 @@ class _Collected:
     viol_adv: np.ndarray  # (n_eps, n) and of the adversarial versions
 
 
-def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.ndarray,
+def _collect(src: R.Source, record: Mapping[str, Any], net: nn.Module, cells: np.ndarray,
              groups: tuple[str, ...], gate: Mapping[str, Any], *, attack: str,
              eps: tuple[float, ...], steps: int, seed: int, device: torch.device, progress: bool
              ) -> _Collected:

@@ -15,6 +15,7 @@ from ... import _validate as V
 from ... import models as MD
 from ..._errors import ScadvInputError
 from ..._results import write_results
+from . import _resolve as RS
 
 
 def add_model(
@@ -42,8 +43,11 @@ def add_model(
         The AnnData to store it in.
     model
         A :class:`scadv.models.Model` made by :func:`scadv.models.from_celltypist` or
-        :func:`scadv.models.from_sklearn`, or a CellTypist ``Model`` object. Models held only in
-        memory (:func:`scadv.models.from_torch`) cannot be stored: pass them as objects.
+        :func:`scadv.models.from_sklearn` or :func:`scadv.models.from_torch`, or a CellTypist
+        ``Model`` object. For a torch module held in memory only its description is stored
+        (genes, classes, preprocessing, output rule, a digest of its weights; record kind
+        ``'scadv.torch'``): the tools then take the object itself as ``model=``, and read its
+        ``label_key`` / ``split_key`` from this record.
     label_key
         ``obs`` column of true labels, recorded so that :func:`scadv.tl.predict` reports
         accuracy and attacks can use ``away_from='label'``.
@@ -68,7 +72,8 @@ def add_model(
     A copy if ``copy=True``, else ``None``. Writes:
 
     ``adata.uns['scadv'][key_added]``
-        The model record: ``kind`` (``'scadv.linear'`` or ``'scadv.sklearn_mlp'``),
+        The model record: ``kind`` (``'scadv.linear'``, ``'scadv.sklearn_mlp'`` or
+        ``'scadv.torch'``),
         ``weights``, ``arch``, ``genes``, ``classes``, ``prepare`` (its preprocessing recipe),
         ``output`` (how logits become probabilities), ``decision_rule``, ``name``, ``source``
         (library, estimator, CellTypist's description), ``label_key`` / ``split_key`` when
@@ -87,7 +92,7 @@ def add_model(
         raise ScadvInputError(
             f"model must be a scadv.models.Model or a CellTypist Model, got "
             f"{type(model).__name__}.")
-    record = converted.to_record()
+    record = converted.to_record() if converted.storable else RS.memory_record(converted)
     adata = V.start(adata, copy=copy)
     for what, key in (("label_key", label_key), ("split_key", split_key)):
         if key is not None and key not in adata.obs:
