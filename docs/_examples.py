@@ -99,10 +99,28 @@ def _simulated():
     return sim
 
 
+@functools.cache
+def _models():
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    adata = _base().copy()
+    genes = [str(g) for g in adata.uns["scadv"]["prepare"]["genes"]]
+    x = pd.DataFrame(adata[:, genes].X.toarray(), columns=genes)  # log-normalised values
+    y = adata.obs[LABELS].astype(str).to_numpy()
+    logreg = scadv.models.from_sklearn(LogisticRegression(max_iter=300).fit(x, y))
+    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(x, y)
+    scadv.tl.compare_models(adata, {"scadv MLP": "classifier", "logistic regression": logreg,
+                                    "random forest": forest}, label_key=LABELS,
+                            eps=(0.05, 0.1, 0.2, 0.5), genes=genes[:40], progress=False)
+    return adata
+
+
 def data(kind: str):
     """A fresh copy of the example AnnData ``kind``."""
     make = {"attack": _base, "detector": _detector, "genes": _genes, "robust": _robust,
-            "attributions": _attributions, "simulated": _simulated}[kind]
+            "attributions": _attributions, "simulated": _simulated, "models": _models}[kind]
     return make().copy()
 
 
@@ -155,6 +173,9 @@ SNIPPETS = {
         "attributions",
         'scadv.pl.enrichment(adata, key="attr_integrated_gradients_enrichment")',
         "gene sets: each class's top markers"),
+    "scadv.pl.compare_models": _snippet(
+        "models", "scadv.pl.compare_models(adata)",
+        "tl.compare_models: scadv's MLP, a logistic regression, a random forest"),
     "scadv.pl.attribution_truth": _snippet(
         "simulated", "scadv.pl.attribution_truth(adata)",
         "scadv.datasets.simulate: known markers, tl.score_attributions"),

@@ -9,6 +9,7 @@ from ._attributions import (
     top_genes,
 )
 from ._cgd import cgd
+from ._compare_models import compare_models
 from ._flip_rate import flip_rate
 from ._meta_cell import meta_cell
 from ._meta_confusion import meta_confusion
@@ -25,6 +26,7 @@ __all__ = [
     "attribution_stability",
     "attribution_truth",
     "cgd",
+    "compare_models",
     "enrichment",
     "flip_rate",
     "marker_overlap",

@@ -20,6 +20,7 @@ from ._genes._random_walk import random_walk
 from ._genes._single_gene import single_gene
 from ._labels._pseudo import pseudo_labels
 from ._models._add_model import add_model
+from ._models._compare import compare_models
 from ._training._adversarial_train import adversarial_train
 from ._training._predict import predict
 from ._training._train import train_classifier
@@ -33,6 +34,7 @@ __all__ = [
     "attribution_stability",
     "benign_perturb",
     "cgd",
+    "compare_models",
     "fgsm",
     "gene_set_enrichment",
     "grid",
