@@ -239,7 +239,8 @@ def compare_models(
     single_gene
         Run :func:`scadv.tl.single_gene` on every model, each class of ``cluster_key`` a
         cluster (all its cells, not only the subset). Its results are also written under
-        ``uns['scadv'][f'{key_added}_{name}_single_gene']``.
+        ``uns['scadv'][f'{key_added}_{name}_single_gene']`` (characters other than letters and
+        digits in the name replaced by ``_``).
     cluster_key
         Clusters of the single-gene scan; default ``label_key``.
     modification, genes
@@ -344,7 +345,8 @@ def compare_models(
         if single_gene:
             _single_gene(adata, entry, rows, access=access, cluster_key=str(cluster_key),
                          modification=modification, genes=genes, layer=layer,
-                         key=f"{key_added}_{entry.name}_single_gene", seed=seed, device=device)
+                         key=f"{key_added}_{re.sub(r'[^0-9A-Za-z]+', '_', entry.name)}"
+                             "_single_gene", seed=seed, device=device)
 
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table["eps"] = table["eps"].astype(np.float64)
