@@ -405,6 +405,16 @@ def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -
     return net.to(device).eval()
 
 
+def network(record: Mapping[str, Any], device: torch.device | str = "cpu",
+            module: nn.Module | None = None) -> nn.Module:
+    """The classifier's network on ``device``: ``module`` when given (a user's torch module
+    held in memory, whose ``'scadv.torch'`` record has none), else rebuilt from ``record``
+    (what parallel tasks do, so that only plain arrays travel to them)."""
+    if module is not None:
+        return module.to(device).eval()
+    return from_record(record, device)
+
+
 def _as_mlp(ff: Feedforward) -> MLP:
     """The same ReLU network as scadv's :class:`MLP` (dropout 0), for its fast paths."""
     linears = [cast(nn.Linear, lin) for lin in ff.layers]

@@ -218,15 +218,53 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
         raise ScadvInputError(
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
-    if str(ent["space"]) == "model":
-        return src.rows(idx) + _delta(adata, name, idx, src.n_genes)
-    counts, lib = count_rows(adata, name, idx, src)
+    return apply(str(ent["space"]), src, idx, _delta(adata, name, idx, src.n_genes))
+
+
+def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray) -> np.ndarray:
+    """The perturbed model input of cells ``idx`` of ``src`` from their stored change
+    ``delta`` (dense float32, cells × model genes) of a ``'model'`` or ``'counts'``
+    perturbation: what :func:`model_rows` returns, computed from the change alone (e.g. on a
+    Dask worker that holds the cells' rows)."""
+    if space == "model":
+        return src.rows(idx) + delta
+    counts, lib = _apply_counts(src, idx, delta)
     lognorm = R.lognormalize(counts, target_sum=float(src.recipe["target_sum"]),
                              library_size=lib)
     dense = V.dense(lognorm)
     if src.missing.any():
         dense[:, src.missing] = np.asarray(src.recipe["mean"], np.float32)[src.missing]
     return R.lognorm_to_model(dense, src.recipe)
+
+
+#: A chunk's stored change, for :func:`rows_of`: ``(space, delta)``, or None for clean rows.
+Change = tuple[str, np.ndarray] | None
+
+
+def plan(adata: AnnData, name: str | None, src: R.Source
+         ) -> tuple[R.Source, Callable[[np.ndarray], Change]]:
+    """How to compute the model input of a perturbation chunk by chunk, anywhere: the source
+    whose rows to read and, per chunk of cells, the change to apply to them (small, read from
+    ``adata`` here). ``name=None``: the clean input of ``src`` itself. A dense layer (scadv 0.1)
+    is read as a source of its own."""
+    if name is None:
+        return src, lambda idx: None
+    ent = entry(adata, name)
+    if ent is None:
+        return R.source(adata, src.recipe, layer=name, what="adata"), lambda idx: None
+    if str(ent["space"]) == "var":
+        raise ScadvInputError(
+            f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
+            "classifier's model input; read it with scadv.get.perturbed(adata, name).")
+    space = str(ent["space"])
+    return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
+
+
+def rows_of(src: R.Source, idx: np.ndarray | slice, change: Change) -> np.ndarray:
+    """Model input of cells ``idx`` of ``src`` with the chunk's ``change`` (see :func:`plan`)."""
+    if change is None:
+        return src.rows(idx)
+    return apply(change[0], src, idx, change[1])
 
 
 def var_rows(adata: AnnData, name: str, idx: np.ndarray | slice) -> np.ndarray:
@@ -248,8 +286,12 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
+    return _apply_counts(src, idx, _delta(adata, name, idx, src.n_genes))
+
+
+def _apply_counts(src: R.Source, idx: np.ndarray | slice, delta: np.ndarray
+                  ) -> tuple[sparse.csr_matrix, np.ndarray]:
     counts, lib = src.counts(idx)
-    delta = _delta(adata, name, idx, src.n_genes)
     adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
     adv.eliminate_zeros()
     return adv, lib + delta.sum(axis=1, dtype=np.float64)
@@ -288,6 +330,8 @@ class LazyRows:
         else:
             arr = np.asarray(key)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        RW.check_fits(len(idx) * self.shape[1] * 4, what=f"the model input of {len(idx)} cells",
+                      hint="Select fewer cells (e.g. cells=... or a smaller cluster).")
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
         for lo in range(0, len(idx), RW.BATCH):
             out[lo:lo + RW.BATCH] = self._fetch(idx[lo:lo + RW.BATCH])

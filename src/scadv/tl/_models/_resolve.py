@@ -40,6 +40,13 @@ class Resolved:
     record: Mapping[str, Any]
     net: nn.Module  #: maps the model input of ``record['prepare']`` to logits (eval mode)
 
+    @property
+    def module(self) -> nn.Module | None:
+        """What parallel tasks get besides the record: ``None`` when the record rebuilds the
+        network (:func:`scadv._model.network`), the module itself for a ``'scadv.torch'``
+        record."""
+        return None if str(self.record["kind"]) in M.NETWORK_KINDS else self.net
+
 
 def _fingerprint(record: Mapping[str, Any]) -> tuple[bytes, ...]:
     weights = record.get("weights", {})
