@@ -102,10 +102,16 @@ def add_model(
         raise ScadvInputError(f"key_added must be a non-empty string without '/', got {key!r}.")
     recipe = dict(record["prepare"])
     note = "none"
-    if observed_range:
-        x = R.model_input(adata, recipe, layer=layer, missing_genes=missing_genes).x
-        recipe["x_min"] = x.min(axis=0).astype(np.float32)
-        recipe["x_max"] = x.max(axis=0).astype(np.float32)
+    if observed_range:  # streamed: a batch of cells at a time
+        src = R.source(adata, recipe, layer=layer, missing_genes=missing_genes)
+        low = np.full(src.n_genes, np.inf, dtype=np.float32)
+        high = np.full(src.n_genes, -np.inf, dtype=np.float32)
+        for _, xb in src.batches():
+            if len(xb):
+                low = np.minimum(low, xb.min(axis=0))
+                high = np.maximum(high, xb.max(axis=0))
+        recipe["x_min"] = low.astype(np.float32)
+        recipe["x_max"] = high.astype(np.float32)
         note = f"{adata.n_obs} cells"
     recipe["observed_range"] = note
     record["prepare"] = recipe
