@@ -571,8 +571,8 @@ def test_pgd_on_a_celltypist_object_matches_the_linear_module_built_by_hand(pbmc
         xb = np.asarray(scadv.get.perturbed(adata, f"scadv_pgd_torch_model_eps{e}"))
         pa, pb = ct.predict_proba(xa), ct.predict_proba(xb)
         # the gradients agree to rounding; a sign step differs only where an entry is ~0,
-        # so most cells end at the same adversarial probabilities (measured: 100% at ε=0.1,
-        # 97.9% at ε=0.3 on these 528 cells) and the same cells flip
+        # so most cells end at the same adversarial probabilities (measured: 99.1% of these
+        # 528 cells within 1e-3 at ε=0.1, 97.9% at ε=0.3) and the same cells flip (100%)
         assert (np.abs(pa - pb).max(axis=1) < 1e-3).mean() >= 0.95
         # the stored adversarial input is what the model classifies as recorded
         pred = adata.obs[f"scadv_pgd_celltypist_eps{e}_pred"].astype(str).to_numpy()
