@@ -33,10 +33,10 @@ def test_linear_model_gets_its_exact_minimal_budget():
 
 def test_every_answer_is_a_real_flip_within_its_budget():
     net = _tiny.model(12, 4, 0, rank=5)
-    x0 = np.random.default_rng(1).normal(size=(60, 12)).astype(np.float32)
+    x0 = np.random.default_rng(1).normal(size=(40, 12)).astype(np.float32)
     with torch.no_grad():
         y = net(torch.as_tensor(x0)).argmax(dim=1).numpy()
-    keep = np.random.default_rng(2).random((60, 12)) < 0.3
+    keep = np.random.default_rng(2).random((40, 12)) < 0.3
     cons = E.Constraints(keep_zeros=keep)
     res = F.min_eps(net, x0, y, eps_max=50.0, tol=0.02, constraints=cons, device=CPU)
     found = np.isfinite(res.eps)
