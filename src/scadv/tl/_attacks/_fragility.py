@@ -76,6 +76,8 @@ def min_eps(model: nn.Module, x0: np.ndarray, y: np.ndarray, *, targeted: bool =
     dev = device or torch.device("cpu")
     cons = constraints or E.Constraints()
     n = x0.shape[0]
+    x0 = np.asarray(x0, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
     model = model.to(dev).eval()
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():

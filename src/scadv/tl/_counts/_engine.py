@@ -322,7 +322,8 @@ class _Batch:
             keep = torch.nonzero(stay).squeeze(1)
             self._compact(keep)
             rows_kept = (keep.unsqueeze(1) * w + torch.arange(w, device=keep.device)).view(-1)
-            assert grad is not None  # need_grad was True below the top level
+            if grad is None:
+                raise RuntimeError("internal: no gradient below the top level")
             stalled = self._expand(counts[rows_kept], lib[rows_kept], x[rows_kept],
                                    grad[rows_kept], y_rows[rows_kept])
             if stalled is not None:  # cells without any valid edit: their answer is final
