@@ -140,6 +140,9 @@ def gene_report(adata: ad.AnnData, mask: np.ndarray, res: CE.CountResult) -> dic
     counts, rest = counts_of(adata, mask)
     flipped = res.min_umis > 0
     delta = res.deltas[-1][flipped].tocoo()
+    if delta.nnz == 0:
+        return {"UMIs switching on an undetected gene (fraction)": float("nan"),
+                "detection rate of edited genes, UMI-weighted median": float("nan")}
     c0 = np.asarray(counts[flipped][delta.row, delta.col]).ravel()
     umis_ = np.abs(delta.data)
     switch_on = (c0 == 0) & (delta.data > 0)
