@@ -68,7 +68,7 @@ from scadv.tl._counts import _transform as T
 BUDGETS = (1, 2, 5, 10, 20, 50)
 HARD_BUDGETS = (1, 2, 5, 10, 20, 50, 100, 200)
 GREEDY = CE.Search(budgets=BUDGETS, beam=1, top_k=1)
-DEFAULT = CE.Search(budgets=BUDGETS, beam=4, top_k=16)
+DEFAULT = CE.Search(budgets=BUDGETS)  # beam 4, 16 candidates re-scored
 CPU = torch.device("cpu")
 
 

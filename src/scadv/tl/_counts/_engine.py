@@ -60,7 +60,7 @@ class Search:
     #: UMI budgets (sorted, distinct, ≥ 1); the search runs to the largest.
     budgets: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
     #: States kept per cell and level.
-    beam: int = 1
+    beam: int = 4
     #: Candidate edits per state re-scored exactly (1 with ``beam=1``: plain greedy).
     top_k: int = 16
 
