@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from anndata import AnnData
 from . import _keys as K
 from . import _provenance as P
 from ._errors import ScadvInputError
+from ._store import Perturbation
 
 
 def scadv_uns(adata: AnnData) -> MutableMapping[str, Any]:
@@ -84,6 +85,7 @@ def write_results(
     obs: Mapping[str, Any] | None = None,
     obsm: Mapping[str, np.ndarray] | None = None,
     layers: Mapping[str, np.ndarray] | None = None,
+    perturbations: Sequence[Perturbation] = (),
     colors: Mapping[str, list[str]] | None = None,
 ) -> None:
     """Write one step's results and log every key, as scanpy does.
@@ -100,6 +102,11 @@ def write_results(
         Entries stored under ``adata.uns['scadv'][key]`` (made :func:`h5ad_safe`).
     obs, obsm, layers
         Per-cell results stored under the given keys.
+    perturbations
+        Compact perturbations (:class:`scadv._store.Perturbation`), registered in
+        ``uns['scadv']['perturbations'][name]`` with their change in ``obsm[name]`` (sparse)
+        or in the registry entry itself (rows of the changed cells); a dense
+        ``layers[name]`` of the same name (scadv 0.1) is removed.
     colors
         Palettes for categorical ``obs`` columns, stored as ``adata.uns['<column>_colors']``
         where scanpy's plots look for them.
@@ -115,6 +122,19 @@ def write_results(
         adata.obsm[key] = value
     for key, value in (layers or {}).items():
         adata.layers[key] = value
+    if perturbations:
+        ns = scadv_uns(adata)
+        reg = dict(ns.get(K.PERTURBATIONS) or {})
+        for pert in perturbations:
+            ent, matrix = pert.storage(adata)
+            if matrix is not None:
+                adata.obsm[pert.name] = matrix
+            elif pert.name in adata.obsm:
+                del adata.obsm[pert.name]
+            if pert.name in adata.layers:
+                del adata.layers[pert.name]
+            reg[pert.name] = ent
+        ns[K.PERTURBATIONS] = h5ad_safe(reg, where=f"uns/{K.UNS}/{K.PERTURBATIONS}")
     for key, palette in (colors or {}).items():
         adata.uns[f"{key}_colors"] = np.asarray(palette, dtype=str)
     if uns:
@@ -126,6 +146,7 @@ def write_results(
         _describe("obs", obs)
         + _describe("obsm", obsm)
         + _describe("layers", layers)
+        + [f"    perturbation {p.name!r} ({len(p.cells)} cells)" for p in perturbations]
         + [f"    uns[{K.UNS!r}][{key!r}]" for key in (uns or {})]
     )
     logg.info(f"    finished {step}", time=start, deep="added\n" + "\n".join(lines))

@@ -67,6 +67,14 @@ def is_sparse(x: object) -> TypeGuard[sparse.spmatrix]:
     return bool(sparse.issparse(x))
 
 
+def dense(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    """A dense float32 copy-free view where possible: ``toarray()`` of a sparse matrix, the
+    array itself otherwise."""
+    if is_sparse(x):
+        return np.asarray(x.toarray(), dtype=np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
 def _values(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
     """The stored values of a matrix (the non-zeros of a sparse one)."""
     if sparse.issparse(x):

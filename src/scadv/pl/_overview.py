@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from .._errors import ScadvInputError
 from . import _utils as U
@@ -28,7 +29,7 @@ def overview(
     cmap: str = "Reds",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Per cluster and modification, how many genes flip the cluster (or must stay).
 
@@ -59,15 +60,17 @@ def overview(
     grid = grid.loc[targets, mods].to_numpy(dtype=float)
     n_cells = table.drop_duplicates("cluster").set_index("cluster").loc[targets, "n_cells"]
     ax = U.axes(ax, figsize=(1.1 * len(mods) + 3.2, 0.42 * len(targets) + 1.4))
-    im = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=0)
-    top = np.nanmax(grid) if grid.size else 0
-    for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize="small",
-                color="white" if top and v > 0.6 * top else "black")
+    finite = grid[np.isfinite(grid)]
+    # counts start at 0 (the lightest colour) and the scale spans at least one gene, so an
+    # all-zero grid stays light and the colour bar never goes negative
+    top = max(float(finite.max()) if finite.size else 0.0, 1.0)
+    im = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=0, vmax=top)
+    U.annotate_cells(ax, im, grid, lambda v: f"{int(v)}")
     ax.set_xticks(np.arange(len(mods)), mods)
     ax.set_yticks(np.arange(len(targets)),
                   [f"{t} (n={int(n)})" for t, n in zip(targets, n_cells, strict=True)])
-    ax.set_title(f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
-                 f"{int(table['n_genes'].iloc[0])} genes)", fontsize="medium")
-    ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    return U.finish(ax, show=show, save=save)
+    U.set_title(ax, f"{_TITLES[value]}\n({rec.get('classifier', '')}, of "
+                 f"{int(table['n_genes'].iloc[0])} genes)")
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02, label="genes")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return U.finish(ax, show=show, save=save, name="overview")
