@@ -63,13 +63,14 @@ class Perturbation:
     space: Space
     model: str
     run: str
-    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name).
+    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name); for
+    #: ``space='counts'``: the matrix the clean counts were read from.
     matrix: str = "X"
 
     def storage(self, adata: AnnData) -> tuple[dict[str, Any], sparse.csr_matrix | None]:
         """``(registry entry, obsm matrix or None)`` in the more compact format."""
         ent: dict[str, Any] = {"space": self.space, "model": self.model, "run": self.run}
-        if self.space == "var":
+        if self.space in ("var", "counts"):
             ent["matrix"] = self.matrix
         n_cells, n_genes = self.rows.shape
         density = self.rows.nnz / max(n_cells * n_genes, 1)
@@ -221,12 +222,28 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     if str(ent["space"]) == "model":
         return src.rows(idx) + _delta(adata, name, idx, src.n_genes)
     counts, lib = count_rows(adata, name, idx, src)
+    return counts_model_input(counts, lib, src)
+
+
+def counts_model_input(counts: sparse.csr_matrix, library_size: np.ndarray, src: R.Source
+                       ) -> np.ndarray:
+    """The model input of (perturbed) counts of the model genes with the given library
+    sizes: the recipe of ``src``, exactly as :func:`model_rows` rebuilds count-space
+    perturbations (and as :func:`scadv.tl.count_attack` evaluates them)."""
     lognorm = R.lognormalize(counts, target_sum=float(src.recipe["target_sum"]),
-                             library_size=lib)
+                             library_size=library_size)
     dense = V.dense(lognorm)
     if src.missing.any():
-        dense[:, src.missing] = np.asarray(src.recipe["mean"], np.float32)[src.missing]
+        dense[:, src.missing] = R.fill_value(src.recipe)[src.missing]
     return R.lognorm_to_model(dense, src.recipe)
+
+
+def add_counts(counts: sparse.csr_matrix, library_size: np.ndarray, delta: np.ndarray
+               ) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Counts plus a (dense) change of them, and the library sizes that change with them."""
+    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
+    adv.eliminate_zeros()
+    return adv, library_size + delta.sum(axis=1, dtype=np.float64)
 
 
 def var_rows(adata: AnnData, name: str, idx: np.ndarray | slice) -> np.ndarray:
@@ -248,11 +265,11 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
+    which = str(ent.get("matrix", "X"))
+    if which != "X":  # the clean counts were read from this layer
+        src = R.source(adata, src.recipe, layer=which, what="adata")
     counts, lib = src.counts(idx)
-    delta = _delta(adata, name, idx, src.n_genes)
-    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
-    adv.eliminate_zeros()
-    return adv, lib + delta.sum(axis=1, dtype=np.float64)
+    return add_counts(counts, lib, _delta(adata, name, idx, src.n_genes))
 
 
 class LazyRows:

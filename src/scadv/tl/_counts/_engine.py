@@ -40,15 +40,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import sparse
 from torch import nn
-from tqdm.auto import tqdm
 
 from ... import _device as D
 from ... import _model as M
+from ... import _progress as PB
 from .._attacks import _engine as E
 from ._transform import CountTransform
 
@@ -148,8 +149,8 @@ def run(model: nn.Module, counts: np.ndarray | sparse.spmatrix, rest: np.ndarray
     weights = torch.randint(0, 2**31, (g,), generator=gen, dtype=torch.int64).to(device)
     out = _Output(n, g, budgets)
     stats = {"forward_rows": 0, "candidate_rows": 0, "levels": 0}
-    bar = tqdm(total=-(-n // batch_size) * (budgets[-1] + 1), desc="count attack", unit="level",
-               disable=not progress, leave=False, mininterval=0.5)
+    bar = PB.bar(total=-(-n // batch_size) * (budgets[-1] + 1), desc="count attack",
+                 unit="level", progress=progress)
     try:
         allowed = None if limits.genes is None else torch.as_tensor(
             np.asarray(limits.genes, dtype=bool), device=device)
@@ -232,7 +233,7 @@ class _Batch:
     def __init__(self, *, model: nn.Module, transform: CountTransform, search: Search,
                  limits: Limits, targeted: bool, weights: torch.Tensor,
                  allowed: torch.Tensor | None, out: _Output, stats: dict[str, int],
-                 bar: tqdm, first: int, c0: torch.Tensor, rest: torch.Tensor,
+                 bar: Any, first: int, c0: torch.Tensor, rest: torch.Tensor,
                  y: torch.Tensor) -> None:
         self.model, self.t, self.search_, self.limits = model, transform, search, limits
         self.targeted, self.weights, self.out, self.stats, self.bar = (
