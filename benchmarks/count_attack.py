@@ -19,7 +19,7 @@ For each seed (the default model: ``scadv.pp.prepare`` + ``scadv.tl.train_classi
   counts and the library agree), rounded to whole counts ≥ 0 and re-run through the recipe:
   how far from whole numbers the implied counts sit, and what fraction of the flips survive.
 * **Fragility in model space**: the smallest L∞ ε at which PGD flips each cell
-  (``scadv.tl._attacks._fragility.min_eps``), and its rank correlation with the fewest UMIs.
+  (``scadv.tl._attacks._min_eps.min_eps``), and its rank correlation with the fewest UMIs.
 
 With ``--hardening``, each hardening option is applied to a copy of the recipe before training
 a model on the same split (``split_key='scadv_split'``): a floor on each gene's standard
@@ -61,7 +61,7 @@ from scipy.stats import spearmanr
 import scadv
 from scadv import _model as M
 from scadv import _recipe as R
-from scadv.tl._attacks import _fragility as F
+from scadv.tl._attacks import _min_eps as F
 from scadv.tl._counts import _engine as CE
 from scadv.tl._counts import _transform as T
 

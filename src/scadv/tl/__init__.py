@@ -1,6 +1,7 @@
 """Tools: train, apply, attack and explain classifiers, detect manipulated cells (``scadv.tl``)."""
 
 from ._attacks._fgsm import fgsm
+from ._attacks._fragility import fragility
 from ._attacks._pgd import pgd
 from ._attacks._robustness import robust_accuracy
 from ._counts._count_attack import count_attack
@@ -34,6 +35,7 @@ __all__ = [
     "cgd",
     "count_attack",
     "fgsm",
+    "fragility",
     "gene_set_enrichment",
     "grid",
     "marker_overlap",

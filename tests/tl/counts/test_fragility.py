@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from scadv.tl._attacks import _engine as E
-from scadv.tl._attacks import _fragility as F
+from scadv.tl._attacks import _min_eps as F
 
 from . import _tiny
 

@@ -30,6 +30,10 @@ MIN_CELLS_PER_CLASS = 3
 
 #: ``batch_loss(model, xb, yb, loss_fn) -> loss`` of one training batch (see :func:`_fit`).
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+#: ``cell_batch_loss(model, xb, yb, loss_fn, cells) -> loss``: as :data:`BatchLoss`, also told
+#: the batch's cells (positions in the source), e.g. to attack their raw counts.
+CellBatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module, np.ndarray],
+                         torch.Tensor]
 #: ``validate(model, xv, yv) -> {'val_loss': …, …}`` once per epoch (see :func:`_fit`).
 Validate = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
 
@@ -358,7 +362,8 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
          seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
-         validate: Validate | None = None) -> tuple[M.MLP, dict[str, np.ndarray]]:
+         validate: Validate | None = None, cell_batch_loss: CellBatchLoss | None = None
+         ) -> tuple[M.MLP, dict[str, np.ndarray]]:
     """Train with early stopping on the validation loss; returns the best model and history.
 
     The cells' model input comes from ``src`` (kept in memory when it fits, else read in
@@ -372,11 +377,13 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     and adversarial versions of it; the model is in train mode and must be left so), and
     ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
     ``'val_loss'``, the early-stopping criterion (lower is better). With hooks, the training
-    and validation inputs must fit in memory.
+    and validation inputs must fit in memory. ``cell_batch_loss`` replaces ``batch_loss`` when
+    the loss needs to know which cells the batch holds (their positions in ``src``; the
+    validation cells reach ``validate`` in ascending position order).
     """
     train_cells = np.flatnonzero(split == K.SPLIT_TRAIN)
     val_cells = np.flatnonzero(split == K.SPLIT_VAL)
-    hooks = batch_loss is not None or validate is not None
+    hooks = batch_loss is not None or validate is not None or cell_batch_loss is not None
     fits = (len(train_cells) + len(val_cells)) * src.n_genes * 4 <= CACHE_BYTES
     if hooks and not fits:
         RW.check_fits(CACHE_BYTES + 1, what="adversarial training on this many cells",
@@ -433,7 +440,10 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                         xb = xb + input_noise * torch.randn(xb.shape, generator=gen,
                                                             device=device)
                     opt.zero_grad(set_to_none=True)
-                    if batch_loss is None:
+                    if cell_batch_loss is not None:
+                        loss = cell_batch_loss(model, xb, yb, loss_fn,
+                                               train_cells[pos[lo:lo + batch_size]])
+                    elif batch_loss is None:
                         loss = loss_fn(net(xb), yb)
                     else:
                         loss = batch_loss(model, xb, yb, loss_fn)
