@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import scadv
 from scadv import _recipe as R
 from scadv._errors import ScadvInputError
 from scadv.tl._counts import _transform as T
@@ -14,20 +15,41 @@ from . import _tiny
 
 
 def _parity(adata) -> None:
+    """The torch transform of the raw counts equals the model input every scadv tool
+    computes (``Source.rows``) and the numpy reference."""
     recipe = R.stored(adata)
-    counts = adata.layers["counts"]
-    lib = adata.obs["scadv_library_size"].to_numpy()
+    src = R.source(adata, recipe)
+    idx = np.arange(adata.n_obs)
+    counts, lib = src.counts(idx)
     rest = T.rest_of_library(counts, lib)
     tf = T.CountTransform.from_recipe(recipe)
     x = tf(torch.as_tensor(counts.toarray()), torch.as_tensor(rest)).numpy()
     assert x.dtype == np.float32
-    np.testing.assert_allclose(x, np.asarray(adata.X), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(x, src.rows(idx), rtol=0, atol=2e-5)
     np.testing.assert_allclose(x, T.reference_model_input(counts, lib, recipe), rtol=0,
                                atol=2e-5)
 
 
 def test_matches_prepare_on_synthetic_counts(small_trained):
     _parity(small_trained)
+
+
+@pytest.mark.parametrize("options", [
+    {"std_floor": 1.0}, {"max_value": 3.0}, {"min_detection": 0.2}, {"zscore": False},
+    {"zscore": False, "target_sum": 1e3}, {"std_floor": 0.5, "max_value": 2.0,
+                                           "target_sum": 100.0}])
+def test_every_robust_option_is_one_recipe_for_all_readers(counts, options):
+    """Each option of pp.prepare changes only stored statistics, honoured alike by the torch
+    transform, the streamed model input, zero levels and observed ranges."""
+    scadv.pp.prepare(counts, n_top_genes=100, progress=False, **options)
+    _parity(counts)
+    recipe = R.stored(counts)
+    x = R.source(counts, recipe).dense()
+    np.testing.assert_allclose(recipe["x_min"], x.min(axis=0), atol=1e-5)
+    np.testing.assert_allclose(recipe["x_max"], x.max(axis=0), atol=1e-5)
+    zero = T.CountTransform.from_recipe(recipe)(torch.zeros((1, x.shape[1])),
+                                                torch.tensor([1000.0])).numpy()[0]
+    np.testing.assert_allclose(R.zero_level(recipe), zero, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -399,7 +399,8 @@ class _Run:
         # genes edited in the cells flipped at the largest budget
         flipped = np.flatnonzero(last)
         coo = res.deltas[-1][flipped].tocoo()
-        c0 = np.asarray(counts[flipped][coo.row, coo.col]).ravel()
+        c0 = (np.asarray(counts[flipped][coo.row, coo.col], dtype=np.float64).ravel()
+              if coo.nnz else np.empty(0))
         col, val = coo.col, coo.data.astype(np.float64)
         self.gene_umis["added"] += np.bincount(col, weights=np.maximum(val, 0), minlength=self.g)
         self.gene_umis["removed"] += np.bincount(col, weights=np.maximum(-val, 0),
