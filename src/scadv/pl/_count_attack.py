@@ -156,7 +156,7 @@ def count_genes(
     ax.barh(y, removed, left=on + added, color=colors[4], label="removed")
     total = on + added + removed
     for yi, t, d in zip(y, total, rows["detection"].to_numpy(dtype=float), strict=True):
-        ax.text(t + 0.01 * total.max(), yi, f"detected in {100 * d:.1f}%", va="center",
+        ax.text(t + 0.01 * total.max(), float(yi), f"detected in {100 * d:.1f}%", va="center",
                 fontsize="x-small")
     ax.set_xlim(0, total.max() * 1.45)
     ax.set_yticks(y, [str(g) for g in rows["gene"]], fontsize="small")
