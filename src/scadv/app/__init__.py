@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ScadvInputError
+from . import _counts  # noqa: F401  (registers the count attack)
 from ._session import ATTACKS, AttackSpec, CellResult, Option, Session, load, register
 
 __all__ = ["ATTACKS", "AttackSpec", "CellResult", "Option", "Session", "load", "make_app",

@@ -269,8 +269,8 @@ def fragility(
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     overall = np.median(values[attacked])
-    U.set_title(ax, f"Fragility per cell type (median {overall:.3g} {unit} over "
-                    f"{int(attacked.sum())} cells; bar: median, band: quartiles)")
+    U.set_title(ax, f"Fragility per cell type\nmedian {overall:.3g} {unit}, "
+                    f"{int(attacked.sum())} cells (bar: median, band: quartiles)")
     return U.finish(ax, show=show, save=save, name="fragility")
 
 
