@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from .. import _keys as K
 from .._errors import ScadvInputError
@@ -50,7 +51,8 @@ def _run_counts(session: Session, cell: str, options: Mapping[str, Any]) -> Cell
     cpu = D.resolve("cpu")
     x0 = scadv.get.model_input(one, model=session.model)
     x1 = np.asarray(scadv.get.perturbed(res, name, cells=[cell]), dtype=np.float32)
-    c1 = scadv.get.perturbed(res, name, cells=[cell], space="counts").toarray()[0]
+    c1 = np.asarray(sparse.csr_matrix(scadv.get.perturbed(res, name, cells=[cell],
+                                                          space="counts")).toarray())[0]
     c0 = R.source(one, rec["prepare"]).counts(np.array([0]))[0].toarray()[0]
     delta = c1 - c0
     net = M.from_record(rec, cpu)
