@@ -248,12 +248,18 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
     "count adv. training 5 UMIs": ({}, {"umis": 5}),
     "count adv. training 10 UMIs": ({}, {"umis": 10}),
     "count adv. training 20 UMIs": ({}, {"umis": 20}),
+    "count adv. training 50 UMIs": ({}, {"umis": 50}),
     "count adv. training 10 UMIs, r=0.5": ({}, {"umis": 10, "adv_ratio": 0.5}),
+    "count adv. training 20 UMIs, frozen PCA input": ({}, {"umis": 20, "freeze_input": True}),
     "std floor c=1 + count adv. training 10 UMIs": ({"std_floor": 1.0}, {"umis": 10}),
     "std floor c=1 + count adv. training 20 UMIs": ({"std_floor": 1.0}, {"umis": 20}),
     "std floor c=1 + count adv. training 50 UMIs": ({"std_floor": 1.0}, {"umis": 50}),
+    "std floor c=1 + count adv. training 20 UMIs, frozen PCA input": (
+        {"std_floor": 1.0}, {"umis": 20, "freeze_input": True}),
     "target sum 1000, no z-score + count adv. training 20 UMIs": (
         {"target_sum": 1e3, "zscore": False}, {"umis": 20}),
+    "target sum 1000, no z-score + count adv. training 50 UMIs": (
+        {"target_sum": 1e3, "zscore": False}, {"umis": 50}),
 }
 
 
@@ -304,6 +310,51 @@ def pick(table: pd.DataFrame) -> str:
     ok = table[table["val accuracy"] >= base - 0.01 - 1e-9]
     return str(ok.sort_values(["val median UMIs", "val flipped <= 10"],
                               ascending=[False, True]).index[0])
+
+
+# ---- part: final (the hardened default, default search) -------------------------------------
+
+def final_part(raw: ad.AnnData, seed: int, name: str, figures: Path | None) -> dict[str, Any]:
+    """The option picked on validation cells, attacked on the test cells with the default
+    search (beam 4, 16 candidates re-scored, budgets up to 200), next to the plain model."""
+    base = plain(raw, seed)
+    prep, adv = OPTIONS[name]
+    hard, model = hardened(raw, base, seed, prep, adv)
+    test = mask(base, "test")
+    out: dict[str, Any] = {"option": name}
+    for label, adata, m in (("plain", base, "classifier"), ("hardened", hard, model)):
+        key = f"count_{label}"
+        umis, seconds = attack(adata, test, key=key, model=m, budgets=HARD_BUDGETS)
+        out[label] = {**umi_summary(umis, HARD_BUDGETS),
+                      "test accuracy": float(adata.uns["scadv"][m]["metrics"]["test"]["accuracy"]),
+                      "attack seconds": seconds,
+                      "per type": per_type(adata, test, umis).reset_index().to_dict("list"),
+                      "genes": gene_report(adata, key)}
+    if figures is not None:
+        import matplotlib.pyplot as plt
+
+        figures.mkdir(parents=True, exist_ok=True)
+        hard.uns["scadv"]["count_plain"] = base.uns["scadv"]["count_plain"]
+        ax = scadv.pl.count_attack(hard, key=["count_plain", "count_hardened"],
+                                   labels=["plain", f"hardened ({name})"], show=False)
+        ax.figure.savefig(figures / "count_attack_pbmc3k.png", dpi=110, bbox_inches="tight")
+        plt.close("all")
+        lognorm = base.copy()  # scanpy's standard UMAP of the same cells
+        sc.pp.normalize_total(lognorm, target_sum=1e4)
+        sc.pp.log1p(lognorm)
+        sc.pp.highly_variable_genes(lognorm, n_top_genes=2000, subset=True)
+        sc.pp.scale(lognorm, max_value=10)
+        sc.pp.pca(lognorm, n_comps=30, random_state=0)
+        sc.pp.neighbors(lognorm, random_state=0)
+        sc.tl.umap(lognorm, random_state=0)
+        base.obsm["X_umap"] = lognorm.obsm["X_umap"]
+        fig, axs = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+        sc.pl.umap(base, color="scadv_count_plain_min_umis_bin", ax=axs[0], show=False,
+                   title="fewest UMIs that flip each test cell (plain model)")
+        scadv.pl.fragility(base, key="count_plain", ax=axs[1], show=False)
+        fig.savefig(figures / "fragility_pbmc3k.png", dpi=110, bbox_inches="tight")
+        plt.close("all")
+    return out
 
 
 # ---- part: timing ---------------------------------------------------------------------------
@@ -396,6 +447,38 @@ def summary_main(runs: Mapping[int, Mapping[str, Any]], seeds: list[int]) -> Non
         print(f"  {k} {vals.mean():.3f} ± {vals.std():.3f}")
 
 
+def report_final(seed: int, r: Mapping[str, Any]) -> None:
+    print(f"\n=========== seed {seed}: plain vs hardened ({r['option']}), test cells, default "
+          "search (beam 4, 16 re-scored), budgets up to 200 ===========")
+    for label in ("plain", "hardened"):
+        d = dict(r[label])
+        per, genes = d.pop("per type"), d.pop("genes")
+        _print_dict(label, d)
+        print("  per type:")
+        print("    " + pd.DataFrame(per).set_index("cell type").to_string(
+            float_format=lambda v: f"{v:.3f}").replace("\n", "\n    "))
+        _print_dict(f"  {label}: genes edited", genes)
+
+
+def summary_final(finals: Mapping[int, Mapping[str, Any]], seeds: list[int]) -> None:
+    print("\n=========== plain vs hardened over seeds (mean ± sd) ===========")
+    for label in ("plain", "hardened"):
+        for k in ("test accuracy", "median UMIs", "flipped <= 10", "flipped <= 50"):
+            vals = np.array([finals[s][label][k] for s in seeds])
+            print(f"  {label:<9} {k:<16} {vals.mean():.3f} ± {vals.std():.3f}  "
+                  f"({', '.join(f'{v:.3f}' for v in vals)})")
+    for label in ("plain", "hardened"):
+        per = [pd.DataFrame(finals[s][label]["per type"]).set_index("cell type") for s in seeds]
+        med = pd.concat([p["median UMIs"] for p in per], axis=1)
+        f10 = pd.concat([p["flipped <= 10"] for p in per], axis=1)
+        table = pd.DataFrame({"cells": per[0]["cells"], "median UMIs (mean)": med.mean(axis=1),
+                              "median UMIs (seeds)": med.apply(
+                                  lambda r: ", ".join(f"{v:g}" for v in r), axis=1),
+                              "flipped <= 10 (mean)": f10.mean(axis=1)})
+        print(f"\n  {label}, per cell type over seeds:")
+        print("    " + table.to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n    "))
+
+
 COLUMNS = ["genes", "val accuracy", "val median UMIs", "val flipped <= 10", "test accuracy",
            "test median UMIs", "test flipped <= 10", "test flipped <= 50",
            "test UMIs switching on a gene", "test edited genes' detection"]
@@ -439,7 +522,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     data = Path(os.environ.get("SCADV_DATA", HERE.parent / "shared" / "data"))
     parser.add_argument("--data", default=str(data / "pbmc3k_raw.h5ad"))
-    parser.add_argument("--part", choices=("main", "hardening", "timing"), default="main")
+    parser.add_argument("--part", choices=("main", "hardening", "final", "timing"),
+                        default="main")
+    parser.add_argument("--final-option", default=None,
+                        help="--part final: the hardening option picked on validation cells")
+    parser.add_argument("--figures", default=None,
+                        help="--part final: folder for the PBMC3k figures (first seed only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
     parser.add_argument("--options", nargs="+", default=None,
                         help="hardening options to run (names as printed; default: all)")
@@ -458,6 +546,18 @@ def main() -> None:
     if args.part == "timing":
         for seed in args.seeds:
             _print_dict(f"timing, seed {seed}", timing_part(raw, seed))
+        return
+    if args.part == "final":
+        if args.final_option not in OPTIONS:
+            parser.error(f"--final-option must be one of {list(OPTIONS)}")
+        finals = {}
+        for i, seed in enumerate(args.seeds):
+            slug = "".join(c if c.isalnum() else "_" for c in args.final_option)
+            figs = Path(args.figures) if args.figures and i == 0 else None
+            finals[seed] = cached(cache / f"final_{seed}_{slug}.json", args.fresh or bool(figs),
+                                  lambda s=seed, f=figs: final_part(raw, s, args.final_option, f))
+            report_final(seed, finals[seed])
+        summary_final(finals, args.seeds)
         return
     if args.part == "main":
         runs = {}
