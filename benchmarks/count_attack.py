@@ -357,6 +357,35 @@ def final_part(raw: ad.AnnData, seed: int, name: str, figures: Path | None) -> d
     return out
 
 
+# ---- part: distances (how far apart the types are, in UMIs) ------------------------------
+
+def distances_part(raw: ad.AnnData) -> pd.DataFrame:
+    """For each type, the nearest other type by the UMIs between their average profiles of
+    the model genes at the median library size: the sum over genes of the difference of the
+    means, each capped at 3 UMIs as the attacker's edits are (and uncapped). A yardstick for
+    the UMI counts above: a cell halfway between two average profiles is that far from
+    each, and real cells sit closer to the boundary than their type's average."""
+    adata = raw.copy()
+    scadv.pp.prepare(adata, progress=False)
+    genes = np.asarray(adata.uns["scadv"]["prepare"]["genes"]).astype(str)
+    x = adata[:, genes].X.toarray()
+    lib = np.asarray(adata.X.sum(axis=1)).ravel()
+    x = x / lib[:, None] * np.median(lib)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    types = [t for t in pd.unique(labels) if t != "nan"]
+    mean = {t: x[labels == t].mean(axis=0) for t in types}
+    rows = []
+    for t in types:
+        dist = {u: (np.minimum(np.abs(mean[t] - mean[u]), 3).sum(),
+                    np.abs(mean[t] - mean[u]).sum()) for u in types if u != t}
+        near = min(dist, key=lambda u: dist[u][0])
+        rows.append({"cell type": t, "cells": int((labels == t).sum()), "nearest type": near,
+                     "UMIs between averages (cap 3 per gene)": dist[near][0],
+                     "UMIs between averages (no cap)": dist[near][1]})
+    print(f"\nmedian library size {np.median(lib):g} UMIs")
+    return pd.DataFrame(rows).set_index("cell type")
+
+
 # ---- part: timing ---------------------------------------------------------------------------
 
 def timing_part(raw: ad.AnnData, seed: int) -> dict[str, Any]:
@@ -522,7 +551,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     data = Path(os.environ.get("SCADV_DATA", HERE.parent / "shared" / "data"))
     parser.add_argument("--data", default=str(data / "pbmc3k_raw.h5ad"))
-    parser.add_argument("--part", choices=("main", "hardening", "final", "timing"),
+    parser.add_argument("--part", choices=("main", "hardening", "final", "timing", "distances"),
                         default="main")
     parser.add_argument("--final-option", default=None,
                         help="--part final: the hardening option picked on validation cells")
@@ -546,6 +575,9 @@ def main() -> None:
     if args.part == "timing":
         for seed in args.seeds:
             _print_dict(f"timing, seed {seed}", timing_part(raw, seed))
+        return
+    if args.part == "distances":
+        print(distances_part(raw).to_string(float_format=lambda v: f"{v:.1f}"))
         return
     if args.part == "final":
         if args.final_option not in OPTIONS:
