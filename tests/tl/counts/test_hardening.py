@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def plain():
     return a
 
 
-def test_count_space_adversarial_training_raises_the_umis_needed(plain):
+def test_count_space_adversarial_training_raises_the_umis_needed(plain, tmp_path):
     a = plain.copy()
     scadv.tl.adversarial_train(a, "cell_type", space="counts", umis=10, max_epochs=15,
                                split_key="scadv_split", progress=False)
@@ -39,6 +40,10 @@ def test_count_space_adversarial_training_raises_the_umis_needed(plain):
     before = a.uns["scadv"]["count_attack"]["median_min_umis"]
     after = a.uns["scadv"]["count_attack_robust"]["median_min_umis"]
     assert after >= before + 2, (before, after)  # measured 8 -> 13
+    a.write_h5ad(tmp_path / "robust.h5ad")
+    back = ad.read_h5ad(tmp_path / "robust.h5ad").uns["scadv"]["robust"]
+    assert back["adversarial_training"]["space"] == "counts"
+    assert back["metrics"]["test"]["count_robust_accuracy"] == test["count_robust_accuracy"]
 
 
 def test_log_input_at_a_small_target_sum_raises_the_umis_needed(plain):
