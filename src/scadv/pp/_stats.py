@@ -216,7 +216,8 @@ def dispersion(stats: Pass1, cand: np.ndarray, n_top_genes: int,
     disp = var / mean
     if flavor == "seurat":
         disp[disp == 0] = np.nan
-        disp = np.log(disp)
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN stays NaN, as in scanpy
+            disp = np.log(disp)
         mean = np.log1p(mean)
     df = pd.DataFrame({"means": mean, "dispersions": disp})
     if flavor == "seurat":
