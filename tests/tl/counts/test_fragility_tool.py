@@ -55,7 +55,11 @@ def test_targeted_and_errors(small_trained):
         with pytest.raises(ScadvInputError, match=match):
             scadv.tl.fragility(a, progress=False, **kwargs)
     assert_unchanged(a, before)
-    scadv.tl.fragility(a, target="type2", cells="all", key_added="to2", progress=False)
+    some = np.zeros(a.n_obs, dtype=bool)
+    some[::4] = True  # a quarter of all cells: every type, train and test
+    scadv.tl.fragility(a, target="type2", cells=some, key_added="to2", progress=False)
     eps = a.obs["scadv_to2_min_eps"].to_numpy()
     pred = a.obs["scadv_pred"].astype(str).to_numpy()
-    assert (eps[pred == "type2"] == 0).all() and (eps[pred != "type2"] > 0).all()
+    assert np.isnan(eps[~some]).all() and (pred[some] == "type2").any()
+    assert (eps[some & (pred == "type2")] == 0).all()
+    assert (eps[some & (pred != "type2")] > 0).all()
