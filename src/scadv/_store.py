@@ -219,9 +219,21 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
         raise ScadvInputError(
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
-    if str(ent["space"]) == "model":
-        return src.rows(idx) + _delta(adata, name, idx, src.n_genes)
-    counts, lib = count_rows(adata, name, idx, src)
+    space = str(ent["space"])
+    if space == "counts":
+        src = count_source(adata, ent, src)
+    return apply(space, src, idx, _delta(adata, name, idx, src.n_genes))
+
+
+def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray) -> np.ndarray:
+    """The perturbed model input of cells ``idx`` of ``src`` from their stored change
+    ``delta`` (dense float32, cells × model genes) of a ``'model'`` or ``'counts'``
+    perturbation: what :func:`model_rows` returns, computed from the change alone (e.g. on a
+    Dask worker that holds the cells' rows). For ``'counts'``, ``src`` holds the clean counts
+    the change was made on (:func:`count_source`)."""
+    if space == "model":
+        return src.rows(idx) + delta
+    counts, lib = add_counts(*src.counts(idx), delta)
     return counts_model_input(counts, lib, src)
 
 
@@ -246,6 +258,47 @@ def add_counts(counts: sparse.csr_matrix, library_size: np.ndarray, delta: np.nd
     return adv, library_size + delta.sum(axis=1, dtype=np.float64)
 
 
+def count_source(adata: AnnData, ent: Mapping[str, Any], src: R.Source) -> R.Source:
+    """The source of the clean counts a count-space perturbation was made on: ``src``, or the
+    layer its counts were read from (``ent['matrix']``)."""
+    which = str(ent.get("matrix", "X"))
+    if which == "X":
+        return src
+    return R.source(adata, src.recipe, layer=which, what="adata")
+
+
+#: A chunk's stored change, for :func:`rows_of`: ``(space, delta)``, or None for clean rows.
+Change = tuple[str, np.ndarray] | None
+
+
+def plan(adata: AnnData, name: str | None, src: R.Source
+         ) -> tuple[R.Source, Callable[[np.ndarray], Change]]:
+    """How to compute the model input of a perturbation chunk by chunk, anywhere: the source
+    whose rows to read and, per chunk of cells, the change to apply to them (small, read from
+    ``adata`` here). ``name=None``: the clean input of ``src`` itself. A dense layer (scadv 0.1)
+    is read as a source of its own."""
+    if name is None:
+        return src, lambda idx: None
+    ent = entry(adata, name)
+    if ent is None:
+        return R.source(adata, src.recipe, layer=name, what="adata"), lambda idx: None
+    if str(ent["space"]) == "var":
+        raise ScadvInputError(
+            f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
+            "classifier's model input; read it with scadv.get.perturbed(adata, name).")
+    space = str(ent["space"])
+    if space == "counts":
+        src = count_source(adata, ent, src)
+    return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
+
+
+def rows_of(src: R.Source, idx: np.ndarray | slice, change: Change) -> np.ndarray:
+    """Model input of cells ``idx`` of ``src`` with the chunk's ``change`` (see :func:`plan`)."""
+    if change is None:
+        return src.rows(idx)
+    return apply(change[0], src, idx, change[1])
+
+
 def var_rows(adata: AnnData, name: str, idx: np.ndarray | slice) -> np.ndarray:
     """Rows of the AnnData's own matrix a ``space='var'`` perturbation changed, perturbed
     (dense float32, cells × all genes of that matrix)."""
@@ -265,11 +318,8 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
-    which = str(ent.get("matrix", "X"))
-    if which != "X":  # the clean counts were read from this layer
-        src = R.source(adata, src.recipe, layer=which, what="adata")
-    counts, lib = src.counts(idx)
-    return add_counts(counts, lib, _delta(adata, name, idx, src.n_genes))
+    src = count_source(adata, ent, src)
+    return add_counts(*src.counts(idx), _delta(adata, name, idx, src.n_genes))
 
 
 class LazyRows:
@@ -305,6 +355,8 @@ class LazyRows:
         else:
             arr = np.asarray(key)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        RW.check_fits(len(idx) * self.shape[1] * 4, what=f"the model input of {len(idx)} cells",
+                      hint="Select fewer cells (e.g. cells=... or a smaller cluster).")
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
         for lo in range(0, len(idx), RW.BATCH):
             out[lo:lo + RW.BATCH] = self._fetch(idx[lo:lo + RW.BATCH])
