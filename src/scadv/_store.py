@@ -58,8 +58,9 @@ class Perturbation:
     name: str
     #: Positions of the changed cells (ascending).
     cells: np.ndarray
-    #: ``perturbed − clean`` of those cells (CSR float32, cells × model genes).
-    rows: sparse.csr_matrix
+    #: ``perturbed − clean`` of those cells (float32, cells × model genes): CSR, or a dense
+    #: array when most entries change (see :func:`compact`).
+    rows: sparse.csr_matrix | np.ndarray
     space: Space
     model: str
     run: str
@@ -73,23 +74,47 @@ class Perturbation:
         if self.space in ("var", "counts"):
             ent["matrix"] = self.matrix
         n_cells, n_genes = self.rows.shape
-        density = self.rows.nnz / max(n_cells * n_genes, 1)
-        if density > DENSE_ROWS_ABOVE:
+        if isinstance(self.rows, np.ndarray):
+            dense, nnz = self.rows, int(np.count_nonzero(self.rows))
+            rows = None
+        else:
+            dense, nnz, rows = None, self.rows.nnz, self.rows
+        if nnz / max(n_cells * n_genes, 1) > DENSE_ROWS_ABOVE:
             ent.update(format="rows", cells=np.asarray(adata.obs_names[self.cells], dtype=str),
-                       delta=np.asarray(self.rows.toarray(), dtype=np.float32))
+                       delta=np.asarray(dense if rows is None else rows.toarray(),
+                                        dtype=np.float32))
             return ent, None
         ent["format"] = "obsm"
-        return ent, place(adata.n_obs, self.cells, self.rows)
+        if rows is None:
+            rows = sparse.csr_matrix(dense)
+            rows.eliminate_zeros()
+        return ent, place(adata.n_obs, self.cells, rows)
 
 
-def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix]], n_genes: int
-            ) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """``(cell positions, CSR rows)`` from pieces computed batch by batch, cells ascending."""
+def compact(delta: np.ndarray) -> np.ndarray | sparse.csr_matrix:
+    """A block of changes (cells × genes) as it is cheapest to hold: the float32 array itself
+    when most entries change (a CSR copy would take twice its memory), else CSR."""
+    delta = np.asarray(delta, dtype=np.float32)
+    if np.count_nonzero(delta) > DENSE_ROWS_ABOVE * delta.size:
+        return delta
+    block = sparse.csr_matrix(delta)
+    block.eliminate_zeros()
+    return block
+
+
+def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix | np.ndarray]], n_genes: int
+            ) -> tuple[np.ndarray, sparse.csr_matrix | np.ndarray]:
+    """``(cell positions, rows)`` from pieces computed batch by batch, cells ascending: one
+    dense float32 array when every piece is dense (see :func:`compact`), else CSR."""
     if not parts:
         return np.empty(0, np.int64), sparse.csr_matrix((0, n_genes), dtype=np.float32)
     cells = np.concatenate([np.asarray(c, np.int64) for c, _ in parts])
-    rows = sparse.csr_matrix(sparse.vstack([b for _, b in parts], format="csr"),
-                             dtype=np.float32)
+    rows: sparse.csr_matrix | np.ndarray
+    if all(isinstance(b, np.ndarray) for _, b in parts):
+        rows = np.concatenate([np.asarray(b, dtype=np.float32) for _, b in parts], axis=0)
+    else:
+        rows = sparse.csr_matrix(sparse.vstack([sparse.csr_matrix(b) for _, b in parts],
+                                               format="csr"), dtype=np.float32)
     order = np.argsort(cells, kind="stable")
     if (np.diff(order) != 1).any():
         cells, rows = cells[order], rows[order]

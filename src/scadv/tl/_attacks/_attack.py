@@ -318,7 +318,7 @@ class _ChunkResult:
     pred: np.ndarray  # (n,) clean prediction
     adv_pred: np.ndarray  # (n_eps, n)
     sizes: dict[str, np.ndarray]  # linf, l2, genes_moved: (n_eps, n)
-    blocks: list[sparse.csr_matrix]  # per budget: the change of each cell (n × genes)
+    blocks: list[sparse.csr_matrix | np.ndarray]  # per budget: each cell's change (n × genes)
     note: dict[str, Any]  # the constraints as recorded
 
 
@@ -363,9 +363,7 @@ def _attack_chunk(src: R.Source, idx: np.ndarray, n_chunk: int, y_true: np.ndarr
         sizes["linf"][i] = np.abs(delta).max(axis=1)
         sizes["l2"][i] = np.linalg.norm(delta, axis=1)
         sizes["genes_moved"][i] = (np.abs(delta) > 1e-6).sum(axis=1)
-        block = sparse.csr_matrix(delta)
-        block.eliminate_zeros()
-        blocks.append(block)
+        blocks.append(ST.compact(delta))
     return _ChunkResult(pred, adv_pred, sizes, blocks, note)
 
 
