@@ -27,7 +27,8 @@ inputs, which match: both standardise the same log1p CP10k values); black-box mo
 adverSCarial's ``positive_aberrant``; every cell type a cluster, all its cells) over the same
 genes for every model: ``--n-scan`` model genes drawn with the seed plus the marker scorer's
 19 genes. The detector AUROC column is not run here (no meta-detector is trained in the
-zoo), and minimal UMIs to flip are not part of ``compare_models`` yet.
+zoo), nor the minimal UMIs to flip (``compare_models(..., umis=...)``, added after this
+benchmark's results were measured).
 
 Written: ``benchmarks/results/model_zoo.csv`` (every row of every seed's table, with a
 ``seed`` column) and ``benchmarks/results/model_zoo.md`` (the summary table: per model, the

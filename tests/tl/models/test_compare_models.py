@@ -135,3 +135,24 @@ def test_compare_models_detector_auroc_and_checks(zoo):
         scadv.tl.compare_models(a, [], progress=False)
     with pytest.raises(ScadvInputError, match="from_torch"):
         scadv.tl.compare_models(a, [torch.nn.Linear(N_GENES, 9)], progress=False)
+
+
+def test_compare_models_minimal_umis(zoo):
+    """With umis=, stored white-box models are attacked on the raw counts (count_attack): the
+    fraction flipped within each UMI budget matches count_attack's own minimal UMIs; black-box
+    models say n/a."""
+    a = zoo.adata.copy()
+    test = (a.obs["scadv_split"] == "test").to_numpy()
+    cells = test & (np.cumsum(test) <= 60)
+    t = scadv.tl.compare_models(a, {"scadv": "classifier", "forest": zoo.forest},
+                                cells=cells, eps=(0.1,), umis=(2, 10), single_gene=False,
+                                layer="lognorm", n_boot=20, progress=False)
+    rate = t[(t["metric"] == "umi_flip_rate") & (t["group"] == "all")]
+    mine = rate[rate["model"] == "scadv"].set_index("eps")["value"]
+    found = a.obs["scadv_compare_models_scadv_counts_min_umis"].to_numpy()[cells]
+    assert mine[2.0] == pytest.approx((found <= 2).mean())
+    assert mine[10.0] == pytest.approx((found <= 10).mean())
+    assert mine[2.0] <= mine[10.0]
+    assert rate.loc[rate["model"] == "forest", "note"].tolist() == ["black-box: n/a"]
+    med = t[(t["metric"] == "median_min_umis") & (t["group"] == "all")]
+    assert med["value"].iloc[0] == np.median(found)

@@ -32,7 +32,8 @@ from . import _resolve as RS
 #: Columns of the table, in order.
 COLUMNS = ("model", "access", "metric", "eps", "group", "value", "ci_low", "ci_high", "k", "n",
            "note")
-METRICS = ("clean_accuracy", "flip_rate", "single_gene_flip_fraction", "detector_auroc")
+METRICS = ("clean_accuracy", "flip_rate", "single_gene_flip_fraction", "detector_auroc",
+           "umi_flip_rate", "median_min_umis")
 #: Two-sided 95% normal quantile (Wilson intervals).
 Z95 = 1.959963984540054
 CHUNK = 8192
@@ -185,6 +186,8 @@ def compare_models(
     modification: Any = ("perc1", "perc99"),
     genes: Sequence[str] | np.ndarray | None = None,
     detectors: Mapping[str, str] | None = None,
+    umis: Sequence[int] | None = None,
+    counts_layer: str | None = None,
     layer: str | None = None,
     n_boot: int = 200,
     key_added: str = "compare_models",
@@ -211,7 +214,8 @@ def compare_models(
     models at the same ε only when their input spaces match (the ``input`` column of the
     summary line tells), e.g. models fitted on the same prepared matrix.
 
-    Minimal UMIs to flip (count-space attacks) are not part of the table yet.
+    With ``umis``, each stored white-box model is also attacked on the raw counts
+    (:func:`scadv.tl.count_attack`: the fewest UMIs, added or removed, that flip a cell).
 
     Parameters
     ----------
@@ -249,6 +253,14 @@ def compare_models(
     detectors
         Model name → key of a stored meta-detector (:func:`scadv.tl.meta_detect`) of that model;
         default: every stored detector whose classifier is one of the models.
+    umis
+        UMI budgets of the count-space attack (e.g. ``(1, 2, 5, 10, 20)``); ``None`` (default):
+        not run. Needs raw counts (``X`` or ``layers[counts_layer]``) and a stored model (a
+        key, or a CellTypist / scikit-learn object, which is registered); a torch module held
+        in memory gets ``'n/a'``. Its results are also written under
+        ``uns['scadv'][f'{key_added}_{name}_counts']``.
+    counts_layer
+        Where the raw counts are for ``umis`` (default ``X``).
     layer
         The matrix the black-box models and the single-gene scan read (default ``X``).
     n_boot
@@ -265,7 +277,10 @@ def compare_models(
     The table (a tidy DataFrame, one row per model × metric × ε × group) with columns
     ``model``, ``access`` (``'white-box'`` / ``'black-box'``), ``metric``
     (``'clean_accuracy'``, ``'flip_rate'``, ``'single_gene_flip_fraction'``,
-    ``'detector_auroc'``), ``eps`` (NaN where it does not apply), ``group`` (``'all'`` or a
+    ``'detector_auroc'``, and with ``umis`` ``'umi_flip_rate'``: the fraction of cells flipped
+    by at most ``eps`` UMIs, and ``'median_min_umis'``: the median fewest UMIs, ``inf`` when
+    most cells resist the largest budget, with a bootstrap interval), ``eps`` (the budget: ε,
+    or UMIs for the two count metrics; NaN where it does not apply), ``group`` (``'all'`` or a
     class), ``value``, ``ci_low``, ``ci_high`` (95%), ``k`` and ``n`` (successes and trials of a
     proportion; clean and adversarial cells of an AUROC) and ``note``. Also writes
     ``adata.uns['scadv'][key_added]``: ``table`` (its columns as plain arrays, so it survives
@@ -342,6 +357,11 @@ def compare_models(
                              "eps": e, "group": "all", "value": auc, "ci_low": low,
                              "ci_high": high, "k": int(flipped.sum()), "n": len(clean_s),
                              "note": f"detector {detectors[entry.name]!r}"})
+        if umis is not None:
+            _count_rows(adata, entry, rows, access=access, idx=idx, groups=truth_s,
+                        labelled=labelled, umis=umis, layer=counts_layer, n_boot=n_boot,
+                        key=f"{key_added}_{re.sub(r'[^0-9A-Za-z]+', '_', entry.name)}_counts",
+                        seed=seed, device=device)
         if single_gene:
             _single_gene(adata, entry, rows, access=access, cluster_key=str(cluster_key),
                          modification=modification, genes=genes, layer=layer,
@@ -493,3 +513,45 @@ def _single_gene(adata: AnnData, entry: _Entry, rows: list[dict[str, Any]], *, a
                      "value": k / n if n else np.nan, "ci_low": float(low),
                      "ci_high": float(high), "k": k, "n": n,
                      "note": "(gene, modification) pairs that alone flip the cluster"})
+
+
+def _count_rows(adata: AnnData, entry: _Entry, rows: list[dict[str, Any]], *, access: str,
+                idx: np.ndarray, groups: np.ndarray, labelled: np.ndarray, umis: Sequence[int],
+                layer: str | None, n_boot: int, key: str, seed: int, device: D.Device) -> None:
+    """The count-space attack's rows: fraction flipped within each UMI budget (Wilson) and
+    the median fewest UMIs (bootstrap)."""
+    budgets = tuple(int(b) for b in umis)
+    if entry.white is None or str(entry.white.record["kind"]) not in M.NETWORK_KINDS:
+        why = "black-box: n/a" if entry.white is None else "n/a: torch module not stored"
+        rows.append({"model": entry.name, "access": access, "metric": "umi_flip_rate",
+                     "eps": float(max(budgets)), "group": "all", "value": np.nan,
+                     "ci_low": np.nan, "ci_high": np.nan, "k": 0, "n": 0, "note": why})
+        return
+    from .._counts._count_attack import count_attack
+
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[idx] = True
+    count_attack(adata, budgets=budgets, cells=mask, model=entry.white.key, layer=layer,
+                 key_added=key, seed=seed, device=device, progress=False)
+    found = np.asarray(adata.obs[K.min_umis(key)], dtype=np.float64)[idx]
+    names = ["all", *sorted(set(groups[labelled].tolist()) - {""})]
+    for b in budgets:
+        _rows(rows, model=entry.name, access=access, metric="umi_flip_rate", eps=float(b),
+              groups=groups, k_all=found <= b, ok=np.ones(len(idx), bool),
+              note="eps = UMIs added or removed")
+    rng = np.random.default_rng(seed)
+    for g in names:
+        sel = found if g == "all" else found[groups == g]
+        if not len(sel):
+            continue
+        med = float(np.median(sel))
+        boots = [float(np.median(sel[rng.integers(0, len(sel), len(sel))]))
+                 for _ in range(int(n_boot))]
+        # order statistics, no interpolation: medians may be inf
+        low, high = ((np.percentile(boots, 2.5, method="lower"),
+                      np.percentile(boots, 97.5, method="higher")) if boots
+                     else (np.nan, np.nan))
+        rows.append({"model": entry.name, "access": access, "metric": "median_min_umis",
+                     "eps": float(max(budgets)), "group": g, "value": med,
+                     "ci_low": float(low), "ci_high": float(high), "k": 0, "n": len(sel),
+                     "note": "inf: not flipped within the largest budget"})
