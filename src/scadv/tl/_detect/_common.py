@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
 
 from ... import _detector as DT
 from ... import _device as D
@@ -97,7 +98,7 @@ class Loaded:
 
     record: Mapping[str, Any]
     classifier: Mapping[str, Any]
-    net: M.MLP
+    net: nn.Module
     groups: tuple[str, ...]
     nets: DT.Networks
     threshold: float
@@ -107,7 +108,7 @@ class Loaded:
 
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
-              device: torch.device) -> Loaded:
+              device: torch.device, module: nn.Module | None = None) -> Loaded:
         if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
@@ -118,7 +119,8 @@ class Loaded:
         gate = record.get("gate")
         if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
             gate = None
-        return cls(record=record, classifier=classifier, net=M.from_record(classifier, device),
+        net = M.network(classifier, device, module)
+        return cls(record=record, classifier=classifier, net=net,
                    groups=groups, nets=DT.from_record(record, device),
                    threshold=float(record["threshold"]), gate=gate,
                    max_violations=float(gate["max_violations"]) if gate is not None else np.inf,
@@ -157,11 +159,30 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
-         device: torch.device) -> Loaded:
-    """The stored detector and its classifier (both from ``source`` when given)."""
+         device: torch.device, model: Any = None) -> Loaded:
+    """The stored detector and its classifier (both from ``source`` when given).
+
+    ``model``: the classifier object (a :class:`scadv.models.Model`) when the detector's
+    classifier is a torch module held in memory (a ``'scadv.torch'`` record has no network);
+    its weights must be the ones the detector was trained for.
+    """
+    from .._models import _resolve as RS
+
     record = detector_record(adata, key, source)
     classifier = C.model_record(adata, str(record["model"]), source)
-    return Loaded.build(record, classifier, device)
+    module = None
+    if model is not None:
+        obj = RS.as_model_object(model)
+        if obj is None:
+            raise ScadvInputError("model= of a detector must be the classifier object (a "
+                                  "scadv.models.Model); its key is read from the detector.")
+        mine = RS.memory_record(obj) if not obj.storable else obj.to_record()
+        if fingerprint(mine) != fingerprint(classifier):
+            raise ScadvInputError(
+                f"model= is not the classifier {str(record['model'])!r} the detector was "
+                "trained for (its weights, classes or genes differ).")
+        module = obj.module
+    return Loaded.build(record, classifier, device, module)
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------
@@ -412,7 +433,10 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
 
     Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
     """
-    spec = (det.record, det.classifier, det.device if device is None else device)
+    # a torch module held in memory travels with the tasks; other classifiers are rebuilt
+    # from their plain arrays there
+    module = None if str(det.classifier["kind"]) in M.NETWORK_KINDS else det.net
+    spec = (det.record, det.classifier, module, det.device if device is None else device)
     clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, progress=progress,
                    desc="meta-scores")
     score = clean.scores["detector"]
@@ -438,7 +462,8 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
 
 
 def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
-           spec: tuple[Mapping[str, Any], Mapping[str, Any], Any], *, progress: bool,
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], nn.Module | None, Any], *,
+           progress: bool,
            desc: str) -> MethodScores:
     """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
     batch of :data:`scadv._rows.BATCH` cells."""
@@ -454,10 +479,10 @@ def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.nda
 
 
 def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
-                 record: Mapping[str, Any], classifier: Mapping[str, Any], device: Any,
-                 progress: bool) -> MethodScores:
+                 record: Mapping[str, Any], classifier: Mapping[str, Any],
+                 module: nn.Module | None, device: Any, progress: bool) -> MethodScores:
     """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
     baseline on one batch of cells."""
-    det = Loaded.build(record, classifier, D.resolve(device))
+    det = Loaded.build(record, classifier, D.resolve(device), module)
     xb = ST.rows_of(src, cells, change)
     return method_scores(det, det.features(xb, progress=progress), xb)
