@@ -4,8 +4,9 @@ For every size asked for, a realistic synthetic atlas (``benchmarks/atlas.py``: 
 resampled, all 32,738 genes, ~850 non-zeros per cell) is written to disk once; then each step
 runs in its OWN Python process on the file read backed (``X`` stays on disk):
 
-    prepare → train_classifier → predict (all cells) → pgd (test split) → pgd (all cells)
-    → meta_detect → single_gene (one cluster)
+    prepare → train_classifier → predict (all cells) → pgd at 3 ε (test split)
+    → data-respecting pgd (all cells) → meta_detect → single_gene (one cluster)
+    → predict 10,000 new raw cells with the model read from the results file → write_h5ad
 
 The results of a step (``obs``, ``obsm``, ``uns``) are kept in a small side file that the next
 step attaches to the backed atlas, so no step ever holds the count matrix in memory. For each
@@ -35,7 +36,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("prepare", "train_classifier", "predict", "pgd_test", "pgd_all", "meta_detect",
-         "single_gene")
+         "single_gene", "predict_new", "write_h5ad")
+#: Cells of the separate "new lab" file that ``predict_new`` classifies with the stored model.
+NEW_CELLS = 10_000
 
 
 def _rss_gib() -> float:
@@ -71,7 +74,7 @@ def _run_step(step: str, atlas: Path, state: Path, opts: dict[str, Any]) -> dict
     elif step == "predict":
         scadv.tl.predict(adata, progress=False)
     elif step == "pgd_test":
-        scadv.tl.pgd(adata, eps=0.5, key_added="pgd_test", progress=False)
+        scadv.tl.pgd(adata, eps=(0.05, 0.1, 0.15), key_added="pgd_test", progress=False)
     elif step == "pgd_all":
         scadv.tl.pgd(adata, eps=0.5, cells="all", keep_zeros=True, key_added="pgd_all",
                      progress=False)
@@ -80,19 +83,34 @@ def _run_step(step: str, atlas: Path, state: Path, opts: dict[str, Any]) -> dict
     elif step == "single_gene":
         biggest = str(adata.obs["cell_type"].value_counts().index[0])
         scadv.tl.single_gene(adata, cluster_key="cell_type", target=[biggest], progress=False)
+    elif step == "predict_new":
+        new = ad.read_h5ad(opts["new"])
+        before = _current_gib()
+        start = time.perf_counter()
+        scadv.tl.predict(new, source=state, progress=False)
+    elif step == "write_h5ad":
+        out = state.with_name(state.name.replace("state_", "final_"))
+        adata.write_h5ad(out)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(step)
     seconds = time.perf_counter() - start
     peak = _rss_gib()
-    ad.AnnData(obs=adata.obs, obsm=dict(adata.obsm), uns=adata.uns).write_h5ad(state)
     extra: dict[str, Any] = {}
+    if step == "write_h5ad":
+        extra["file_gib"] = out.stat().st_size / 2**30
+        extra["input_file_gib"] = atlas.stat().st_size / 2**30
+    elif step != "predict_new":
+        ad.AnnData(obs=adata.obs, obsm=dict(adata.obsm), uns=adata.uns).write_h5ad(state)
     if step == "train_classifier":
         extra["test_accuracy"] = float(adata.uns["scadv"]["classifier"]["metrics"]["test"]
                                        ["accuracy"])
-    if step.startswith("pgd"):
-        flipped = adata.obs[f"scadv_{step}_eps0.5_flipped"].dropna().astype(bool)
-        extra["flip_rate"] = float(np.mean(flipped))
-        extra["cells_attacked"] = len(flipped)
+    for col in adata.obs:
+        if step.startswith("pgd") and col.startswith(f"scadv_{step}_") and \
+                col.endswith("_flipped"):
+            flipped = adata.obs[col].dropna().astype(bool)
+            extra[col.removeprefix("scadv_").removesuffix("_flipped")] = round(
+                float(np.mean(flipped)), 3)
+            extra["cells_attacked"] = len(flipped)
     return {"step": step, "seconds": seconds, "peak_rss_gib": peak,
             "peak_above_start_gib": peak - before, **extra}
 
@@ -108,13 +126,16 @@ def _chain(n_cells: int, workdir: Path, opts: dict[str, Any], steps: list[str]) 
         write_atlas(n_cells, atlas)
         print(f"atlas of {n_cells} cells written in {time.perf_counter() - start:.0f} s "
               f"({atlas.stat().st_size / 2**30:.2f} GiB)", flush=True)
+    new = workdir / f"new_{NEW_CELLS}.h5ad"
+    if "predict_new" in steps and not new.exists():
+        write_atlas(NEW_CELLS, new, seed=1)
     state = workdir / f"state_{n_cells}.h5ad"
     if steps[0] == STEPS[0] and state.exists():
         state.unlink()
     rows = []
     for step in steps:
         cmd = [sys.executable, __file__, "--step", step, "--atlas", str(atlas), "--state",
-               str(state), "--max-epochs", str(opts["max_epochs"])]
+               str(state), "--max-epochs", str(opts["max_epochs"]), "--new", str(new)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
@@ -138,8 +159,9 @@ def main() -> None:
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--atlas", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--new", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    opts = {"max_epochs": args.max_epochs}
+    opts = {"max_epochs": args.max_epochs, "new": args.new}
     if args.step:
         print(json.dumps(_run_step(args.step, args.atlas, args.state, opts)))
         return

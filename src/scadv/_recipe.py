@@ -18,12 +18,28 @@ Keys
     from; such a model can only be applied to data scaled the same way.
 ``max_value``
     Clip of the z-scores to ``[-max_value, max_value]`` (0: no clip).
+``clip``
+    Optional: ``'both'`` (default when absent) clips to ``[-max_value, max_value]``;
+    ``'upper'`` only caps at ``max_value``, as CellTypist does.
 ``target_sum``
     Library size each cell is normalised to before ``log1p`` (counts input).
 ``zero_level``
     Per gene, the model-space value of zero expression (for "keep zeros at zero" attacks).
 ``x_min``, ``x_max``
     Per gene, the observed range in model space over the prepared cells.
+``std_floor``, ``min_detection``, ``zscore``
+    Robust preprocessing options of :func:`scadv.pp.prepare` (absent in older recipes: no
+    floor, no detection threshold, z-scored). They change only the stored statistics: the
+    floor is already applied to ``std``; with ``zscore=False`` ``mean`` and ``std`` are 0 and
+    1. :func:`lognorm_to_model` is the same function for every option.
+``lognorm_mean``, ``lognorm_std``
+    The genes' log-normalised mean and standard deviation as measured (before any floor;
+    equal to ``mean`` / ``std`` for the default options). Absent in older recipes.
+``detection``
+    Per model gene, the fraction of the prepared cells with a value > 0.
+``library_min``, ``library_max``, ``library_median``
+    The observed range and median of the library sizes of the prepared cells (counts input;
+    the default library-size range of :func:`scadv.tl.count_attack`).
 ``layer``
     The matrix :func:`scadv.pp.prepare` read (``'None'``: ``X``); the model input of the
     prepared AnnData itself is computed from it.
@@ -90,8 +106,16 @@ def lognorm_to_model(lognorm: np.ndarray | sparse.spmatrix, recipe: Mapping[str,
     x /= std
     max_value = float(recipe["max_value"])
     if max_value > 0:
-        np.clip(x, -max_value, max_value, out=x)
+        if clip_mode(recipe) == "upper":
+            np.minimum(x, max_value, out=x)
+        else:
+            np.clip(x, -max_value, max_value, out=x)
     return x
+
+
+def clip_mode(recipe: Mapping[str, Any]) -> str:
+    """``'both'`` (clip to ``±max_value``; the default) or ``'upper'`` (cap at ``max_value``)."""
+    return str(recipe.get("clip", "both"))
 
 
 def zscore_stats(lognorm: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +138,16 @@ def zero_level(recipe: Mapping[str, Any]) -> np.ndarray:
     """Model-space value of zero expression per gene."""
     z = -np.asarray(recipe["mean"], dtype=np.float32) / np.asarray(recipe["std"], dtype=np.float32)
     max_value = float(recipe["max_value"])
-    return np.clip(z, -max_value, max_value) if max_value > 0 else z
+    if max_value <= 0:
+        return z
+    return np.minimum(z, max_value) if clip_mode(recipe) == "upper" else np.clip(
+        z, -max_value, max_value)
+
+
+def fill_value(recipe: Mapping[str, Any]) -> np.ndarray:
+    """Per model gene, the log-normalised value that stands for a missing gene: its training
+    mean (``lognorm_mean``; ``mean`` in recipes without it)."""
+    return np.asarray(recipe.get("lognorm_mean", recipe["mean"]), dtype=np.float32)
 
 
 def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
@@ -127,6 +160,8 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     return (np.allclose(np.asarray(a["mean"]), np.asarray(b["mean"]))
             and np.allclose(np.asarray(a["std"]), np.asarray(b["std"]))
             and float(a["max_value"]) == float(b["max_value"])
+            and clip_mode(a) == clip_mode(b)
+            and float(a.get("target_sum", 1e4)) == float(b.get("target_sum", 1e4))
             and str(a["input_kind"]) == str(b["input_kind"]))
 
 
@@ -209,7 +244,7 @@ class Source:
         self.label = label
         self.obs_names = obs_names
         self._library_size = library_size
-        self._mean = np.asarray(recipe["mean"], dtype=np.float32)
+        self._mean = fill_value(recipe)
         #: Log-normalised values normalised to another total than the recipe's ``target_sum``
         #: (CPM, scanpy's median normalisation, ...): each cell is brought to ``target_sum``
         #: (its values over all genes of the matrix) before the recipe is applied.

@@ -58,37 +58,63 @@ class Perturbation:
     name: str
     #: Positions of the changed cells (ascending).
     cells: np.ndarray
-    #: ``perturbed − clean`` of those cells (CSR float32, cells × model genes).
-    rows: sparse.csr_matrix
+    #: ``perturbed − clean`` of those cells (float32, cells × model genes): CSR, or a dense
+    #: array when most entries change (see :func:`compact`).
+    rows: sparse.csr_matrix | np.ndarray
     space: Space
     model: str
     run: str
-    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name).
+    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name); for
+    #: ``space='counts'``: the matrix the clean counts were read from.
     matrix: str = "X"
 
     def storage(self, adata: AnnData) -> tuple[dict[str, Any], sparse.csr_matrix | None]:
         """``(registry entry, obsm matrix or None)`` in the more compact format."""
         ent: dict[str, Any] = {"space": self.space, "model": self.model, "run": self.run}
-        if self.space == "var":
+        if self.space in ("var", "counts"):
             ent["matrix"] = self.matrix
         n_cells, n_genes = self.rows.shape
-        density = self.rows.nnz / max(n_cells * n_genes, 1)
-        if density > DENSE_ROWS_ABOVE:
+        if isinstance(self.rows, np.ndarray):
+            dense, nnz = self.rows, int(np.count_nonzero(self.rows))
+            rows = None
+        else:
+            dense, nnz, rows = None, self.rows.nnz, self.rows
+        if nnz / max(n_cells * n_genes, 1) > DENSE_ROWS_ABOVE:
             ent.update(format="rows", cells=np.asarray(adata.obs_names[self.cells], dtype=str),
-                       delta=np.asarray(self.rows.toarray(), dtype=np.float32))
+                       delta=np.asarray(dense if rows is None else rows.toarray(),
+                                        dtype=np.float32))
             return ent, None
         ent["format"] = "obsm"
-        return ent, place(adata.n_obs, self.cells, self.rows)
+        if rows is None:
+            rows = sparse.csr_matrix(dense)
+            rows.eliminate_zeros()
+        return ent, place(adata.n_obs, self.cells, rows)
 
 
-def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix]], n_genes: int
-            ) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """``(cell positions, CSR rows)`` from pieces computed batch by batch, cells ascending."""
+def compact(delta: np.ndarray) -> np.ndarray | sparse.csr_matrix:
+    """A block of changes (cells × genes) as it is cheapest to hold: the float32 array itself
+    when most entries change (a CSR copy would take twice its memory), else CSR."""
+    delta = np.asarray(delta, dtype=np.float32)
+    if np.count_nonzero(delta) > DENSE_ROWS_ABOVE * delta.size:
+        return delta
+    block = sparse.csr_matrix(delta)
+    block.eliminate_zeros()
+    return block
+
+
+def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix | np.ndarray]], n_genes: int
+            ) -> tuple[np.ndarray, sparse.csr_matrix | np.ndarray]:
+    """``(cell positions, rows)`` from pieces computed batch by batch, cells ascending: one
+    dense float32 array when every piece is dense (see :func:`compact`), else CSR."""
     if not parts:
         return np.empty(0, np.int64), sparse.csr_matrix((0, n_genes), dtype=np.float32)
     cells = np.concatenate([np.asarray(c, np.int64) for c, _ in parts])
-    rows = sparse.csr_matrix(sparse.vstack([b for _, b in parts], format="csr"),
-                             dtype=np.float32)
+    rows: sparse.csr_matrix | np.ndarray
+    if all(isinstance(b, np.ndarray) for _, b in parts):
+        rows = np.concatenate([np.asarray(b, dtype=np.float32) for _, b in parts], axis=0)
+    else:
+        rows = sparse.csr_matrix(sparse.vstack([sparse.csr_matrix(b) for _, b in parts],
+                                               format="csr"), dtype=np.float32)
     order = np.argsort(cells, kind="stable")
     if (np.diff(order) != 1).any():
         cells, rows = cells[order], rows[order]
@@ -218,23 +244,52 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
         raise ScadvInputError(
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
-    return apply(str(ent["space"]), src, idx, _delta(adata, name, idx, src.n_genes))
+    space = str(ent["space"])
+    if space == "counts":
+        src = count_source(adata, ent, src)
+    return apply(space, src, idx, _delta(adata, name, idx, src.n_genes))
 
 
 def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray) -> np.ndarray:
     """The perturbed model input of cells ``idx`` of ``src`` from their stored change
     ``delta`` (dense float32, cells × model genes) of a ``'model'`` or ``'counts'``
     perturbation: what :func:`model_rows` returns, computed from the change alone (e.g. on a
-    Dask worker that holds the cells' rows)."""
+    Dask worker that holds the cells' rows). For ``'counts'``, ``src`` holds the clean counts
+    the change was made on (:func:`count_source`)."""
     if space == "model":
         return src.rows(idx) + delta
-    counts, lib = _apply_counts(src, idx, delta)
+    counts, lib = add_counts(*src.counts(idx), delta)
+    return counts_model_input(counts, lib, src)
+
+
+def counts_model_input(counts: sparse.csr_matrix, library_size: np.ndarray, src: R.Source
+                       ) -> np.ndarray:
+    """The model input of (perturbed) counts of the model genes with the given library
+    sizes: the recipe of ``src``, exactly as :func:`model_rows` rebuilds count-space
+    perturbations (and as :func:`scadv.tl.count_attack` evaluates them)."""
     lognorm = R.lognormalize(counts, target_sum=float(src.recipe["target_sum"]),
-                             library_size=lib)
+                             library_size=library_size)
     dense = V.dense(lognorm)
     if src.missing.any():
-        dense[:, src.missing] = np.asarray(src.recipe["mean"], np.float32)[src.missing]
+        dense[:, src.missing] = R.fill_value(src.recipe)[src.missing]
     return R.lognorm_to_model(dense, src.recipe)
+
+
+def add_counts(counts: sparse.csr_matrix, library_size: np.ndarray, delta: np.ndarray
+               ) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Counts plus a (dense) change of them, and the library sizes that change with them."""
+    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
+    adv.eliminate_zeros()
+    return adv, library_size + delta.sum(axis=1, dtype=np.float64)
+
+
+def count_source(adata: AnnData, ent: Mapping[str, Any], src: R.Source) -> R.Source:
+    """The source of the clean counts a count-space perturbation was made on: ``src``, or the
+    layer its counts were read from (``ent['matrix']``)."""
+    which = str(ent.get("matrix", "X"))
+    if which == "X":
+        return src
+    return R.source(adata, src.recipe, layer=which, what="adata")
 
 
 #: A chunk's stored change, for :func:`rows_of`: ``(space, delta)``, or None for clean rows.
@@ -257,6 +312,8 @@ def plan(adata: AnnData, name: str | None, src: R.Source
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
     space = str(ent["space"])
+    if space == "counts":
+        src = count_source(adata, ent, src)
     return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
 
 
@@ -286,15 +343,8 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
-    return _apply_counts(src, idx, _delta(adata, name, idx, src.n_genes))
-
-
-def _apply_counts(src: R.Source, idx: np.ndarray | slice, delta: np.ndarray
-                  ) -> tuple[sparse.csr_matrix, np.ndarray]:
-    counts, lib = src.counts(idx)
-    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
-    adv.eliminate_zeros()
-    return adv, lib + delta.sum(axis=1, dtype=np.float64)
+    src = count_source(adata, ent, src)
+    return add_counts(*src.counts(idx), _delta(adata, name, idx, src.n_genes))
 
 
 class LazyRows:

@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 from scipy import stats
 from sklearn.metrics import roc_auc_score
+from torch import nn
 
 from ... import _detector as DT
 from ... import _device as D
@@ -131,7 +132,7 @@ class Loaded:
 
     record: Mapping[str, Any]
     classifier: Mapping[str, Any]
-    net: M.MLP
+    net: nn.Module
     method: str
     threshold: float
     gate: Mapping[str, Any] | None
@@ -143,7 +144,7 @@ class Loaded:
 
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
-              device: torch.device) -> Loaded:
+              device: torch.device, module: nn.Module | None = None) -> Loaded:
         if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
@@ -155,7 +156,7 @@ class Loaded:
         if method not in MAIN_METHODS:
             raise ScadvInputError(f"stored detector has an unknown method {method!r}.")
         recipe = classifier["prepare"]
-        net = M.from_record(classifier, device)
+        net = M.network(classifier, device, module)
         groups = MF.check_groups(np.asarray(record["features"]).astype(str).tolist()) \
             if "features" in record else ()
         gate = record.get("gate")
@@ -285,11 +286,30 @@ class MethodScores:
 
 
 def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
-         device: torch.device) -> Loaded:
-    """The stored detector and its classifier (both from ``source`` when given)."""
+         device: torch.device, model: Any = None) -> Loaded:
+    """The stored detector and its classifier (both from ``source`` when given).
+
+    ``model``: the classifier object (a :class:`scadv.models.Model`) when the detector's
+    classifier is a torch module held in memory (a ``'scadv.torch'`` record has no network);
+    its weights must be the ones the detector was trained for.
+    """
+    from .._models import _resolve as RS
+
     record = detector_record(adata, key, source)
     classifier = C.model_record(adata, str(record["model"]), source)
-    return Loaded.build(record, classifier, device)
+    module = None
+    if model is not None:
+        obj = RS.as_model_object(model)
+        if obj is None:
+            raise ScadvInputError("model= of a detector must be the classifier object (a "
+                                  "scadv.models.Model); its key is read from the detector.")
+        mine = RS.memory_record(obj) if not obj.storable else obj.to_record()
+        if fingerprint(mine) != fingerprint(classifier):
+            raise ScadvInputError(
+                f"model= is not the classifier {str(record['model'])!r} the detector was "
+                "trained for (its weights, classes or genes differ).")
+        module = obj.module
+    return Loaded.build(record, classifier, device, module)
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------
@@ -592,7 +612,11 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
     a note on the gate (``lattice``: whether the count-lattice check was used on this data).
     """
     missing = src.missing if src.missing.any() else None
-    spec = (det.record, det.classifier, det.device if device is None else device, missing)
+    # a torch module held in memory travels with the tasks; other classifiers are rebuilt
+    # from their plain arrays there
+    module = None if str(det.classifier["kind"]) in M.NETWORK_KINDS else det.net
+    spec = (det.record, det.classifier, module, det.device if device is None else device,
+            missing)
     clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, None,
                    progress=progress, desc="meta-scores")
     lattice = lattice_ok(det, clean, src.label)
@@ -625,7 +649,8 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
 
 
 def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
-           spec: tuple[Mapping[str, Any], Mapping[str, Any], Any, np.ndarray | None],
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], nn.Module | None, Any,
+                       np.ndarray | None],
            lattice: bool | None, *, progress: bool, desc: str) -> MethodScores:
     """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
     batch of :data:`scadv._rows.BATCH` cells (in this process, or on Dask when the cells'
@@ -642,9 +667,10 @@ def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.nda
 
 
 def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
-                 record: Mapping[str, Any], classifier: Mapping[str, Any], device: Any,
-                 missing: np.ndarray | None, lattice: bool | None) -> MethodScores:
+                 record: Mapping[str, Any], classifier: Mapping[str, Any],
+                 module: nn.Module | None, device: Any, missing: np.ndarray | None,
+                 lattice: bool | None) -> MethodScores:
     """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
     baseline on one batch of cells."""
-    det = Loaded.build(record, classifier, D.resolve(device))
+    det = Loaded.build(record, classifier, D.resolve(device), module)
     return det.scores(ST.rows_of(src, cells, change), missing=missing, lattice=lattice)

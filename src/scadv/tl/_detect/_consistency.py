@@ -34,7 +34,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
-from ... import _model as M
 from ..._errors import ScadvInputError
 
 VIEWS = ("margin", "squeeze", "twin")
@@ -58,7 +57,8 @@ class Consistency(nn.Module):
     feature_scale: torch.Tensor
     coef: torch.Tensor
 
-    def __init__(self, net: M.MLP, recipe: Mapping[str, Any], rec: Mapping[str, Any]) -> None:
+    def __init__(self, net: nn.Module, recipe: Mapping[str, Any], rec: Mapping[str, Any]
+                 ) -> None:
         super().__init__()
         self.net = net
         f = lambda key: torch.as_tensor(np.asarray(rec[key], dtype=np.float32))  # noqa: E731

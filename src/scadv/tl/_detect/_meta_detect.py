@@ -25,6 +25,7 @@ from ..._results import write_results
 from .. import _common as C
 from .._attacks import _attack as A
 from .._attacks import _engine as E
+from .._models import _resolve as RS
 from . import _baselines as B
 from . import _common as MC
 from . import _consistency as CO
@@ -69,7 +70,7 @@ def meta_detect(
     batch_size: int = 64,
     lr: float = 1e-3,
     triplet_margin: float = 1.0,
-    model: str = K.DEFAULT_MODEL,
+    model: RS.ModelSpec = K.DEFAULT_MODEL,
     key_added: str = K.DEFAULT_DETECTOR,
     seed: int = 42,
     device: D.Device = "auto",
@@ -152,7 +153,11 @@ def meta_detect(
     triplet_epochs, detector_epochs, patience, batch_size, lr, triplet_margin
         Training of the triplet method's two networks.
     model
-        Key of the stored classifier.
+        The classifier to protect: the key of a stored classifier of any kind, or a
+        :class:`scadv.models.Model` / CellTypist model object (registered in ``adata`` first,
+        see :func:`scadv.tl.pgd`). The features are its own: the ``embedding`` is the last
+        hidden layer of a network, the logits of a linear model. A model object needs a split
+        of its own: store it with ``scadv.tl.add_model(..., split_key=...)`` first.
     key_added
         Name of the detector; decides the keys below (``'meta'`` by default).
     seed
@@ -196,7 +201,10 @@ def meta_detect(
                               detector_epochs=int(detector_epochs), patience=int(patience),
                               batch_size=int(batch_size), lr=float(lr))
     DT.check_options(options)
-    record = C.model_record(adata, model)
+    adata = V.start(adata, copy=copy)
+    dev = D.resolve(device)
+    resolved = RS.resolve(adata, model, dev)
+    record, net, model = resolved.record, resolved.net, resolved.key
     src = R.source(adata, record["prepare"], what="adata")
     if attack is None:
         attack = "counts" if src.kind == "counts" else "pgd_realistic"
@@ -208,7 +216,6 @@ def meta_detect(
     eps_t = (() if attack == "counts" else A.check_budget(
         DEFAULT_EPS[attack] if eps is None else eps, norm="linf", loss="margin", steps=steps,
         n_restarts=1, alpha=None))
-    adata = V.start(adata, copy=copy)
     classes = [str(c) for c in np.asarray(record["classes"])]
     split = _split(adata, record, model)
     label_key = str(record.get("label_key", ""))
@@ -217,8 +224,6 @@ def meta_detect(
     train = (split == K.SPLIT_TRAIN) & (y >= 0)
     val = split == K.SPLIT_VAL
     score_layers = MC.find_layers(adata, model, layers)
-    dev = D.resolve(device)
-    net = M.from_record(record, dev)
     recipe = record["prepare"]
     want = {method} | (set(MC.MAIN_METHODS) if baselines else set())
     fits = _Fits(groups=groups if want & {"triplet", "logreg"} or baselines else ())
@@ -359,7 +364,7 @@ def meta_detect(
     det_record["provenance"] = P.record(params, seed=seed, device=dev)
 
     # 5. score everything, evaluate on the test split
-    det = MC.Loaded.build(det_record, record, dev)
+    det = MC.Loaded.build(det_record, record, dev, net)
     obs, evaluation, note = MC.score_adata(adata, det, key=key_added, layers=score_layers,
                                            src=src, test=split == K.SPLIT_TEST,
                                            progress=progress, device=device)
@@ -464,7 +469,7 @@ def _rows_of(src: R.Source, counts: sparse.spmatrix, lib: np.ndarray) -> np.ndar
     return R.lognorm_to_model(dense, src.recipe)
 
 
-def _features(x: np.ndarray, fold: np.ndarray, net: M.MLP, recipe: Mapping[str, Any],
+def _features(x: np.ndarray, fold: np.ndarray, net: torch.nn.Module, recipe: Mapping[str, Any],
               fits: _Fits, gate: Mapping[str, Any], *, device: torch.device
               ) -> dict[str, np.ndarray]:
     """Everything the methods read of rows ``x`` (``fold``: each row's twin fold, -1: the
@@ -496,7 +501,7 @@ _NO_FUSION = {"feature_mean": np.zeros(len(CO.VIEWS), np.float32),
               "coef": np.zeros(len(CO.VIEWS), np.float32), "intercept": 0.0}
 
 
-def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.ndarray,
+def _collect(src: R.Source, record: Mapping[str, Any], net: torch.nn.Module, cells: np.ndarray,
              is_train: np.ndarray, fits: _Fits, gate: Mapping[str, Any], *, attack: str,
              eps: tuple[float, ...], budget: int, steps: int, seed: int, device: torch.device,
              progress: bool, downsample: bool, lib_range: tuple[float, float] | None
@@ -574,7 +579,8 @@ def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.nda
                       down=down)
 
 
-def _adaptive_round(src: R.Source, net: M.MLP, recipe: Mapping[str, Any], tr_idx: np.ndarray,
+def _adaptive_round(src: R.Source, net: torch.nn.Module, recipe: Mapping[str, Any],
+                    tr_idx: np.ndarray,
                     fits: _Fits, fusion: Mapping[str, Any], gate: Mapping[str, Any],
                     negatives: np.ndarray, *, budget: int, seed: int, device: torch.device,
                     lib_range: tuple[float, float] | None, progress: bool) -> np.ndarray:

@@ -32,6 +32,10 @@ MIN_CELLS_PER_CLASS = 3
 
 #: ``batch_loss(model, xb, yb, loss_fn) -> loss`` of one training batch (see :func:`_fit`).
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+#: ``cell_batch_loss(model, xb, yb, loss_fn, cells) -> loss``: as :data:`BatchLoss`, also told
+#: the batch's cells (positions in the source), e.g. to attack their raw counts.
+CellBatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module, np.ndarray],
+                         torch.Tensor]
 #: ``validate(model, xv, yv) -> {'val_loss': …, …}`` once per epoch (see :func:`_fit`).
 Validate = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
 
@@ -293,7 +297,7 @@ def architecture(model: M.MLP, n_genes: int, n_classes: int, hidden: Sequence[in
                           tuple(float(p) for p in dropout), int(rank))
 
 
-def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool,
+def predict_all(model: nn.Module, src: R.Source, *, device: D.Device, progress: bool,
                 batch_size: int = RW.BATCH,
                 change: Callable[[np.ndarray], ST.Change] | None = None,
                 group: DDP.Group | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -309,13 +313,13 @@ def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool
     else:
         parts = PAR.map_cells(_infer_chunk, src, chunks, per_chunk=lambda i, c: (fetch(c),),
                               shared=(model, device), progress=progress, desc="predicting")
-    if not parts:
-        return (np.empty((0, model.head.in_features), np.float32),
-                np.empty((0, model.head.out_features), np.float32))
+    if not parts:  # no cells: empty arrays of the model's widths (any classifier kind)
+        dev = D.resolve(device)
+        return M.infer(model.to(dev), np.empty((0, src.n_genes), np.float32), device=dev)
     return (np.concatenate([e for e, _ in parts]), np.concatenate([lg for _, lg in parts]))
 
 
-def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: M.MLP,
+def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: nn.Module,
                  device: D.Device) -> tuple[np.ndarray, np.ndarray]:
     """One task of :func:`predict_all`: ``(embedding, logits)`` of a chunk of cells."""
     dev = D.resolve(device)
@@ -396,7 +400,8 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
          seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
-         validate: Validate | None = None, group: DDP.Group | None = None
+         validate: Validate | None = None, group: DDP.Group | None = None,
+         cell_batch_loss: CellBatchLoss | None = None
          ) -> tuple[M.MLP, dict[str, np.ndarray]]:
     """Train with early stopping on the validation loss; returns the best model and history.
 
@@ -411,14 +416,16 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     and adversarial versions of it; the model is in train mode and must be left so), and
     ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
     ``'val_loss'``, the early-stopping criterion (lower is better). With hooks, the training
-    and validation inputs must fit in memory.
+    and validation inputs must fit in memory. ``cell_batch_loss`` replaces ``batch_loss`` when
+    the loss needs to know which cells the batch holds (their positions in ``src``; the
+    validation cells reach ``validate`` in ascending position order).
 
     With a process ``group`` (plain training only), the ranks share every minibatch and the
     one-off passes over the cells (see :mod:`._ddp`); every rank returns the same model.
     """
     train_cells = np.flatnonzero(split == K.SPLIT_TRAIN)
     val_cells = np.flatnonzero(split == K.SPLIT_VAL)
-    hooks = batch_loss is not None or validate is not None
+    hooks = batch_loss is not None or validate is not None or cell_batch_loss is not None
     if hooks and group is not None:
         raise ScadvInputError("distributed training is available for plain training "
                               "(scadv.tl.train_classifier) only.")
@@ -499,7 +506,12 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                                                 device=device)
                             xb = xb + input_noise * noise[part]
                         opt.zero_grad(set_to_none=True)
-                        if batch_loss is not None:
+                        if cell_batch_loss is not None:
+                            loss = cell_batch_loss(model, xb, yb, loss_fn,
+                                                   train_cells[pos[lo:lo + n_b]])
+                            loss.backward()
+                            batch_total = loss.item() * len(yb)
+                        elif batch_loss is not None:
                             loss = batch_loss(model, xb, yb, loss_fn)
                             loss.backward()
                             batch_total = loss.item() * len(yb)
