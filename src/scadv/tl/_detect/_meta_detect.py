@@ -120,9 +120,10 @@ def meta_detect(
     method
         ``'consistency'`` (default), ``'triplet'`` or ``'logreg'`` (see above).
     attack
-        Training attack: ``'counts'`` (default when ``adata`` holds raw counts),
-        ``'pgd_realistic'`` (PGD that keeps zeros at zero and every gene in its observed range;
-        the default otherwise), ``'pgd'`` (scadv's default PGD) or ``'fgsm'``.
+        Training attack: ``'counts'`` (default when ``adata`` holds raw counts and the
+        classifier was prepared from raw counts), ``'pgd_realistic'`` (PGD that keeps zeros at
+        zero and every gene in its observed range; the default otherwise), ``'pgd'`` (scadv's
+        default PGD) or ``'fgsm'``.
     eps
         Budgets of the z-space training attacks; default ``(0.05, 0.1, 0.15)``, or
         ``(0.3, 0.5, 1.0)`` for ``'pgd_realistic'``.
@@ -206,8 +207,10 @@ def meta_detect(
     resolved = RS.resolve(adata, model, dev)
     record, net, model = resolved.record, resolved.net, resolved.key
     src = R.source(adata, record["prepare"], what="adata")
+    counts_model = str(record["prepare"].get("input_kind", "")) == "counts" and bool(
+        np.asarray(record["prepare"].get("has_stats", False)))
     if attack is None:
-        attack = "counts" if src.kind == "counts" else "pgd_realistic"
+        attack = "counts" if src.kind == "counts" and counts_model else "pgd_realistic"
     elif attack == "counts" and src.kind != "counts":
         raise ScadvInputError(
             f"attack='counts' edits raw counts, but the model input of adata comes from "
