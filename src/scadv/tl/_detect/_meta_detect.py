@@ -323,7 +323,7 @@ def meta_detect(
                 clean_lattice_failing=lattice_fail)
     det_record["gate"] = gate
     det_record["threshold"] = 0.0  # set below; Loaded needs the key
-    det = MC.Loaded.build(det_record, record, dev)
+    det = MC.Loaded.build(det_record, record, dev, net)
     s_val = _val_scores(det, got, local_train, va_rows)
     calibration: dict[str, Any] = {}
     validation: dict[str, Any] = {}
