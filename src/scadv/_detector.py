@@ -29,7 +29,7 @@ from ._errors import ScadvInputError
 from ._model import load_weights, weights_to_arrays
 
 DETECTOR_KIND = "scadv.meta_detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class TripletNet(nn.Module):
