@@ -39,6 +39,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from . import _keys as K
+from . import _records as REC
 from . import _validate as V
 from ._errors import ScadvInputError
 
@@ -121,10 +122,11 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
 
 
 def stored(adata: AnnData) -> dict | None:
-    """The recipe stored in ``adata`` by :func:`scadv.pp.prepare`, if any."""
+    """The recipe stored in ``adata`` by :func:`scadv.pp.prepare`, if any (validated by
+    :func:`scadv._records.recipe`: a malformed one is an error, not silently ignored)."""
     ns = adata.uns.get(K.UNS)
-    if isinstance(ns, Mapping) and isinstance(ns.get(K.PREPARE), Mapping):
-        return ns[K.PREPARE]
+    if isinstance(ns, Mapping) and K.PREPARE in ns:
+        return dict(REC.recipe(ns[K.PREPARE]))
     return None
 
 

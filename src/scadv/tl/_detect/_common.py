@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from ... import _detector as DT
 from ... import _keys as K
 from ... import _model as M
+from ... import _records as REC
 from ..._errors import ScadvInputError
 from .. import _common as C
 from . import _baselines as B
@@ -39,8 +40,37 @@ ATTACK_METHODS = ("pgd", "fgsm", "adaptive_pgd")
 BENIGN_METHOD = "benign"
 
 
+#: Version of :func:`fingerprint` written into new detector records
+#: (``classifier_fingerprint_version``); records without it (scadv 0.1) hold
+#: :func:`legacy_fingerprint`.
+FINGERPRINT_VERSION = 2
+#: Recipe entries that change what a classifier computes from the same cells.
+_RECIPE_PARTS = ("genes", "mean", "std", "max_value", "target_sum", "input_kind", "has_stats")
+
+
 def fingerprint(classifier: Mapping[str, Any]) -> str:
-    """SHA-256 of a stored classifier's weights, classes and genes."""
+    """SHA-256 of everything that decides a stored classifier's outputs: the content hash of
+    its weights (:func:`scadv._records.weights_sha256`, recomputed from the arrays, so a
+    record without a stored hash gets the same fingerprint), its classes, genes and the
+    transform of its preprocessing recipe."""
+    h = hashlib.sha256()
+    parts = [REC.weights_sha256(classifier["weights"]).encode(),
+             "\x00".join(np.asarray(classifier["classes"]).astype(str)).encode(),
+             "\x00".join(np.asarray(classifier["genes"]).astype(str)).encode()]
+    recipe = classifier["prepare"]
+    for name in _RECIPE_PARTS:
+        value = np.asarray(recipe[name])
+        parts.append(name.encode())
+        parts.append(value.astype(str).tobytes() if value.dtype.kind in "UO"
+                     else np.ascontiguousarray(value, dtype="<f8").tobytes())
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def legacy_fingerprint(classifier: Mapping[str, Any]) -> str:
+    """The fingerprint scadv 0.1 stored: SHA-256 of the weights, classes and genes."""
     h = hashlib.sha256()
     weights = classifier["weights"]
     for name in sorted(weights):
@@ -51,19 +81,38 @@ def fingerprint(classifier: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def classifier_fingerprint(record: Any) -> str:
+    """:func:`fingerprint` of ``record`` if it is a valid stored classifier, else ``''``."""
+    try:
+        M.architecture(record)
+    except ScadvInputError:
+        return ""
+    return fingerprint(record)
+
+
+def same_classifier(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> bool:
+    """Whether ``classifier`` is the one the detector ``record`` was trained for (compared
+    with the fingerprint version the record was written with)."""
+    stored = str(record.get("classifier_fingerprint", ""))
+    if "classifier_fingerprint_version" in record:
+        return stored == fingerprint(classifier)
+    return stored == legacy_fingerprint(classifier)
+
+
 def detector_fingerprint(record: Mapping[str, Any]) -> str:
     """SHA-256 of a stored detector's weights and threshold ('' if it is not one)."""
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         return ""
     h = hashlib.sha256()
-    for part in ("triplet_weights", "detector_weights"):
-        weights = record.get(part)
-        if not isinstance(weights, Mapping):
-            return ""
-        for name in sorted(weights):
-            h.update(f"{part}/{name}".encode())
-            h.update(np.ascontiguousarray(weights[name], dtype=np.float32).tobytes())
-    h.update(repr(float(record.get("threshold", np.nan))).encode())
+    try:
+        for part in ("triplet_weights", "detector_weights"):
+            weights = record.get(part)
+            if not isinstance(weights, Mapping):
+                return ""
+            h.update(f"{part}/{REC.weights_sha256(weights)}".encode())
+        h.update(repr(float(record.get("threshold", np.nan))).encode())
+    except (TypeError, ValueError):  # not numbers: not a detector this function can compare
+        return ""
     return h.hexdigest()
 
 
@@ -74,14 +123,86 @@ def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any
         adata, key, source, kind=DT.DETECTOR_KIND, noun="meta-detector", plural="detectors",
         hint="Train one with scadv.tl.meta_detect(adata), or pass key=<key of a stored "
              "detector>.")
-    if str(record.get("kind", "")) != DT.DETECTOR_KIND:
+    if not isinstance(record, Mapping) or str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
-    version = int(np.asarray(record.get("format_version", -1)))
+    version = REC.fields(record, {"format_version": REC.Field("int", optional=True)},
+                         what="meta-detector", fix=DT.DETECTOR_FIX).get("format_version", -1)
     if version > DT.FORMAT_VERSION:
         raise ScadvInputError(f"the stored detector has format version {version}, newer than "
                               f"this scadv understands ({DT.FORMAT_VERSION}). Upgrade scadv.")
     return record
+
+
+_THRESHOLD = REC.Field("float", finite="inf")
+_GATE = {
+    "check_zero": REC.Field("bool"),
+    "zero_level": REC.Field("floats", ("n_genes",)),
+    "gap": REC.Field("floats", ("n_genes",)),
+    "x_min": REC.Field("floats", ("n_genes",)),
+    "x_max": REC.Field("floats", ("n_genes",)),
+    "tol": REC.Field("float", low=0.0),
+}
+
+
+def check_detector(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> None:
+    """Validate a stored detector against its (valid) classifier before anything is built:
+    every entry scoring reads (networks, features, threshold, realism gate, baselines), their
+    types, shapes and finite values, and that the feature count matches the classifier."""
+    what, fix = "meta-detector", DT.DETECTOR_FIX
+    top = REC.fields(record, {
+        "kind": REC.Field("str"), "format_version": REC.Field("int", optional=True),
+        "model": REC.Field("str"), "classifier_fingerprint": REC.Field("str"),
+        "classifier_fingerprint_version": REC.Field("int", optional=True),
+        "classes": REC.Field("strs", (None,)), "features": REC.Field("strs", (None,)),
+        "threshold": _THRESHOLD, "gate": REC.Field("map", optional=True),
+        "baselines": REC.Field("map", optional=True),
+    }, what=what, fix=fix)
+    try:
+        groups = MF.check_groups(top["features"].tolist())
+    except ScadvInputError as err:
+        raise REC.malformed(what, "'features'", f"is invalid ({err})", fix) from None
+    classes = np.asarray(classifier["classes"]).astype(str)
+    if not np.array_equal(top["classes"], classes):
+        raise REC.malformed(what, "'classes'", "differ from its classifier's classes", fix)
+    shape, _, _ = DT.check_record(record, what=what)
+    emb_dim = int(np.asarray(classifier["arch"]["hidden"]).ravel()[-1])
+    n_features = len(MF.names(groups, classes.tolist(), emb_dim))
+    if shape.n_features != n_features:
+        raise REC.malformed(what, "arch['n_features']", f"is {shape.n_features}, but its "
+                            f"features {list(groups)} give {n_features} for its classifier",
+                            fix)
+    dims = {"n_genes": len(np.asarray(classifier["genes"])), "n_features": n_features,
+            "emb_dim": emb_dim}
+    gate = top.get("gate")
+    if gate is not None:
+        g = REC.fields(gate, {"enabled": REC.Field("bool"),
+                              "max_violations": REC.Field("float", low=0.0, finite="inf")},
+                       what=f"{what} realism gate", fix=fix)
+        if g["enabled"]:
+            REC.fields(gate, _GATE, what=f"{what} realism gate", fix=fix, dims=dims)
+    base = top.get("baselines") or {}
+    parts: dict[str, dict[str, REC.Field]] = {
+        "logreg": {"coef": REC.Field("floats", ("n_features",)),
+                   "intercept": REC.Field("float"), "threshold": _THRESHOLD},
+        "mahalanobis": {"means": REC.Field("floats", (None, "emb_dim")),
+                        "precision": REC.Field("floats", ("emb_dim", "emb_dim")),
+                        "threshold": _THRESHOLD},
+        "no_grad": {"columns": REC.Field("ints", (None,), low=0, high=n_features - 1),
+                    "threshold": _THRESHOLD},
+        "input": {**_GATE, "threshold": _THRESHOLD},
+    }
+    for name, schema in parts.items():
+        if name not in base:
+            continue
+        got = REC.fields(base[name], schema, what=f"{what} baseline {name!r}", fix=fix,
+                         dims=dict(dims))
+        if name == "no_grad":
+            nog, _, _ = DT.check_record(base[name], what=f"{what} baseline 'no_grad'")
+            if nog.n_features != len(got["columns"]):
+                raise REC.malformed(f"{what} baseline 'no_grad'", "'columns'",
+                                    f"select {len(got['columns'])} features; its networks "
+                                    f"take {nog.n_features}", fix)
 
 
 @dataclass
@@ -101,7 +222,9 @@ class Loaded:
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
               device: torch.device) -> Loaded:
-        if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
+        M.architecture(classifier)  # the classifier is valid before it is compared or built
+        check_detector(record, classifier)
+        if not same_classifier(record, classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
                 f"{str(record.get('model'))!r} (its weights, classes or genes differ): retrain the "
@@ -152,7 +275,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
     """The stored detector and its classifier (both from ``source`` when given)."""
     record = detector_record(adata, key, source)
-    classifier = C.model_record(adata, str(record["model"]), source)
+    model = REC.fields(record, {"model": REC.Field("str")}, what="meta-detector",
+                       fix=DT.DETECTOR_FIX)["model"]
+    classifier = C.model_record(adata, model, source)
     return Loaded.build(record, classifier, device)
 
 

@@ -242,6 +242,7 @@ def meta_detect(
         "format_version": DT.FORMAT_VERSION,
         "model": model,
         "classifier_fingerprint": MC.fingerprint(record),
+        "classifier_fingerprint_version": MC.FINGERPRINT_VERSION,
         "classes": classes,
         "features": list(groups),
         "feature_names": MF.names(groups, classes, emb_cells.shape[1]),

@@ -130,8 +130,7 @@ def _check_no_conflict(adata: AnnData, key: str, record: Mapping[str, Any], mode
         )
     theirs = ns.get(model)
     if isinstance(theirs, Mapping) and theirs is not classifier and (
-            not isinstance(theirs.get("weights"), Mapping)
-            or MC.fingerprint(theirs) != MC.fingerprint(classifier)):
+            MC.classifier_fingerprint(theirs) != MC.fingerprint(classifier)):
         raise ScadvInputError(
             f"adata already holds a different classifier under uns['scadv'][{model!r}]; scoring "
             "with the source's detector would overwrite it. Score a copy, or rename yours first."
