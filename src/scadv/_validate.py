@@ -306,7 +306,9 @@ def real(name: str, value: object, *, low: float | None = None, high: float | No
     if not np.isfinite(out):
         raise ScadvInputError(f"{name} must be a finite number, got {out}.")
     if low is not None and (out <= low if low_open else out < low):
-        raise ScadvInputError(f"{name} must be {'>' if low_open else '≥'} {low:g}, got {out:g}.")
+        bound = ("positive" if low_open else "non-negative (≥ 0)") if low == 0 else \
+            f"{'>' if low_open else '≥'} {low:g}"
+        raise ScadvInputError(f"{name} must be {bound}, got {out:g}.")
     if high is not None and (out >= high if high_open else out > high):
         raise ScadvInputError(f"{name} must be {'<' if high_open else '≤'} {high:g}, "
                               f"got {out:g}.")
@@ -414,16 +416,20 @@ def name(what: str, value: object, *, allow_none: bool = False) -> str | None:
     return value
 
 
-def names(what: str, value: object, *, allow_none: bool = False,
-          allow_empty: bool = False) -> tuple[str, ...] | None:
-    """One name or a sequence of names (strings), e.g. layers, keys or feature groups."""
+def names(what: str, value: object, *, allow_none: bool = False, allow_empty: bool = False,
+          single: bool = True) -> tuple[str, ...] | None:
+    """One name (unless ``single=False``) or a sequence of names (strings), e.g. layers, keys
+    or feature groups."""
     if value is None and allow_none:
         return None
+    if isinstance(value, str) and not single:
+        raise ScadvInputError(f"{what} must be a list of names, got the string {_got(value)}; "
+                              f"write {what}=[{value!r}] for one.")
     items = [value] if isinstance(value, str) else _sequence(what, value, scalar_ok=False)
     out = tuple(name(f"{what}[{i}]" if len(items) > 1 else what, v) or "" for i, v in
                 enumerate(items))
     if not out and not allow_empty:
-        raise ScadvInputError(f"{what} must name at least one entry, got {_got(value)}.")
+        raise ScadvInputError(f"{what} must be a non-empty list of names, got {_got(value)}.")
     return out
 
 
@@ -453,6 +459,18 @@ def key_name(what: str, value: object, *, allow_none: bool = False) -> str | Non
         raise ScadvInputError(f"{what}={_got(value)} {problem}. Pass another name, e.g. "
                               f"{what}='run2'.")
     return value
+
+
+def clip(what: str, value: object) -> None:
+    """An attack's box: ``None``, ``'observed'`` or ``(low, high)`` with finite low < high."""
+    if value is None or (isinstance(value, str) and value == "observed"):
+        return
+    if isinstance(value, str):
+        raise ScadvInputError(f"{what} must be None, 'observed' or (low, high), got {value!r}.")
+    bounds = reals(what, value)
+    if len(bounds) != 2 or not bounds[0] < bounds[1]:
+        raise ScadvInputError(f"{what}=(low, high) needs two finite numbers with low < high, "
+                              f"got {_got(value)}.")
 
 
 def device(value: object) -> None:
@@ -496,12 +514,20 @@ def options(params: Mapping[str, Any]) -> None:
     ``device``, ``batch_size``, ``batch_rows``, ``key_added``, ``layer``, ``show``, ``save``,
     ``ax``) present in ``params`` (its ``locals()`` at the top); the others are checked by
     the function itself."""
+    if "adata" in params and not isinstance(params["adata"], AnnData):
+        raise ScadvInputError(
+            f"expected an AnnData as first argument, got {type(params['adata']).__name__}. "
+            "Read your data with anndata.read_h5ad / scanpy.read_10x_mtx first."
+        )
     for key, check in _STANDARD.items():
         if key in params:
             check(key, params[key])
     if params.get("ax") is not None:
         from matplotlib.axes import Axes
 
-        if not isinstance(params["ax"], Axes):
-            raise ScadvInputError(f"ax must be matplotlib Axes or None, got "
-                                  f"{type(params['ax']).__name__}.")
+        ax = params["ax"]
+        several = isinstance(ax, (list, tuple, np.ndarray)) and all(
+            isinstance(a, Axes) for a in np.asarray(ax, dtype=object).ravel())
+        if not (isinstance(ax, Axes) or several):
+            raise ScadvInputError(f"ax must be matplotlib Axes (or several, for plots that "
+                                  f"draw several panels) or None, got {type(ax).__name__}.")

@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _validate as V
 from .._errors import ScadvInputError
 from ..tl._explain import _rankings as RK
 from . import _utils as U
@@ -65,6 +66,10 @@ def top_genes(
         Classes to show (default: every class explained).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("n_genes", n_genes)
+    V.names("classes", classes, allow_none=True)
     rec = RK.record(adata, key)
     scores, all_classes, genes = RK.scores(rec)
     shown = [c for c in (classes or all_classes) if c in all_classes
@@ -109,6 +114,9 @@ def attribution_stability(
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'`` (rank correlation).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard", "spearman", "perturbations", "classes"),
                    made_by="scadv.tl.attribution_stability")
     if metric not in ("jaccard", "spearman"):
@@ -161,6 +169,9 @@ def attribution_agreement(
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard_mean", "spearman_mean", "keys"),
                    made_by="scadv.tl.attribution_agreement")
     if metric not in ("jaccard", "spearman"):
@@ -195,6 +206,8 @@ def marker_overlap(
         Its ``key_added``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("overlap", "keys", "classes"),
                    made_by="scadv.tl.marker_overlap")
     vals = np.atleast_2d(np.asarray(rec["overlap"], dtype=float))
@@ -230,6 +243,9 @@ def enrichment(
         Gene sets shown per class (its most significant ones).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("n_sets", n_sets)
     rec = U.record(adata, key, needs=("table", "n_universe"),
                    made_by="scadv.tl.gene_set_enrichment")
     table = pd.DataFrame(rec["table"])
@@ -276,6 +292,9 @@ def attribution_truth(
         AUPRC drawn as a dashed line per class).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("precision_at_k", "auprc", "keys", "classes"),
                    made_by="scadv.tl.score_attributions")
     if metric not in ("precision_at_k", "recall_at_k", "auprc"):

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _validate as V
 from . import _utils as U
 
 
@@ -32,6 +33,8 @@ def cgd(
         Its ``key_added``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("trajectory", "to", "original_label", "start_frac_to"),
                    made_by="scadv.tl.cgd")
     tr: pd.DataFrame = rec["trajectory"]

@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
+from .. import _validate as V
 from . import _utils as U
 
 
@@ -45,6 +46,8 @@ def flip_rate(
     -------
     The axes drawn into.
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("flip_rate_per_class", "eps", "classes"),
                    made_by="scadv.tl.pgd / scadv.tl.fgsm")
     classes = [str(c) for c in np.asarray(rec["classes"])]

@@ -12,6 +12,7 @@ from .. import _device as D
 from .. import _keys as K
 from .. import _model as M
 from .. import _recipe as R
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _meta_common as PM
 from . import _utils as U
@@ -46,6 +47,10 @@ def meta_cell(
         Key of the detector.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("cell", cell)
+    V.name("key", key)
+    V.unique_cells(adata, why=f"the cell {cell!r}")
     rec = PM.detector(adata, key)
     if cell not in adata.obs_names:
         raise ScadvInputError(f"cell {cell!r} is not in adata.obs_names.")

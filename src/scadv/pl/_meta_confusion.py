@@ -55,6 +55,8 @@ def meta_confusion(
     -------
     The three axes.
     """
+    V.options(locals())
+    V.name("key", key)
     rec = PM.detector(adata, key)
     evaluation = rec["evaluation"]
     adversarial = [n for n, ev in evaluation.items() if str(ev.get("kind")) == "adversarial"]

@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
@@ -45,6 +46,10 @@ def overview(
         Matplotlib colour map.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("value", value)
+    V.name("cmap", cmap)
     rec = U.record(adata, key, needs=("table", "targets", "modifications"),
                    made_by="scadv.tl.overview")
     if value not in _TITLES:

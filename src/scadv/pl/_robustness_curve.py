@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
+from .. import _validate as V
 from . import _utils as U
 
 
@@ -44,6 +45,8 @@ def robustness_curve(
     -------
     The axes drawn into.
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("accuracy", "eps", "models"),
                    made_by="scadv.tl.robust_accuracy")
     eps = np.atleast_1d(np.asarray(rec["eps"], dtype=float))

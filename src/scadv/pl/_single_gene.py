@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
@@ -46,6 +47,10 @@ def single_gene(
         Number of bars.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("target", target, allow_none=True)
+    V.positive_int("top", top)
     rec = U.record(adata, key, needs=("table", "summary", "targets"),
                    made_by="scadv.tl.single_gene")
     table: pd.DataFrame = rec["table"]

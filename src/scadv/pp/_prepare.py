@@ -94,6 +94,13 @@ def prepare(
         The recipe (genes, means, standard deviations, target sum, clip, zero levels, observed
         ranges, gene selection) and its provenance; see :func:`scadv.pp.transform`.
     """
+    V.options(locals())
+    V.positive_int("n_top_genes", n_top_genes)
+    V.positive("target_sum", target_sum)
+    V.nonneg("max_value", max_value)
+    V.choice("flavor", flavor, (None, "seurat_v3", "seurat", "cell_ranger"))
+    V.names("include_genes", include_genes, allow_empty=True, single=False)
+    V.choice("expect", expect, ("auto", "counts", "lognorm", "scaled"))
     start = logg.info("preparing data for scadv")
     params = P.call_params(locals(), prepare)
     adata = V.start(adata, copy=copy)

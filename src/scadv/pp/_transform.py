@@ -68,6 +68,8 @@ def transform(
     ``adata.uns['scadv']['prepare']``
         A copy of the reference's recipe, with this call's provenance.
     """
+    V.options(locals())
+    V.choice("missing_genes", missing_genes, ("error", "mean"))
     start = logg.info("transforming new cells with a stored scadv recipe")
     params = P.call_params(locals(), transform)
     params["reference"] = "AnnData" if isinstance(reference, AnnData) else "recipe"

@@ -82,6 +82,12 @@ def fgsm(
     columns ``scadv_fgsm_eps<e>_pred``, ``_flipped`` and ``_flipped_to``, and
     ``uns['scadv']['fgsm']``.
     """
+    V.options(locals())
+    V.flag("keep_zeros", keep_zeros)
+    V.name("target", target, allow_none=True)
+    V.choice("away_from", away_from, ("prediction", "label"))
+    V.name("model", model)
+    V.clip("clip", clip)
     start = logg.info("running FGSM attack")
     params = P.call_params(locals(), fgsm)
     eps_t = A.check_budget(eps, norm=norm, loss=loss, steps=1, n_restarts=1, alpha=None)

@@ -133,6 +133,14 @@ def pgd(
         ``genes_moved_mean``, ``target_success_rate`` (targeted), the layer names and
         provenance.
     """
+    V.options(locals())
+    V.flag("random_start", random_start)
+    V.flag("early_stop", early_stop)
+    V.flag("keep_zeros", keep_zeros)
+    V.name("target", target, allow_none=True)
+    V.choice("away_from", away_from, ("prediction", "label"))
+    V.name("model", model)
+    V.clip("clip", clip)
     start = logg.info("running PGD attack")
     params = P.call_params(locals(), pgd)
     eps_t = A.check_budget(eps, norm=norm, loss=loss, steps=steps, n_restarts=n_restarts,

@@ -366,32 +366,50 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
     """Adversarial layers of attacks on ``model`` and benign layers present in ``adata``.
 
     With ``layers`` given, exactly those (each must be one of them, or any model-space layer,
-    scored for every cell).
+    scored for every cell). Each layer is labelled by what its run really did (the record's
+    ``method``, norm and budget, e.g. ``'pgd ε=0.1'``), followed by the run's key when that is
+    not the method's own name (``'pgd ε=0.5 (realistic)'``). A run record that does not hold
+    what its layers need is an error, not skipped.
     """
-    ns = adata.uns.get(K.UNS) or {}
+    ns = adata.uns.get(K.UNS)
     found: dict[str, LayerInfo] = {}
-    for run, rec in ns.items():
+    for run, rec in (ns.items() if isinstance(ns, Mapping) else ()):
         if not isinstance(rec, Mapping) or "layers" not in rec or "method" not in rec:
             continue
         method = str(rec["method"])
         is_attack = method in ATTACK_METHODS and str(rec.get("model", K.DEFAULT_MODEL)) == model
         if not (is_attack or method == BENIGN_METHOD):
             continue
-        names = np.atleast_1d(np.asarray(rec["layers"]).astype(str))
-        eps = (np.atleast_1d(np.asarray(rec["eps"], dtype=float)) if is_attack
-               else np.full(len(names), np.nan))
-        kinds = (np.atleast_1d(np.asarray(rec["kinds"]).astype(str)) if not is_attack
-                 else None)
+        what, fix = (f"{method} run {run!r}",
+                     f"run {'the attack' if is_attack else 'scadv.tl.benign_perturb'} again.")
+        schema = {"layers": REC.Field("strs", ("n_layers",)),
+                  **({"eps": REC.Field("floats", ("n_layers",), low=0.0),
+                      "norm": REC.Field("str", optional=True)} if is_attack
+                     else {"kinds": REC.Field("strs", ("n_layers",))})}
+        got = REC.fields({k: (np.atleast_1d(np.asarray(v)) if k in ("layers", "eps", "kinds")
+                              and isinstance(v, (list, tuple, np.ndarray, float, int, str))
+                              and not isinstance(v, bool) else v)
+                          for k, v in rec.items() if k in schema}, schema, what=what, fix=fix)
+        names = got["layers"]
         for i, name in enumerate(names):
             pred_col = K.layer_pred(name)
             if name not in adata.layers or pred_col not in adata.obs:
                 continue
             changed = adata.obs[pred_col].notna().to_numpy()
-            label = (f"{run} ε={K.format_eps(eps[i])}" if kinds is None  # an attack
-                     else f"{run} {kinds[i]}")
+            if is_attack:
+                eps = float(got["eps"][i])
+                norm = " L2" if got.get("norm") == "l2" else ""
+                label = f"{method}{norm} ε={K.format_eps(eps)}"
+                own = K.default_attack_key(method, model)
+            else:
+                eps = float("nan")
+                label = f"{method} {got['kinds'][i]}"
+                own = K.DEFAULT_BENIGN
+            if str(run) != own:
+                label += f" ({run})"
             found[name] = LayerInfo(name, str(run), method,
-                                    "adversarial" if is_attack else "benign", label,
-                                    float(eps[i]), changed)
+                                    "adversarial" if is_attack else "benign", label, eps,
+                                    changed)
     if layers is None:
         return sorted(found.values(), key=lambda i: _order(
             {"kind": i.kind, "run": i.run, "eps": i.eps, "layer": i.layer}))

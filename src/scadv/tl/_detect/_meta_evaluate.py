@@ -59,6 +59,9 @@ def meta_evaluate(
     ``obs['<layer>_<key>_score' / '_flag']``) and updates ``evaluation`` and ``table`` in
     ``adata.uns['scadv'][key]``.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True)
     start = logg.info(f"evaluating scadv meta-detector {key!r}")
     adata = V.start(adata, copy=copy)
     dev = D.resolve(device)
@@ -82,7 +85,7 @@ def meta_evaluate(
     record["evaluation"] = evaluation
     record["table"] = MC.table(evaluation)
     write_results(adata, step=f"meta-detector evaluation on {len(infos)} layers", start=start,
-                  uns={key: record}, obs=obs,
+                  uns={key: record}, obs=obs, update={key},
                   colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs
                           if col.endswith("_flag")})
     return adata if copy else None

@@ -100,6 +100,18 @@ def attribution_stability(
     the strengths, ``prediction_changed`` (fraction of cells whose predicted class changed,
     per perturbation) and provenance.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("perturbations", perturbations)
+    V.positive("noise", noise)
+    V.fraction("downsample", downsample)
+    V.positive("eps", eps)
+    V.positive_int("k", k)
+    V.positive_int("n_repeats", n_repeats)
+    if model is not None and not callable(model):
+        raise ScadvInputError(f"model must be the nn.Module or callable the attributions were "
+                              f"made with (or None for a stored classifier), got "
+                              f"{type(model).__name__}.")
     start = logg.info(f"stability of the attributions {key!r}")
     params = P.call_params(locals(), attribution_stability)
     adata = V.start(adata, copy=copy)
@@ -296,6 +308,9 @@ def attribution_agreement(
     (runs × runs × classes), ``jaccard_mean`` and ``spearman_mean`` (runs × runs, mean over
     classes), ``k`` and provenance.
     """
+    V.options(locals())
+    V.names("keys", keys)
+    V.positive_int("k", k)
     start = logg.info(f"agreement of attributions {list(keys)}")
     params = P.call_params(locals(), attribution_agreement)
     adata = V.start(adata, copy=copy)
@@ -385,6 +400,10 @@ def marker_overlap(
     class), ``overlap_mean`` (per run), ``table`` (a DataFrame: ``key``, ``class``,
     ``overlap``, ``shared_genes``), ``k``, ``groupby`` and provenance.
     """
+    V.options(locals())
+    V.names("keys", keys)
+    V.name("de_key", de_key)
+    V.positive_int("k", k)
     start = logg.info("overlap of attributions with DE markers")
     params = P.call_params(locals(), marker_overlap)
     adata = V.start(adata, copy=copy)

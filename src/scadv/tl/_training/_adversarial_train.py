@@ -166,6 +166,21 @@ def adversarial_train(
         from the true label), ``adversarial_training`` (the method and its parameters) and
         ``provenance``.
     """
+    V.options(locals())
+    V.name("label_key", label_key)
+    V.name("split_key", split_key, allow_none=True)
+    V.choice("method", method, ("pgd", "fgsm", "trades"))
+    V.real("eps", eps)
+    V.optional_int("steps", steps)
+    V.optional_positive("alpha", alpha)
+    V.choice("norm", norm, ("linf", "l2"))
+    V.flag("random_start", random_start)
+    V.fraction("adv_ratio", adv_ratio, closed_high=True)
+    V.nonneg("beta", beta)
+    V.reals("eval_eps", eval_eps, low=0.0)
+    V.positive_int("eval_steps", eval_steps)
+    V.flag("freeze_input", freeze_input)
+    V.nonneg("weight_decay", weight_decay)
     start = logg.info(f"adversarial training ({method}, ε={eps}) of {key_added!r} on "
                       f"{label_key!r}")
     params = P.call_params(locals(), adversarial_train)
