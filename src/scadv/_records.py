@@ -57,14 +57,20 @@ class Field:
     unique: bool = False
     #: str: one of these values.
     choices: tuple[str, ...] | None = None
+    #: table: columns it must have, and its fewest rows; arrays: their fewest values.
+    columns: tuple[str, ...] = ()
+    min_rows: int = 0
 
 
 def malformed(what: str, entry: str, problem: str, fix: str) -> ScadvInputError:
-    """The error for a malformed entry: names the record, the entry, the problem and the fix."""
-    return ScadvInputError(
+    """The error for a malformed entry: names the record, the entry, the problem and the fix
+    (also kept as the error's ``problem`` attribute, e.g. ``"'genes' lists 0 genes"``)."""
+    err = ScadvInputError(
         f"the stored {what} is malformed: {entry} {problem}. It was changed or damaged after "
         f"scadv wrote it; {fix}"
     )
+    err.problem = f"{entry} {problem}"  # type: ignore[attr-defined]
+    return err
 
 
 def _scalar(value: Any) -> Any:
@@ -97,6 +103,11 @@ def check_value(value: Any, field: Field, *, what: str, entry: str, fix: str,
     if kind == "table":
         if not isinstance(value, pd.DataFrame):
             raise bad(f"must be a table (DataFrame), not {type(value).__name__}")
+        missing = [c for c in field.columns if c not in value.columns]
+        if missing:
+            raise bad(f"lacks the columns {missing}")
+        if len(value) < field.min_rows:
+            raise bad(f"has {len(value)} rows; at least {field.min_rows} expected")
         return value
     if kind in ("str", "int", "float", "bool"):
         v = _scalar(value)
@@ -127,6 +138,8 @@ def check_value(value: Any, field: Field, *, what: str, entry: str, fix: str,
         raise bad(f"is not an array ({err})") from None
     if arr.ndim != len(field.dims):
         raise bad(f"must be {len(field.dims)}-dimensional, not of shape {arr.shape}")
+    if arr.size < field.min_rows:
+        raise bad(f"holds {arr.size} values; at least {field.min_rows} expected")
     for axis, (size, dim) in enumerate(zip(arr.shape, field.dims, strict=True)):
         if isinstance(dim, int) and size != dim:
             raise bad(f"has {size} entries along axis {axis}; expected {dim}")

@@ -176,17 +176,28 @@ def _safe(value: Any, *, where: str) -> Any:
         ) from None
 
 
-#: What the reserved names of ``uns['scadv']`` hold, and how to tell such a record.
 def _is_recipe(value: Any) -> bool:
+    """Whether ``value`` is a valid recipe; a mapping that is not is an error naming what is
+    wrong (only :func:`scadv.pp.prepare` / ``transform`` write recipes: another result under
+    ``'prepare'`` is refused as reserved before it gets here, by ``key_added``'s check)."""
     from . import _records as REC
 
+    if not isinstance(value, Mapping) or "genes" not in value:
+        return False
     try:
         REC.recipe(value)
-    except ScadvInputError:
-        return False
+    except ScadvInputError as err:
+        problem = getattr(err, "problem", str(err))
+        raise ScadvInputError(
+            f"the preprocessing recipe made from this data is not valid ({problem}), so "
+            "nothing was written. This happens with degenerate data, e.g. when no gene is "
+            "detected in at least 3 cells or every gene is constant: check the cells and "
+            "genes (sc.pp.filter_cells / sc.pp.filter_genes) and the matrix passed."
+        ) from None
     return True
 
 
+#: What the reserved names of ``uns['scadv']`` hold, and how to tell such a record.
 _RESERVED: dict[str, tuple[str, Callable[[Any], bool]]] = {
     K.PREPARE: ("the preprocessing recipe", _is_recipe),
     K.PROVENANCE: ("the provenance of every step", lambda v: False),

@@ -434,8 +434,6 @@ def _loaders() -> dict[tuple[str, str], list[tuple[str, Callable[[ad.AnnData], A
             ("tl.predict", lambda a: tl.predict(a, key_added="t")),
             ("tl.pgd", lambda a: tl.pgd(a, eps=0.3, steps=1, cells="all", key_added="t",
                                         progress=False)),
-            ("tl.attribute", lambda a: tl.attribute(a, method="saliency", cells="all",
-                                                    key_added="t", progress=False)),
             ("tl.predict(source)", lambda a: tl.predict(counts.copy(), source=a))],
         ("trained", "prepare"): [
             ("pp.transform", lambda a: scadv.pp.transform(counts.copy(), reference=a)),
@@ -443,9 +441,7 @@ def _loaders() -> dict[tuple[str, str], list[tuple[str, Callable[[ad.AnnData], A
                 a, "cell_type", max_epochs=1, key_added="t", progress=False))],
         ("meta", "meta"): [
             ("tl.meta_score", lambda a: tl.meta_score(a, key_added="t", progress=False)),
-            ("tl.meta_evaluate", lambda a: tl.meta_evaluate(a, progress=False)),
             ("pl.roc", lambda a: pl.roc(a, show=False)),
-            ("pl.meta_scores", lambda a: pl.meta_scores(a, show=False)),
             ("pl.meta_cell", lambda a: pl.meta_cell(a, "cell1", show=False))],
         ("meta", "pgd"): [
             ("tl.meta_evaluate", lambda a: tl.meta_evaluate(a, progress=False)),
@@ -483,7 +479,8 @@ def _loaders() -> dict[tuple[str, str], list[tuple[str, Callable[[ad.AnnData], A
 
 
 #: What a tampering operator does to a value (``None``: the operator does not apply).
-CODE = "__import__('os').system('touch /tmp/scadv_pwned')"
+CODE_MARKER = "/tmp/scadv_pwned"
+CODE = f"__import__('os').system('touch {CODE_MARKER}')"
 
 
 def _op(name: str, value: Any) -> Any:
@@ -569,23 +566,31 @@ def _walk(rec: Any, path: tuple[str, ...], depth: int) -> Iterator[tuple[tuple[s
         keys = sorted(rec)
         if path and path[-1] in ("weights", "triplet_weights", "detector_weights"):
             keys = keys[:1] + keys[-1:]  # the first and last weight
-        if path[-1:] in (("provenance",), ("history",), ("versions",), ("params",)):
+        if path[-1:] in (("provenance",), ("history",), ("versions",), ("params",),
+                         ("calibration",), ("training",)):
             return  # read by no function
+        if len(path) >= 2 and path[0] == "evaluation":
+            return  # an evaluated layer's metrics: corrupted as a whole, not one by one
         for key in keys:
             yield from _walk(rec[key], (*path, str(key)), depth - 1)
 
 
-def tampered_cases() -> list[Tamper]:
-    """Every (entry, operator) that applies, over every stored record type."""
+def tampered_cases(*, every: bool = False) -> list[Tamper]:
+    """Corrupted entries over every stored record type: for each entry (the whole record and
+    every entry down to three levels, weights sampled), one operator that applies to it, taken
+    in turn from :data:`OPS` so that every operator is used (``every=True``: all operators
+    that apply to each entry)."""
     data = datasets()
     out = []
+    turn = 0
     for (dname, key), _ in _loaders().items():
         for path, value in _walk(data[dname].uns["scadv"][key], (), 3):
-            for op in OPS:
-                if op == "delete" and not path:
-                    continue
-                if op == "delete" or _op(op, value) is not None:
-                    out.append(Tamper(dname, key, path, op))
+            ops = [op for op in OPS if (op == "delete" and path)
+                   or (op != "delete" and _op(op, value) is not None)]
+            if not every and ops:
+                ops = [ops[turn % len(ops)]]
+                turn += 1
+            out += [Tamper(dname, key, path, op) for op in ops]
     return out
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _records as REC
 from .. import _validate as V
 from .._errors import ScadvInputError
 from ..tl._explain import _rankings as RK
@@ -118,6 +119,13 @@ def attribution_stability(
     V.name("key", key)
     V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard", "spearman", "perturbations", "classes"),
+                   schema={m: REC.Field("floats", ("n_perturbations", "n_classes"),
+                                        finite="nan") for m in ("jaccard", "spearman")}
+                   | {"perturbations": REC.Field("strs", ("n_perturbations",)),
+                      "classes": REC.Field("strs", ("n_classes",)),
+                      "noise": REC.Field("float"), "downsample": REC.Field("float"),
+                      "eps": REC.Field("float"), "k": REC.Field("int", low=1),
+                      "method": REC.Field("str"), "attribution_key": REC.Field("str")},
                    made_by="scadv.tl.attribution_stability")
     if metric not in ("jaccard", "spearman"):
         raise ScadvInputError(f"metric must be 'jaccard' or 'spearman', got {metric!r}.")
@@ -173,6 +181,9 @@ def attribution_agreement(
     V.name("key", key)
     V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard_mean", "spearman_mean", "keys"),
+                   schema={m: REC.Field("floats", ("n_keys", "n_keys"), finite="nan")
+                           for m in ("jaccard_mean", "spearman_mean")}
+                   | {"keys": REC.Field("strs", ("n_keys",)), "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.attribution_agreement")
     if metric not in ("jaccard", "spearman"):
         raise ScadvInputError(f"metric must be 'jaccard' or 'spearman', got {metric!r}.")
@@ -209,6 +220,10 @@ def marker_overlap(
     V.options(locals())
     V.name("key", key)
     rec = U.record(adata, key, needs=("overlap", "keys", "classes"),
+                   schema={"overlap": REC.Field("floats", ("n_keys", "n_classes"), finite="nan"),
+                           "keys": REC.Field("strs", ("n_keys",)),
+                           "classes": REC.Field("strs", ("n_classes",)),
+                           "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.marker_overlap")
     vals = np.atleast_2d(np.asarray(rec["overlap"], dtype=float))
     keys = [str(k) for k in np.asarray(rec["keys"])]
@@ -247,6 +262,8 @@ def enrichment(
     V.name("key", key)
     V.positive_int("n_sets", n_sets)
     rec = U.record(adata, key, needs=("table", "n_universe"),
+                   schema={"table": REC.Field("table", min_rows=1, columns=(
+                               "class", "gene_set", "pval", "fdr", "k"))},
                    made_by="scadv.tl.gene_set_enrichment")
     table = pd.DataFrame(rec["table"])
     table["class"] = table["class"].astype(str)
@@ -296,6 +313,11 @@ def attribution_truth(
     V.name("key", key)
     V.name("metric", metric)
     rec = U.record(adata, key, needs=("precision_at_k", "auprc", "keys", "classes"),
+                   schema={m: REC.Field("floats", ("n_keys", "n_classes"), finite="nan")
+                           for m in ("precision_at_k", "recall_at_k", "auprc", "auprc_random")}
+                   | {"keys": REC.Field("strs", ("n_keys",)),
+                      "classes": REC.Field("strs", ("n_classes",)),
+                      "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.score_attributions")
     if metric not in ("precision_at_k", "recall_at_k", "auprc"):
         raise ScadvInputError("metric must be 'precision_at_k', 'recall_at_k' or 'auprc', got "

@@ -14,6 +14,7 @@ from .. import _model as M
 from .. import _recipe as R
 from .. import _validate as V
 from .._errors import ScadvInputError
+from ..tl import _common as C
 from . import _meta_common as PM
 from . import _utils as U
 
@@ -70,7 +71,7 @@ def meta_cell(
         raise ScadvInputError(f"cell {cell!r} was not changed in layer {layer!r} (e.g. not a "
                               "test cell); pick an attacked cell.")
     model = str(rec["model"])
-    classifier = adata.uns[K.UNS][model]
+    classifier = C.model_record(adata, model)
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     net = M.from_record(classifier, D.resolve("cpu"))
     x = np.vstack([R.model_input(adata[[cell]], classifier["prepare"]).x,

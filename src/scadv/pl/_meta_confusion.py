@@ -68,7 +68,7 @@ def meta_confusion(
         raise ScadvInputError(f"layer {layer!r} is not among the layers detector {key!r} was "
                               f"evaluated on ({adversarial}); run scadv.tl.meta_evaluate.")
     model = str(rec["model"])
-    classifier = adata.uns[K.UNS][model]
+    classifier = C.model_record(adata, model)
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     label_key = str(classifier.get("label_key", ""))
     test = PM.test_mask(adata, rec)

@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _records as REC
 from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
@@ -51,6 +52,11 @@ def overview(
     V.name("value", value)
     V.name("cmap", cmap)
     rec = U.record(adata, key, needs=("table", "targets", "modifications"),
+                   schema={"table": REC.Field("table", columns=(
+                               "cluster", "modification", "n_flip_genes", "n_signature_genes")),
+                           "targets": REC.Field("strs", (None,), min_rows=1),
+                           "modifications": REC.Field("strs", (None,), min_rows=1),
+                           "classifier": REC.Field("str", optional=True)},
                    made_by="scadv.tl.overview")
     if value not in _TITLES:
         raise ScadvInputError(f"value must be one of {list(_TITLES)}, got {value!r}.")
