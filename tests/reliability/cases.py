@@ -214,6 +214,17 @@ CALLS: list[Call] = [
         "add_layer": FLAG, "add_obs": FLAG}),
     _gene("tl.overview", kwargs={"genes": GENES3, "target": "type0"}, options={
         "target": [3, "", "nope"], "signature": FLAG}),
+    Call("datasets.simulate", "none", kwargs={"n_cells": 60, "n_genes": 200, "n_types": 3},
+         options={"n_cells": [0, -1, 2.5, "60", None, True, 10**9],
+                  "n_genes": [0, 2.5, "200", None], "n_types": [1, 0, 2.5, "3"],
+                  "n_lineages": [0, 2.5, 9], "markers_per_type": [0, 2.5, "30"],
+                  "genes_per_lineage": [-1, 2.5], "n_activity_programs": [-1, "3"],
+                  "type_weight": [0.0, -0.1, nan, "0.03", 1.5], "lineage_weight": NONNEG,
+                  "activity_weight": NONNEG, "concentration": POS, "library_size": POS,
+                  "library_sd": NONNEG, "dispersion": NONNEG,
+                  "type_proportions": [[1.0], [nan, 1, 1], ["a", 1, 1], [-1, 1, 1],
+                                       [0, 0, 0], "x"],
+                  "label_key": NAME, "seed": SEED}),
     Call("pl.flip_rate", "meta", options=_plot(key=[*NAME, "nope", "classifier"])),
     Call("pl.robustness_curve", "trained", options=_plot(key=[*NAME, "nope"])),
     Call("pl.meta_scores", "meta", options=_plot(layers=[["nope"], 3], bins=POS_INT)),
@@ -402,6 +413,10 @@ def run(func: Callable[[], Any], adata: ad.AnnData | None = None) -> Outcome:
 def run_case(case: Case) -> Outcome:
     """Run one bad-input case on a fresh copy of its data."""
     data = datasets()
+    if case.call.data == "none":  # a function without an AnnData argument
+        kwargs = {**case.call.kwargs, case.option: case.value}
+        f = function(case.call.func)
+        return run(lambda: f(**kwargs))
     adata = data[case.call.data].copy()
     args = [_resolve(a, adata) for a in case.call.args]
     kwargs = {k: _resolve(v, adata) for k, v in case.call.kwargs.items()}
@@ -444,7 +459,8 @@ def _loaders() -> dict[tuple[str, str], list[tuple[str, Callable[[ad.AnnData], A
             ("pl.roc", lambda a: pl.roc(a, show=False)),
             ("pl.meta_cell", lambda a: pl.meta_cell(a, "cell1", show=False))],
         ("meta", "pgd"): [
-            ("tl.meta_evaluate", lambda a: tl.meta_evaluate(a, progress=False)),
+            ("tl.meta_evaluate", lambda a: tl.meta_evaluate(a, layers=["scadv_pgd_eps0.3"],
+                                                            progress=False)),
             ("pl.flip_rate", lambda a: pl.flip_rate(a, show=False))],
         ("trained", "single_gene"): [
             ("pl.single_gene", lambda a: pl.single_gene(a, show=False))],

@@ -41,9 +41,9 @@ PARAMS = st.fixed_dictionaries({
     "n_top_genes": st.sampled_from([1, 2, 5, 20, 50, 2000, 2000]),
     "flavor": st.sampled_from([None, None, "seurat", "cell_ranger"]),
     "input_rank": st.sampled_from([None, 1, 5, 50]),
-    "hidden": st.sampled_from([(8,), (16, 8), (256, 128, 64)]),
+    "hidden": st.sampled_from([(8,), (16, 8), (32, 16, 8), (256, 128, 64)]),
     "max_epochs": st.integers(1, 2),
-    "batch_size": st.sampled_from([8, 64]),
+    "batch_size": st.sampled_from([16, 64]),
     "eps": st.sampled_from([(0.1,), (0.3, 1.0), (0.05, 0.1, 0.15)]),
     "steps": st.integers(1, 3),
     "cells": st.sampled_from(["test", "all"]),
@@ -234,34 +234,76 @@ def _params(p: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if k in ("hidden", "eps") else v for k, v in p.items()}
 
 
-def worker() -> None:
-    """Read examples (JSON, one per line) from stdin; write each outcome as a marked JSON
-    line to stdout (other output of the libraries is ignored by the reader)."""
+DIED_MARK = "@@scadv-fuzz-died "
+#: An example that runs every step, for the worker to run before it forks the children (numba
+#: compiles scanpy's functions and torch initialises once, not once per example).
+WARM_UP: dict[str, Any] = {
+    "seed": 0, "n_genes": 40, "class_sizes": (30, 30), "unlabelled": 0, "kind": "counts",
+    "dtype": "float32", "sparse": True, "density": 1.0, "categorical": True,
+    "n_top_genes": 20, "flavor": None, "input_rank": None, "hidden": (8,), "max_epochs": 1,
+    "batch_size": 64, "eps": (0.3, 1.0), "steps": 2, "cells": "all", "keep_zeros": False,
+    "detect": 0, "roundtrip": 0}
+
+
+def worker(timeout: float = 300.0) -> None:
+    """Read examples (JSON, one per line) from stdin and run each in a child forked from this
+    process (which has imported everything once): a child that dies (a segfault in native
+    code) or hangs cannot take the run down. Outcomes are written as marked lines to stdout
+    (other output of the libraries is ignored by the reader)."""
     import json
+    import os
+    import signal
     import sys
+    import time
 
     import torch
 
     global REPORT_STEPS
     REPORT_STEPS = True
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # before any computation: no thread pool exists when forking
     import matplotlib
 
     matplotlib.use("Agg")
     import scanpy as sc
 
     sc.settings.verbosity = 0
+    REPORT_STEPS = False
+    for flavor in (None, "seurat", "cell_ranger"):  # compile and load everything once, here
+        pipeline({**WARM_UP, "flavor": flavor})
+    REPORT_STEPS = True
     for line in sys.stdin:
-        result = pipeline(_params(json.loads(line)))
-        sys.stdout.write(MARK + json.dumps(result) + "\n")
+        params = _params(json.loads(line))
         sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: run the example, report, leave without cleanup
+            try:
+                result = pipeline(params)
+                sys.stdout.write(MARK + json.dumps(result) + "\n")
+                sys.stdout.flush()
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.005)
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            code = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                    else os.WEXITSTATUS(status))
+            sys.stdout.write(DIED_MARK + str(code) + "\n")
+            sys.stdout.flush()
 
 
 def run_all(params: list[dict[str, Any]], *, timeout: float = 300.0
             ) -> list[tuple[str, str, str]]:
-    """:func:`pipeline` of every example in a worker process; an example that kills the
-    process (or runs past ``timeout`` seconds) is recorded as a ``'crash'`` and the worker is
-    restarted for the next one."""
+    """:func:`pipeline` of every example, each in a process of its own (see :func:`worker`):
+    an example that kills its process (or runs past ``timeout`` seconds) is recorded as a
+    ``'crash'`` at the step it was in."""
     import json
     import os
     import queue
@@ -270,51 +312,42 @@ def run_all(params: list[dict[str, Any]], *, timeout: float = 300.0
     import threading
 
     root = str(Path(__file__).resolve().parents[2])
-    out: list[tuple[str, str, str]] = []
-    proc: subprocess.Popen[str] | None = None
-    results: queue.Queue[str | None] = queue.Queue()
-
+    # numba's OpenMP layer refuses to run in a forked child: use its fork-safe layer
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "NUMBA_THREADING_LAYER": "workqueue"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         f"from tests.reliability.fuzz import worker; worker({float(timeout)!r})"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=root, env=env)
+    results: queue.Queue[tuple[str, str, str]] = queue.Queue()
     last_step = ["start"]
 
-    def read(stream: Any) -> None:
-        for text in stream:
+    def read() -> None:
+        assert proc.stdout is not None
+        for text in proc.stdout:
             if text.startswith(MARK):
-                results.put(text[len(MARK):])
+                results.put(tuple(json.loads(text[len(MARK):])))  # type: ignore[arg-type]
             elif text.startswith(STEP_MARK):
                 last_step[0] = text[len(STEP_MARK):].strip()
-        results.put(None)  # the process ended
+            elif text.startswith(DIED_MARK):
+                code = text[len(DIED_MARK):].strip()
+                results.put(("crash", last_step[0], f"the process died (exit code {code}) or "
+                                                     f"hung during {last_step[0]}"))
+        results.put(("crash", "worker", "the worker process ended"))
 
-    for p in params:
-        if proc is None:
-            env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get(
-                "PYTHONPATH", "")}
-            proc = subprocess.Popen(
-                [sys.executable, "-c", "from tests.reliability.fuzz import worker; worker()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, cwd=root, env=env)
-            results = queue.Queue()
-            threading.Thread(target=read, args=(proc.stdout,), daemon=True).start()
-        assert proc.stdin is not None
-        try:
+    threading.Thread(target=read, daemon=True).start()
+    assert proc.stdin is not None
+    out: list[tuple[str, str, str]] = []
+    try:
+        for p in params:
+            last_step[0] = "start"
             proc.stdin.write(json.dumps(p) + "\n")
             proc.stdin.flush()
-            got = results.get(timeout=timeout)
-        except (BrokenPipeError, queue.Empty):
-            got = None
-        if got is not None:
-            outcome, step, detail = json.loads(got)
-            out.append((outcome, step, detail))
-            continue
-        proc.kill()
-        code = proc.wait()
-        step = last_step[0]
-        last_step[0] = "start"
-        out.append(("crash", step, f"the process died (exit code {code}) or hung during "
-                                   f"{step}"))
-        proc = None
-    if proc is not None and proc.stdin is not None:
+            out.append(results.get(timeout=timeout + 60))
+    finally:
         proc.stdin.close()
-        proc.wait(30)
+        proc.wait(60)
     return out
 
 

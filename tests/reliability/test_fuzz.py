@@ -29,6 +29,6 @@ def test_fuzzed_datasets_end_in_valid_results_or_a_clear_error() -> None:
         warnings.warn(f"fuzzed examples hitting open findings of the data-path rewrite "
                       f"(issue 14): {dict(known)}", stacklevel=1)
     # the examples exercise the whole chain, not only the first checks
-    assert counts[("ok", "write/read")] + counts[("ok", "meta_detect")] >= 15, counts
-    assert sum(v for (kind, _), v in counts.items() if kind == "ok") >= 40, counts
-    assert counts[("error", "meta_detect")] + counts[("ok", "meta_detect")] >= 10, counts
+    assert counts[("ok", "write/read")] + counts[("ok", "meta_detect")] >= 10, counts
+    assert sum(v for (kind, _), v in counts.items() if kind == "ok") >= 30, counts
+    assert counts[("error", "meta_detect")] + counts[("ok", "meta_detect")] >= 8, counts
