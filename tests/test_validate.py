@@ -59,8 +59,8 @@ def test_reals_and_ints() -> None:
     assert V.reals("eps", np.array([0.1, 0.2])) == (0.1, 0.2)
     assert V.ints("hidden", (8, np.int64(4))) == (8, 4)
     for bad, message in (([], "at least one"), ((0.1, "a"), r"eps\[1\] must be a number"),
-                         (np.zeros((2, 2)), "one-dimensional"), ({"a": 1}, "list or tuple"),
-                         ("0.1", "list or tuple"), ((0.1, float("nan")), "finite")):
+                         (np.zeros((2, 2)), "one-dimensional"), ({"a": 1}, "list / tuple"),
+                         ("0.1", "list / tuple"), ((0.1, float("nan")), "finite")):
         with pytest.raises(ScadvInputError, match=message):
             V.reals("eps", bad, low=0.0, low_open=True)
     with pytest.raises(ScadvInputError, match=r"hidden\[1\] must be ≥ 1"):

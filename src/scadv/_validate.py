@@ -374,7 +374,8 @@ def _sequence(name: str, value: object, *, scalar_ok: bool) -> list[Any]:
         return list(value)
     if scalar_ok and not isinstance(value, (str, bytes, Mapping)):
         return [value]
-    raise ScadvInputError(f"{name} must be a list or tuple, got {_got(value)} "
+    what = "a number or a list / tuple of numbers" if scalar_ok else "a list or tuple"
+    raise ScadvInputError(f"{name} must be {what}, got {_got(value)} "
                           f"({type(value).__name__}).")
 
 
