@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/scadv demo --out scadv_demo
+	$(VENV)/bin/scadv demo --out scadv_demo --realistic --detector
 
 test: $(STAMP)
 	$(PY) -m pytest

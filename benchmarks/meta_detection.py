@@ -57,7 +57,7 @@ LAMBDAS = (0.0, 0.3, 1.0, 3.0)
 
 def one_seed(path: Path, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
     adata = ad.read_h5ad(path)
-    scadv.pp.prepare(adata)
+    scadv.pp.prepare(adata, subset=True)  # the model input in X: read directly below
     scadv.tl.train_classifier(adata, "cell_type", seed=seed, progress=False)
     scadv.tl.pgd(adata, eps=(0.05, 0.1, 0.15, 0.3, 1.0), progress=False)
     scadv.tl.fgsm(adata, eps=(0.05, 0.1, 0.15), progress=False)
@@ -127,7 +127,7 @@ def leak(adata: ad.AnnData) -> dict[str, float]:
                     device=dev, seed=0, batch_size=256, progress=False)
     flip = al.argmax(-1) != lg.argmax(1)[None]
     ytr = np.tile(y[train], (3, 1))[flip]
-    test_layer = adata.layers[K.attack_layer("pgd", 0.1)][test]
+    test_layer = scadv.get.perturbed(adata, K.attack_layer("pgd", 0.1), cells=test)
     tflip = (adata.obs[K.attack_flipped("pgd", 0.1)] == True).to_numpy()[test]  # noqa: E712
     for name, use_label in (("honest_logreg_auroc", False), ("leaky_logreg_auroc", True)):
         f0 = feats(x[train], y[train] if use_label else None)

@@ -50,7 +50,7 @@ def load(path: Path | None) -> tuple[ad.AnnData, str]:
         adata = scadv.datasets.pbmc68k_reduced()
         label = "bulk_labels"
         name = "pbmc68k_reduced (bundled)"
-    scadv.pp.prepare(adata)
+    scadv.pp.prepare(adata, subset=True)  # the model input in X: read directly below
     return adata, label, name
 
 

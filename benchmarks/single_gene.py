@@ -59,7 +59,7 @@ MODS = ("perc1", "perc99")
 
 def load(path: Path) -> ad.AnnData:
     adata = ad.read_h5ad(path)
-    scadv.pp.prepare(adata)
+    scadv.pp.prepare(adata, subset=True)  # the model input in X: read directly below
     scadv.tl.train_classifier(adata, "cell_type", seed=42, progress=False)
     return adata
 

@@ -8,8 +8,8 @@ on the thread count. This script measures what that does to scadv's results on P
 2. **Input gradient**: the largest relative difference, and how many of its components change
    sign (the sign is what an L∞ attack step uses).
 3. **PGD** (``pgd``, the same stored model): the largest difference of the adversarial
-   layers, the fraction of attacked cells whose adversarial version differs, and the flip
-   rates.
+   inputs (``scadv.get.perturbed``), the fraction of attacked cells whose adversarial
+   version differs, and the flip rates.
 4. **Training** (``train_classifier``, 5 epochs): the largest difference of the weights and
    of the test accuracy.
 5. **End to end** (``train_classifier`` with its defaults, then ``pgd``, both at the thread
@@ -107,7 +107,8 @@ def main() -> None:
               f"{flips:.2e} of the components")
         a, a0 = _with_threads(n, attack), ref["pgd"]
         for layer in a0.uns["scadv"]["pgd"]["layers"]:
-            d = np.abs(np.asarray(a.layers[layer])[test] - np.asarray(a0.layers[layer])[test])
+            d = np.abs(scadv.get.perturbed(a, layer, cells=test)
+                       - scadv.get.perturbed(a0, layer, cells=test))
             print(f"  pgd {layer}: max |Δ| = {d.max():.3g}, cells differing "
                   f"{(d.max(axis=1) > 1e-6).mean():.3f}")
         print(f"  pgd flip rates {np.round(a.uns['scadv']['pgd']['flip_rate'], 4)} vs "
@@ -120,7 +121,8 @@ def main() -> None:
               f"{b0.uns['scadv']['again']['metrics']['test']['accuracy']:.4f}")
         c, c0 = _with_threads(n, chain), ref["chain"]
         for layer in c0.uns["scadv"]["pgd_chain"]["layers"]:
-            d = np.abs(np.asarray(c.layers[layer])[test] - np.asarray(c0.layers[layer])[test])
+            d = np.abs(scadv.get.perturbed(c, layer, cells=test)
+                       - scadv.get.perturbed(c0, layer, cells=test))
             print(f"  end to end {layer}: max |Δ| = {d.max():.3g}, cells differing "
                   f"{(d.max(axis=1) > 1e-6).mean():.3f}")
         print(f"  end to end flip rates "

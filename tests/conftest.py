@@ -252,3 +252,95 @@ def sim_trained(_sim_trained: ad.AnnData) -> ad.AnnData:
     with a plain classifier ('classifier') and an adversarially trained one ('robust') on the
     same split (a fresh copy)."""
     return _sim_trained.copy()
+
+
+def model_x(adata: ad.AnnData, model: str = "classifier") -> np.ndarray:
+    """The model input of every cell (what scadv 0.1 wrote into ``X``), computed on demand."""
+    import scadv
+
+    return scadv.get.model_input(adata, model=model)
+
+
+def perturbed(adata: ad.AnnData, name: str) -> np.ndarray:
+    """A perturbation's model input of every cell (what scadv 0.1 wrote into
+    ``layers[name]``), rebuilt from the compact stored change."""
+    import scadv
+
+    return scadv.get.perturbed(adata, name, cells=np.arange(adata.n_obs))
+
+
+def stored(adata: ad.AnnData) -> list[str]:
+    """Names of the perturbations stored in ``adata``."""
+    import scadv
+
+    return list(scadv.get.perturbations(adata).index)
+
+
+def model_counts(adata: ad.AnnData) -> np.ndarray:
+    """Raw counts of the model genes (dense), from ``X`` of lazily prepared data."""
+    genes = list(adata.uns["scadv"]["prepare"]["genes"])
+    x = adata[:, genes].X
+    return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+
+def prepared_x(adata: ad.AnnData) -> np.ndarray:
+    """The model input of ``adata``'s own recipe (``uns['scadv']['prepare']``)."""
+    from scadv import _recipe as R
+
+    return R.source(adata, adata.uns["scadv"]["prepare"]).dense()
+
+
+def model_genes(adata: ad.AnnData) -> np.ndarray:
+    """The model genes of ``adata``'s own recipe, in model order."""
+    return np.asarray(adata.uns["scadv"]["prepare"]["genes"]).astype(str)
+
+
+# ---- tutorials, executed once per session (tests/test_tutorials.py and the docs build) -----
+
+
+TUTORIALS = sorted((REPO / "tutorials").glob("*.py"))
+
+
+def execute_tutorial(script: Path, out: Path, timeout: int = 900) -> tuple[Path, str | None]:
+    """Run a jupytext tutorial as a notebook (nbclient, a fresh kernel, working folder
+    ``out``) and write the executed notebook with its outputs and figures next to the other
+    outputs; returns ``(notebook, error or None)``."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    out.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.read(script)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    saved = {k: os.environ.get(k) for k in ("SCADV_DATA", "SCADV_TUTORIAL_OUT", "MPLBACKEND",
+                                            "TQDM_DISABLE")}
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bars in the rendered notebooks
+    os.environ["SCADV_DATA"] = str(DATA)
+    os.environ["SCADV_TUTORIAL_OUT"] = str(out)
+    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend shows the figures
+    error = None
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(out)}}).execute()
+    except CellExecutionError as err:
+        error = str(err)[-3000:]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    path = out / f"{script.stem}.ipynb"
+    nbformat.write(nb, path)
+    return path, error
+
+
+@pytest.fixture(scope="session")
+def executed_tutorials(tmp_path_factory) -> dict[str, tuple[Path, str | None]]:
+    """Every tutorial executed once: ``{stem: (executed notebook, error or None)}``; the
+    tutorial tests check them and the docs build renders them (not executing them again)."""
+    _need(PBMC3K)
+    root = tmp_path_factory.mktemp("tutorials")
+    return {t.stem: execute_tutorial(t, root / t.stem) for t in TUTORIALS}

@@ -11,7 +11,7 @@ from sklearn.svm import SVC, LinearSVC
 import scadv
 from scadv import classifiers as CL
 from scadv._errors import ScadvInputError
-from tests.conftest import make_model_space, two_gene_rule
+from tests.conftest import make_model_space, model_genes, prepared_x, two_gene_rule
 
 
 def test_marker_scores_are_mean_positive_minus_mean_negative():
@@ -36,8 +36,8 @@ def test_marker_classifier_names_missing_markers():
 def test_pbmc_markers_classify_pbmc3k_better_than_chance(pbmc3k_markers):
     """The built-in scorer is a real (if weak) classifier: well above the 26% majority rate."""
     a = pbmc3k_markers
-    clf = CL.MarkerClassifier(CL.PBMC_MARKERS).bind(a.var_names)
-    pred = np.asarray(clf.classes)[clf.predict_proba(a.X).argmax(axis=1)]
+    clf = CL.MarkerClassifier(CL.PBMC_MARKERS).bind(model_genes(a))
+    pred = np.asarray(clf.classes)[clf.predict_proba(prepared_x(a)).argmax(axis=1)]
     labelled = a.obs["cell_type"].notna().to_numpy()
     acc = (pred[labelled] == a.obs["cell_type"].astype(str).to_numpy()[labelled]).mean()
     assert acc > 0.6  # measured 0.66

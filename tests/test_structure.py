@@ -33,6 +33,8 @@ def test_signature(name, func):
     names = [p.name for p in params]
     if not name.startswith("pl."):
         assert "copy" in names and inspect.signature(func).parameters["copy"].default is False
+    elif name == "pl.report":  # a document, not a figure: no axes to draw into
+        assert {"show", "save"} <= set(names)
     else:
         assert {"ax", "show", "save"} <= set(names)
     assert all(p.annotation is not p.empty for p in params), f"{name}: untyped parameters"

@@ -54,11 +54,13 @@ print(adata.obs["cell_type"].value_counts(dropna=False))
 
 # %% [markdown]
 # ## 2. Prepare the classifier's input
-# `scadv.pp.prepare` sees raw counts and so normalises each cell to 10,000 counts, takes
-# `log1p`, selects 2,000 highly variable genes (Seurat's *vst*), z-scores each gene and clips
-# at 10. The counts stay in `layers['counts']`, all log-normalised genes in `.raw`, and the
-# recipe (genes, means, standard deviations) in `uns['scadv']['prepare']`, so that new cells
-# can later be transformed identically.
+# `scadv.pp.prepare` sees raw counts and records how they become the classifier's input: each
+# cell normalised to 10,000 counts, `log1p`, 2,000 highly variable genes (Seurat's *vst*), each
+# gene z-scored and clipped at 10. It only *records* this recipe (genes, means, standard
+# deviations) in `uns['scadv']['prepare']`: `X` stays the raw counts of all genes, and every
+# scadv tool computes the model input from them batch by batch — for these cells and for any
+# new cells, identically. (`prepare(adata, subset=True)` gives scanpy's classic in-place
+# layout instead.)
 
 # %%
 scadv.pp.prepare(adata)
@@ -66,14 +68,6 @@ recipe = adata.uns["scadv"]["prepare"]
 print(adata)
 print("input kind:", recipe["input_kind"], "| gene selection:", recipe["flavor"],
       "| first model genes:", recipe["genes"][:8].tolist())
-
-# %% [markdown]
-# A UMAP for orientation, computed from the prepared matrix as in any scanpy workflow.
-
-# %%
-sc.pp.pca(adata, n_comps=50, random_state=0)
-sc.pp.neighbors(adata, random_state=0)
-sc.tl.umap(adata, random_state=0)
 
 # %% [markdown]
 # ## 3. Train the cell-type classifier
@@ -91,6 +85,14 @@ per_class = pd.DataFrame({"test cells": test["n_cells_per_class"],
                           "accuracy": np.round(test["per_class_accuracy"], 3)},
                          index=model["classes"])
 print(per_class)
+
+# %% [markdown]
+# A UMAP for orientation: the cells as the classifier sees them, from its 64-d embedding
+# (`obsm['X_scadv_emb']`).
+
+# %%
+sc.pp.neighbors(adata, use_rep="X_scadv_emb", random_state=0)
+sc.tl.umap(adata, random_state=0)
 
 # %% [markdown]
 # ## 4. Attack it
@@ -135,12 +137,16 @@ print(pd.DataFrame({"flip rate": real["flip_rate"],
 # %% [markdown]
 # ## 6. Save, send, reload, apply to new cells
 # Everything is in the AnnData: the model as plain arrays (no pickle; a file from a stranger
-# cannot run code), the recipe, the split, the attacks and their parameters.
+# cannot run code), the recipe, the split, the attacks and their parameters. The attacks keep
+# only what they changed, for the cells they changed (`scadv.get.perturbations(adata)`), so
+# the file stays close to the size of the raw counts.
 
 # %%
+print(scadv.get.perturbations(adata))
 path = OUT / "pbmc3k_scadv.h5ad"
 adata.write_h5ad(path)
 reloaded = ad.read_h5ad(path)
+print(f"{path.stat().st_size / 2**20:.1f} MiB on disk")
 
 # %% [markdown]
 # A colleague has new cells as raw counts (here: 300 cells of the raw file, with the genes in

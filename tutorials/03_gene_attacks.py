@@ -53,8 +53,12 @@ adata = scadv.datasets.pbmc3k(DATA / "pbmc3k_raw.h5ad")
 scadv.pp.prepare(adata, include_genes=marker_genes(PBMC_MARKERS))
 scadv.tl.train_classifier(adata, "cell_type", progress=False)  # the MLP, stored in adata
 labelled = adata.obs["cell_type"].notna().to_numpy()
+# the forest is trained on the same input as the MLP: the model input (z-scores of the model
+# genes), which scadv computes from the counts and the gene-level attacks modify
+x_model = scadv.get.model_input(adata)
+genes = adata.uns["scadv"]["prepare"]["genes"]
 forest = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=2).fit(
-    adata.X[labelled], adata.obs["cell_type"][labelled].astype(str))
+    x_model[labelled], adata.obs["cell_type"][labelled].astype(str))
 markers = MarkerClassifier(PBMC_MARKERS)  # per type: mean positive − mean negative markers
 print(adata)
 
@@ -137,7 +141,7 @@ scadv.tl.grid(adata, cluster_key="cell_type", target="B", classifier=markers,
               genes=["MS4A1", "CD79A", "CD74", "HLA-DRA", "CD3E", "LYZ"], progress=False)
 print(adata.uns["scadv"]["grid"]["table"])
 scadv.tl.random_walk(adata, cluster_key="cell_type", target="CD14+ Mono", classifier=markers,
-                     genes=[*adata.var_names[:200], "CD14", "LYZ"], progress=False)
+                     genes=[*genes[:200], "CD14", "LYZ"], progress=False)
 rw = adata.uns["scadv"]["random_walk"]
 print(f"random walk: {', '.join(rw['best_genes'])} ({', '.join(rw['best_modifications'])}) "
       f"turns CD14+ monocytes into {rw['new_label']!r}")

@@ -1,13 +1,14 @@
 """scadv: adversarial robustness of single-cell RNA-seq classifiers, as a scanpy plugin.
 
 Namespaces follow scanpy: :mod:`scadv.pp` (preprocessing), :mod:`scadv.tl` (tools),
-:mod:`scadv.pl` (plots) and :mod:`scadv.datasets`; :mod:`scadv.classifiers` wraps any
-classifier for the gene-level attacks.
+:mod:`scadv.pl` (plots), :mod:`scadv.get` (arrays of what scadv computed) and
+:mod:`scadv.datasets`; :mod:`scadv.classifiers` wraps any classifier for the gene-level
+attacks.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import classifiers, datasets, pl, pp, tl
+from . import classifiers, datasets, get, pl, pp, tl
 from ._errors import ScadvInputError
 
 try:
@@ -15,4 +16,6 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["ScadvInputError", "__version__", "classifiers", "datasets", "pl", "pp", "tl"]
+__all__ = [
+    "ScadvInputError", "__version__", "classifiers", "datasets", "get", "pl", "pp", "tl",
+]

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
+from . import _progress as PB
 from . import _records as REC
 from ._errors import ScadvInputError
 from ._model import weights_to_arrays
@@ -253,8 +254,8 @@ def fit(clean: np.ndarray, clean_class: np.ndarray, adv: np.ndarray, adv_source:
         triplet, detector = shape.build()
         nets = Networks(shape, mean, scale, triplet.to(device), detector.to(device))
         rng = np.random.default_rng(seed)
-        bar = tqdm(total=options.triplet_epochs + options.detector_epochs, desc="meta-detector",
-                   unit="epoch", disable=not progress, leave=False, mininterval=0.5)
+        bar = PB.bar(total=options.triplet_epochs + options.detector_epochs, desc="meta-detector",
+                   unit="epoch", progress=progress)
         try:
             t_hist = _fit_triplet(nets, clean, clean_class, adv, adv_source, options=options,
                                   rng=rng, device=device, bar=bar)

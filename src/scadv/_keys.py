@@ -11,7 +11,9 @@ Per-cell results
     the default classifier writes ``obs['scadv_pred']``, ``obs['scadv_split']``,
     ``obsm['scadv_proba']`` and ``obsm['X_scadv_emb']``; a classifier stored under
     another key ``k`` writes ``scadv_k_pred`` and so on. An attack stored under key
-    ``a`` writes ``layers['scadv_a_eps0.1']`` and ``obs['scadv_a_eps0.1_pred']`` etc.
+    ``a`` writes the perturbation ``scadv_a_eps0.1`` (its change of the model input, compact,
+    in ``obsm['scadv_a_eps0.1']``, see :mod:`scadv._store`) and ``obs['scadv_a_eps0.1_pred']``
+    etc.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ UNS = "scadv"
 PREFIX = "scadv"
 PREPARE = "prepare"
 PROVENANCE = "provenance"
+#: ``uns['scadv']`` entry registering the compact perturbations stored in ``obsm`` (see
+#: :mod:`scadv._store`).
+PERTURBATIONS = "perturbations"
 DEFAULT_MODEL = "classifier"
 COUNTS_LAYER = "counts"
 #: obs column written by :func:`scadv.pp.prepare` with each cell's library size (total
@@ -70,7 +75,8 @@ def format_eps(eps: float) -> str:
 
 
 def attack_layer(attack_key: str, eps: float) -> str:
-    """``layers`` key of the adversarial matrix for one budget, e.g. ``scadv_pgd_eps0.1``."""
+    """Name of the perturbation of one budget, e.g. ``scadv_pgd_eps0.1`` (stored compactly in
+    ``obsm[name]``; scadv 0.1 wrote a dense ``layers[name]``)."""
     return f"{PREFIX}_{attack_key}_eps{format_eps(eps)}"
 
 
@@ -113,7 +119,8 @@ def meta_flag(detector_key: str, layer: str | None = None) -> str:
 
 
 def benign_layer(benign_key: str, kind: str) -> str:
-    """``layers`` key of one benign perturbation, e.g. ``scadv_benign_downsample``."""
+    """Name of one benign perturbation, e.g. ``scadv_benign_downsample`` (stored like attack
+    perturbations)."""
     return f"{PREFIX}_{benign_key}_{kind}"
 
 
@@ -126,8 +133,8 @@ def layer_pred(layer: str) -> str:
 # ---- gene-level attacks (scadv.tl.single_gene, max_change, cgd, grid, random_walk) ------------
 
 def gene_attack_layer(attack_key: str) -> str:
-    """``layers`` key of a gene-level attack's modified matrix, e.g. ``scadv_max_change`` (the
-    target cluster's cells modified, every other cell as it was)."""
+    """Name of a gene-level attack's perturbation, e.g. ``scadv_max_change`` (the target
+    cluster's cells modified)."""
     return f"{PREFIX}_{attack_key}"
 
 
@@ -177,3 +184,10 @@ def sim_program() -> str:
 def sim_theta() -> str:
     """``obsm`` key of simulated data: each cell's mixture over gene programs."""
     return f"{PREFIX}_sim_theta"
+
+
+# ---- pseudo-labels (scadv.tl.pseudo_labels) ---------------------------------------------------
+
+#: Default ``key_added`` of :func:`scadv.tl.pseudo_labels`: the ``obs`` column of the clusters
+#: and, under the same name, their record in ``uns['scadv']``.
+PSEUDO_LABEL = f"{PREFIX}_pseudo_label"

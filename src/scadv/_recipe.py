@@ -24,11 +24,20 @@ Keys
     Per gene, the model-space value of zero expression (for "keep zeros at zero" attacks).
 ``x_min``, ``x_max``
     Per gene, the observed range in model space over the prepared cells.
+``layer``
+    The matrix :func:`scadv.pp.prepare` read (``'None'``: ``X``); the model input of the
+    prepared AnnData itself is computed from it.
+``x_is_model_input``
+    Whether ``prepare`` wrote the model input into ``X`` (``subset=True``, or already-scaled
+    input). Absent in recipes of scadv 0.1, whose ``prepare`` always did.
+
+The model input of any AnnData is computed batch by batch by :func:`source`, never as a whole
+unless asked (:func:`model_input`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +49,7 @@ from scipy import sparse
 
 from . import _keys as K
 from . import _records as REC
+from . import _rows as RW
 from . import _validate as V
 from ._errors import ScadvInputError
 
@@ -168,65 +178,276 @@ def align(x: np.ndarray | sparse.spmatrix, names: Sequence[str] | np.ndarray,
     return cols, missing
 
 
-@dataclass
-class ModelInput:
-    """The model-space matrix for an AnnData and what it was built from."""
 
-    x: np.ndarray
-    #: Where it came from, e.g. ``'adata.X'`` or ``'adata.raw'``.
-    source: str
-    #: Kind of that source: ``'prepared'``, ``'counts'``, ``'lognorm'`` or ``'scaled'``.
-    kind: str
-    #: Log-normalised values of all the source's genes (counts / log-normalised sources).
-    lognorm: np.ndarray | sparse.spmatrix | None = None
-    #: Library sizes used for normalisation (counts sources).
-    library_size: np.ndarray | None = None
-    #: Model genes the source lacked (filled with their training mean).
-    missing: np.ndarray | None = None
+# ---- the model input of any AnnData, streamed ------------------------------------------------
+
+SourceKind = Literal["model", "counts", "lognorm", "scaled"]
 
 
-def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = None,
-                missing_genes: MissingGenes = "error", what: str = "adata") -> ModelInput:
-    """The model-space matrix (cells × model genes, float32) for any AnnData.
+class Source:
+    """The model input (cells × model genes, float32 z-scores) of an AnnData, read in batches.
+
+    Built by :func:`source`. Nothing is computed up front: :meth:`rows` reads the requested
+    cells from the underlying matrix (in memory, backed on disk, or dask), normalises counts
+    by each cell's library size over all its genes, takes ``log1p``, z-scores and clips the
+    model genes with the recipe — exactly :func:`lognorm_to_model` — so memory grows with the
+    batch, never with the whole matrix.
+    """
+
+    def __init__(self, matrix: Any, *, kind: SourceKind, recipe: Mapping[str, Any],
+                 present: np.ndarray, missing: np.ndarray, label: str, obs_names: pd.Index,
+                 library_size: np.ndarray | None = None) -> None:
+        self.matrix = matrix
+        #: ``'model'`` (already model input: a classic prepared ``X`` or a model-space layer),
+        #: ``'counts'``, ``'lognorm'`` or ``'scaled'`` (scaled like the training data).
+        self.kind: SourceKind = kind
+        self.recipe = recipe
+        self.genes = np.asarray(recipe["genes"]).astype(str)
+        #: Column of each present model gene in ``matrix`` (``-1``: missing gene).
+        self.present = present
+        #: Model genes the source lacks (filled with their training mean: z-score 0).
+        self.missing = missing
+        #: Where it comes from, e.g. ``'adata.X'`` or ``'adata.layers['counts']'``.
+        self.label = label
+        self.obs_names = obs_names
+        self._library_size = library_size
+        self._mean = np.asarray(recipe["mean"], dtype=np.float32)
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def in_memory(self) -> bool:
+        return RW.in_memory(self.matrix)
+
+    def __repr__(self) -> str:
+        gap = f", {int(self.missing.sum())} missing" if self.missing.any() else ""
+        return (f"Source({self.label}, {self.kind}, {self.n_obs} cells × {self.n_genes} model "
+                f"genes{gap})")
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def _block(self, idx: np.ndarray | slice) -> tuple[Any, np.ndarray | None]:
+        """Rows of the underlying matrix (all its genes) and their library sizes."""
+        block = RW.read(self.matrix, idx)
+        vals = RW.stored_values(block)
+        if vals.dtype.kind in "fc" and not np.isfinite(vals).all():
+            bad = _first_bad_row(block)
+            cells = np.arange(self.n_obs)[idx] if isinstance(idx, slice) else np.asarray(idx)
+            raise ScadvInputError(
+                f"{self.label} contains NaN or infinite values (first in cell "
+                f"{self.obs_names[int(cells[bad])]!r}). scadv needs finite expression values: "
+                "remove those cells or fix the step that produced them.")
+        lib = None
+        if self.kind == "counts":
+            if self._library_size is not None:
+                lib = self._library_size[idx]
+            else:
+                lib = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        return block, lib
+
+    def _model_genes(self, block: Any) -> np.ndarray | sparse.spmatrix:
+        """The present model genes of a block, in model order, missing genes left out."""
+        cols = self.present[~self.missing]
+        return block[:, cols]
+
+    def lognorm(self, idx: np.ndarray | slice) -> np.ndarray:
+        """Log-normalised values of the model genes (dense float32; missing genes at their
+        training mean) — the input of :func:`lognorm_to_model`."""
+        if self.kind in ("model", "scaled"):
+            raise ScadvInputError(
+                f"{self.label} holds model-space values, not counts or log-normalised data.")
+        block, lib = self._block(idx)
+        sub = self._model_genes(block)
+        if self.kind == "counts":
+            sub = lognormalize(sub, target_sum=float(self.recipe["target_sum"]),
+                               library_size=lib)
+        dense = sub.toarray() if V.is_sparse(sub) else np.array(sub, dtype=np.float32)
+        dense = dense.astype(np.float32, copy=False)
+        if not self.missing.any():
+            return dense
+        out = np.empty((dense.shape[0], self.n_genes), dtype=np.float32)
+        out[:, ~self.missing] = dense
+        out[:, self.missing] = self._mean[self.missing]
+        return out
+
+    def rows(self, idx: np.ndarray | slice) -> np.ndarray:
+        """Model input of cells ``idx`` (positions, any order; or a slice): dense float32,
+        cells × model genes."""
+        if self.kind in ("model", "scaled"):
+            block, _ = self._block(idx)
+            sub = self._model_genes(block)
+            dense = sub.toarray() if V.is_sparse(sub) else np.asarray(sub)
+            out = np.zeros((dense.shape[0], self.n_genes), dtype=np.float32)
+            out[:, ~self.missing] = dense
+            return out
+        return lognorm_to_model(self.lognorm(idx), self.recipe)
+
+    def batches(self, idx: np.ndarray | None = None, *, batch_size: int = RW.BATCH
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(cell positions, model input)`` for consecutive batches of the selected cells
+        (all cells by default; positions are read in ascending order)."""
+        cells = np.arange(self.n_obs) if idx is None else np.sort(np.asarray(idx, np.int64))
+        for chunk in RW.chunks(cells, batch_size):
+            lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+            sel: np.ndarray | slice = slice(lo, hi) if hi - lo == len(chunk) else chunk
+            yield chunk, self.rows(sel)
+
+    def dense(self, idx: np.ndarray | None = None, *, what: str = "this step",
+              batch_size: int = RW.BATCH) -> np.ndarray:
+        """The model input of the selected cells (all by default) as one dense matrix, built
+        batch by batch; a clear error if it would not fit in memory."""
+        cells = np.arange(self.n_obs) if idx is None else np.asarray(idx, np.int64)
+        RW.check_fits(len(cells) * self.n_genes * 4, what=what,
+                        hint="Select fewer cells (cells=...), or use a machine with more memory.")
+        out = np.empty((len(cells), self.n_genes), dtype=np.float32)
+        order = np.argsort(cells, kind="stable")
+        for lo in range(0, len(cells), batch_size):
+            part = order[lo:lo + batch_size]
+            out[part] = self.rows(cells[part])
+        return out
+
+    def counts(self, idx: np.ndarray | slice) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """Raw counts of the model genes of cells ``idx`` (CSR float32, missing genes as empty
+        columns) and their library sizes (total counts over all the source's genes)."""
+        if self.kind != "counts":
+            raise ScadvInputError(
+                f"raw counts are needed here, but {self.label} holds "
+                f"{'model-space' if self.kind in ('model', 'scaled') else 'log-normalised'} "
+                "values. Pass the AnnData with its raw counts in X or in a layer (layer=...).")
+        block, lib = self._block(idx)
+        sub = sparse.csr_matrix(self._model_genes(block), dtype=np.float32)
+        if self.missing.any():
+            pos = np.flatnonzero(~self.missing)
+            sub = sparse.csr_matrix((sub.data, pos[sub.indices], sub.indptr),
+                                    shape=(sub.shape[0], self.n_genes))
+        if lib is None:  # pragma: no cover - counts sources always have library sizes
+            raise RuntimeError("internal: a counts source without library sizes")
+        return sub, lib
+
+
+def _first_bad_row(block: Any) -> int:
+    if V.is_sparse(block):
+        csr = sparse.csr_matrix(block)
+        bad = np.flatnonzero(~np.isfinite(csr.data))[0]
+        return int(np.searchsorted(csr.indptr, bad, side="right") - 1)
+    return int(np.argwhere(~np.isfinite(np.asarray(block)))[0][0])
+
+
+def x_is_model_input(adata: AnnData, recipe: Mapping[str, Any]) -> bool:
+    """Whether ``adata.X`` holds the model input of ``recipe`` itself: data prepared with
+    ``subset=True`` (or by scadv 0.1, which always did), already-scaled input, or the output
+    of :func:`scadv.pp.transform`."""
+    flag = recipe.get("x_is_model_input")
+    if flag is not None:
+        return bool(np.asarray(flag))
+    genes = np.asarray(recipe["genes"]).astype(str)
+    return adata.n_vars == len(genes) and np.array_equal(np.asarray(adata.var_names), genes)
+
+
+def _positions(names: Any, genes: np.ndarray, *, missing_genes: MissingGenes, what: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Column of each model gene among ``names`` and the mask of missing ones."""
+    index = pd.Index(np.asarray(names).astype(str))
+    if not index.is_unique:
+        dup = index[index.duplicated()].unique()[:5].tolist()
+        raise ScadvInputError(
+            f"{what} has duplicated gene names (e.g. {dup}); genes are matched by name. "
+            "Run adata.var_names_make_unique() first."
+        )
+    pos = index.get_indexer(genes)
+    missing = pos < 0
+    if missing.any():
+        examples = genes[missing][:8].tolist()
+        if missing_genes != "mean":
+            raise ScadvInputError(
+                f"{int(missing.sum())} of the model's {len(genes)} genes are missing from {what} "
+                f"(e.g. {examples}). Use data that measured these genes with the same gene "
+                "naming (var_names), or pass missing_genes='mean' to set them to their training "
+                "mean (a neutral value; predictions then rest on the remaining genes)."
+            )
+        logg.warning(
+            f"{int(missing.sum())} of {len(genes)} model genes are missing from {what} "
+            f"(e.g. {examples}); they are set to their training mean."
+        )
+    return pos, missing
+
+
+def probe(x: Any) -> Any:
+    """All values of a small in-memory matrix, or a deterministic sample of rows of a large,
+    backed or lazy one: what kind checks look at."""
+    if RW.in_memory(x) and (x.nnz if V.is_sparse(x) else np.asarray(x).size) <= 20_000_000:
+        return x
+    return RW.read(x, RW.sample_rows(RW.n_rows(x)))
+
+
+def _sample_kind(x: Any, *, label: str, adata: AnnData | None = None) -> V.DataKind:
+    """Counts, log-normalised or scaled, judged on :func:`probe`. With ``adata`` (whose cells
+    and genes are ``x``'s), a non-finite value is reported with its cell and gene."""
+    block = probe(x)
+    V.check_finite(block, what=label, adata=adata if block is x else None)
+    return V.detect_kind(block, what=label)
+
+
+def source(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = None,
+           missing_genes: MissingGenes = "error", what: str = "adata") -> Source:
+    """Where the model input of ``adata`` comes from, for a classifier's ``recipe``.
 
     Tried in this order; the first that applies is used:
 
-    1. ``adata`` was prepared with this very recipe: ``adata.X``, or ``layers[layer]`` when
-       that layer holds model-space values (e.g. an adversarial layer).
-    2. ``layers[layer]`` if given, else ``adata.X`` then ``adata.raw``, whichever holds raw
-       counts or log-normalised values covering the model genes: the recipe is applied
-       (normalise counts to ``target_sum`` using each cell's total over all its genes, log1p,
-       z-score with the stored statistics, clip).
-    3. Already-scaled ``X`` when the model itself was trained on already-scaled input
-       (logged as an assumption).
+    1. ``adata.X`` already holds this recipe's model input (prepared with ``subset=True``,
+       already-scaled input, or :func:`scadv.pp.transform`); with ``layer``, a layer holding
+       model-space values (e.g. an adversarial layer of scadv 0.1).
+    2. ``layers[layer]`` if given; else, for the AnnData the recipe was made from, the matrix
+       :func:`scadv.pp.prepare` read (``X`` or its ``layer``); else ``adata.X`` then
+       ``adata.raw``: whichever holds raw counts or log-normalised values covering the model
+       genes. The recipe is then applied batch by batch (normalise counts to ``target_sum``
+       using each cell's total over all its genes, log1p, z-score, clip).
+    3. Already-scaled ``X`` when the model itself was trained on already-scaled input (logged
+       as an assumption).
 
     Anything else is an error that says which input would work.
     """
     genes = np.asarray(recipe["genes"]).astype(str)
     own = stored(adata)
-    if same(own, recipe):
-        if layer is None:
-            x, _ = align(adata.X, adata.var_names, genes, missing_genes="error", what=what)
-            return ModelInput(_dense(x), source=f"{what}.X", kind="prepared")
-        x = V.matrix(adata, layer)
-        V.check_finite(x, what=f"{what}.layers[{layer!r}]")
-        if V.detect_kind(x, what=f"{what}.layers[{layer!r}]") == "scaled":
-            # a layer already in model space, e.g. an adversarial layer written by scadv
-            x, _ = align(x, adata.var_names, genes, missing_genes="error", what=what)
-            return ModelInput(_dense(x), source=f"{what}.layers[{layer!r}]", kind="prepared")
+    mine = same(own, recipe)
+    obs_names = adata.obs_names
 
-    sources: list[tuple[Any, Sequence[str], str]] = []
+    def build(matrix: Any, names: Any, kind: SourceKind, label: str,
+              library_size: np.ndarray | None = None, how: MissingGenes = missing_genes
+              ) -> Source:
+        pos, missing = _positions(names, genes, missing_genes=how, what=label)
+        return Source(matrix, kind=kind, recipe=recipe, present=pos, missing=missing,
+                      label=label, obs_names=obs_names, library_size=library_size)
+
+    if mine and own is not None and x_is_model_input(adata, own):
+        if layer is None:
+            return build(adata.X, adata.var_names, "model", f"{what}.X", how="error")
+        x = V.matrix(adata, layer)
+        if _sample_kind(x, label=f"{what}.layers[{layer!r}]") == "scaled":
+            return build(x, adata.var_names, "model", f"{what}.layers[{layer!r}]", how="error")
+
+    sources: list[tuple[Any, Any, str]] = []
     if layer is not None:
         sources.append((V.matrix(adata, layer), adata.var_names, f"{what}.layers[{layer!r}]"))
     else:
-        sources.append((adata.X, adata.var_names, f"{what}.X"))
+        own_layer = str(own.get("layer", "None")) if mine and own is not None else "None"
+        if own_layer != "None" and own_layer in adata.layers:
+            sources.append((adata.layers[own_layer], adata.var_names,
+                            f"{what}.layers[{own_layer!r}]"))
+        if adata.X is not None:
+            sources.append((adata.X, adata.var_names, f"{what}.X"))
         if adata.raw is not None:
             sources.append((adata.raw.X, adata.raw.var_names, f"{what}.raw"))
 
     tried = []
     for x, names, label in sources:
-        V.check_finite(x, what=label)
-        kind = V.detect_kind(x, what=label)
+        kind = _sample_kind(x, label=label, adata=None if label.endswith(".raw") else adata)
         tried.append(f"{label} looks {kind}")
         if kind == "scaled":
             if str(recipe["input_kind"]) == "scaled" and own is None and label.endswith(".X"):
@@ -234,8 +455,7 @@ def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None 
                     f"{label} is already scaled; assuming it was scaled like the model's "
                     "training data (same genes, same statistics)."
                 )
-                z, missing = align(x, names, genes, missing_genes=missing_genes, what=label)
-                return ModelInput(_dense(z), source=label, kind=kind, missing=missing)
+                return build(x, names, "scaled", label)
             continue
         if not bool(recipe["has_stats"]):
             raise ScadvInputError(
@@ -244,30 +464,49 @@ def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None 
                 "data scaled the same way (same genes), or prepare the training data from counts."
             )
         library_size = None
-        lognorm = x
         if kind == "counts":
             if len(names) == len(genes) and K.LIBRARY_SIZE in adata.obs:
-                library_size = adata.obs[K.LIBRARY_SIZE].to_numpy()  # a prepared counts layer
-            else:
-                if len(names) <= len(genes):
-                    logg.warning(
-                        f"{label} has only {len(names)} genes; library sizes are computed from "
-                        "these alone, which differs from normalising by all genes."
-                    )
-                library_size = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-            lognorm = lognormalize(x, target_sum=float(recipe["target_sum"]),
-                                   library_size=library_size)
-        aligned, missing = align(lognorm, names, genes, missing_genes=missing_genes, what=label,
-                                 fill=np.asarray(recipe["mean"], dtype=np.float32))
-        return ModelInput(lognorm_to_model(aligned, recipe), source=label, kind=kind,
-                          lognorm=lognorm, library_size=library_size, missing=missing)
+                # a counts layer of the model genes only (data prepared with subset=True)
+                library_size = adata.obs[K.LIBRARY_SIZE].to_numpy(dtype=np.float64)
+            elif len(names) <= len(genes):
+                logg.warning(
+                    f"{label} has only {len(names)} genes; library sizes are computed from "
+                    "these alone, which differs from normalising by all genes."
+                )
+        return build(x, names, kind, label, library_size)
     raise ScadvInputError(
-        f"cannot build the model's input from {what}: {'; '.join(tried)}, and none is raw counts "
-        "or log-normalised data covering the model genes. Pass counts or log1p-normalised data "
-        "(all genes), e.g. the AnnData as read from disk, or use layer=... to point at them."
+        f"cannot build the model's input from {what}: {'; '.join(tried) or 'it has no X'}, and "
+        "none is raw counts or log-normalised data covering the model genes. Pass counts or "
+        "log1p-normalised data (all genes), e.g. the AnnData as read from disk, or use "
+        "layer=... to point at them."
     )
 
 
-def _dense(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
-    dense = x.toarray() if V.is_sparse(x) else np.asarray(x)
-    return np.ascontiguousarray(dense, dtype=np.float32)
+@dataclass
+class ModelInput:
+    """The whole model-space matrix of an AnnData (see :func:`model_input`)."""
+
+    x: np.ndarray
+    #: Where it came from, e.g. ``'adata.X'`` or ``'adata.raw'``.
+    source: str
+    #: Kind of that source: ``'prepared'``, ``'counts'``, ``'lognorm'`` or ``'scaled'``.
+    kind: str
+    #: Model genes the source lacked (filled with their training mean).
+    missing: np.ndarray | None = None
+
+
+def model_input(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = None,
+                missing_genes: MissingGenes = "error", what: str = "adata",
+                cells: np.ndarray | None = None) -> ModelInput:
+    """The model-space matrix (cells × model genes, float32) of ``adata`` — or of the cells at
+    positions / the boolean mask ``cells`` — in one piece, built batch by batch by
+    :func:`source`. For the whole of a large AnnData prefer streaming with
+    ``source(...).batches()``."""
+    src = source(adata, recipe, layer=layer, missing_genes=missing_genes, what=what)
+    idx = None
+    if cells is not None:
+        arr = np.asarray(cells)
+        idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+    x = src.dense(idx, what=f"the model input of {what}")
+    kind = "prepared" if src.kind == "model" else src.kind
+    return ModelInput(x, source=src.label, kind=kind, missing=src.missing)

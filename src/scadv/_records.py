@@ -225,6 +225,8 @@ RECIPE = {
     "zero_level": Field("floats", ("n_genes",)),
     "x_min": Field("floats", ("n_genes",)),
     "x_max": Field("floats", ("n_genes",)),
+    "layer": Field("str", optional=True),
+    "x_is_model_input": Field("bool", optional=True),
 }
 
 
@@ -244,6 +246,75 @@ def recipe(rec: Any, *, what: str = "preprocessing recipe") -> Mapping[str, Any]
         raise malformed(what, "'x_min' / 'x_max'", "has a minimum above its maximum",
                         RECIPE_FIX)
     return rec
+
+
+# ---- stored perturbations ---------------------------------------------------------------------
+
+PERTURBATION_SPACES = ("model", "counts", "var")
+PERTURBATION = {
+    "space": Field("str", choices=PERTURBATION_SPACES),
+    "model": Field("str"),
+    "run": Field("str"),
+    "format": Field("str", choices=("obsm", "rows"), optional=True),
+    "matrix": Field("str", optional=True),
+}
+
+
+def perturbation(name: str, ent: Any, *, n_obs: int, stored: Any = None) -> Mapping[str, Any]:
+    """Check a registry entry ``uns['scadv']['perturbations'][name]`` and the change it points
+    to (``stored``: ``adata.obsm[name]`` for the ``'obsm'`` format) for everything that can be
+    checked without reading the change itself: keys, types, shapes, dtypes, cell names (the
+    values are checked for finiteness as they are read, batch by batch). Returns ``ent``."""
+    what = f"perturbation {name!r} (adata.uns['scadv']['perturbations'][{name!r}])"
+    fix = (f"delete it (del adata.uns['scadv']['perturbations'][{name!r}]; "
+           f"adata.obsm.pop({name!r}, None)) and run the step that made it again.")
+    got = fields(ent, PERTURBATION, what=what, fix=fix)
+    if str(got.get("format", "obsm")) == "rows":
+        for key in ("cells", "delta"):
+            if key not in ent:
+                raise malformed(what, repr(key), "is missing", fix)
+        cells, delta = ent["cells"], ent["delta"]
+        if not isinstance(cells, np.ndarray) or cells.ndim != 1 or (
+                cells.size and not _is_str_array(cells)):
+            raise malformed(what, "'cells'", "must be a one-dimensional array of cell names",
+                            fix)
+        if not isinstance(delta, np.ndarray) or delta.ndim != 2 or \
+                delta.dtype.kind not in "iuf":
+            raise malformed(what, "'delta'", "must be a two-dimensional array of numbers, not "
+                            f"{type(delta).__name__} of shape {getattr(delta, 'shape', None)}",
+                            fix)
+        if delta.shape[0] != cells.size:
+            raise malformed(what, "'delta'", f"has {delta.shape[0]} rows but 'cells' names "
+                            f"{cells.size} cells", fix)
+        if not 1 <= delta.shape[1] <= MAX_GENES:
+            raise malformed(what, "'delta'", f"has {delta.shape[1]} genes", fix)
+        return ent
+    if stored is None:
+        return ent
+    shape = getattr(stored, "shape", None)
+    dtype = getattr(stored, "dtype", None)
+    if shape is None or len(shape) != 2 or shape[0] != n_obs or dtype is None \
+            or np.dtype(dtype).kind not in "iuf":
+        raise malformed(what.replace("(adata.uns['scadv']['perturbations']", "(adata.obsm"),
+                        f"adata.obsm[{name!r}]",
+                        f"must be a numeric matrix with one row per cell ({n_obs}), not "
+                        f"{type(stored).__name__} of shape {shape} and dtype {dtype}", fix)
+    return ent
+
+
+def finite_change(name: str, values: np.ndarray, *, counts: bool = False) -> np.ndarray:
+    """Refuse a stored change holding NaN / infinite values (or, for count-space changes, values
+    that are not whole numbers), as it is read."""
+    if values.size and not np.all(np.isfinite(values)):
+        raise malformed(f"perturbation {name!r}", "its change", "holds NaN or infinite values",
+                        f"delete it (del adata.uns['scadv']['perturbations'][{name!r}]; "
+                        f"adata.obsm.pop({name!r}, None)) and run the step that made it again.")
+    if counts and values.size and not np.all(values == np.round(values)):
+        raise malformed(f"perturbation {name!r}", "its change of counts",
+                        "holds values that are not whole numbers",
+                        f"delete it (del adata.uns['scadv']['perturbations'][{name!r}]; "
+                        f"adata.obsm.pop({name!r}, None)) and run the step that made it again.")
+    return values
 
 
 # ---- network weights ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from anndata import AnnData
 from . import _keys as K
 from . import _provenance as P
 from ._errors import ScadvInputError
+from ._store import Perturbation
 
 
 def scadv_uns(adata: AnnData) -> MutableMapping[str, Any]:
@@ -84,6 +85,7 @@ def write_results(
     obs: Mapping[str, Any] | None = None,
     obsm: Mapping[str, np.ndarray] | None = None,
     layers: Mapping[str, np.ndarray] | None = None,
+    perturbations: Sequence[Perturbation] = (),
     colors: Mapping[str, list[str]] | None = None,
     update: Collection[str] = (),
 ) -> None:
@@ -101,6 +103,11 @@ def write_results(
         Entries stored under ``adata.uns['scadv'][key]`` (made :func:`h5ad_safe`).
     obs, obsm, layers
         Per-cell results stored under the given keys.
+    perturbations
+        Compact perturbations (:class:`scadv._store.Perturbation`), registered in
+        ``uns['scadv']['perturbations'][name]`` with their change in ``obsm[name]`` (sparse)
+        or in the registry entry itself (rows of the changed cells); a dense
+        ``layers[name]`` of the same name (scadv 0.1) is removed.
     colors
         Palettes for categorical ``obs`` columns, stored as ``adata.uns['<column>_colors']``
         where scanpy's plots look for them.
@@ -127,7 +134,8 @@ def write_results(
         _check_key(key, where=f"adata.uns[{K.UNS!r}]")
         new_uns[key] = _safe(value, where=f"uns/{K.UNS}/{key}")
     for where, keys in (("adata.obs", obs), ("adata.obsm", obsm), ("adata.layers", layers),
-                        ("adata.uns", {f"{k}_colors": 0 for k in (colors or {})})):
+                        ("adata.uns", {f"{k}_colors": 0 for k in (colors or {})}),
+                        ("adata.obsm", {p.name: 0 for p in perturbations})):
         for key in keys or {}:
             _check_key(key, where=where)
     _check_reserved(new_uns)
@@ -140,6 +148,19 @@ def write_results(
         adata.obsm[key] = value
     for key, value in (layers or {}).items():
         adata.layers[key] = value
+    if perturbations:
+        ns = scadv_uns(adata)
+        reg = dict(ns.get(K.PERTURBATIONS) or {})
+        for pert in perturbations:
+            ent, matrix = pert.storage(adata)
+            if matrix is not None:
+                adata.obsm[pert.name] = matrix
+            elif pert.name in adata.obsm:
+                del adata.obsm[pert.name]
+            if pert.name in adata.layers:
+                del adata.layers[pert.name]
+            reg[pert.name] = ent
+        ns[K.PERTURBATIONS] = h5ad_safe(reg, where=f"uns/{K.UNS}/{K.PERTURBATIONS}")
     for key, palette in (colors or {}).items():
         adata.uns[f"{key}_colors"] = np.asarray(palette, dtype=str)
     if ns is not None:
@@ -149,6 +170,7 @@ def write_results(
         _describe("obs", obs)
         + _describe("obsm", obsm)
         + _describe("layers", layers)
+        + [f"    perturbation {p.name!r} ({len(p.cells)} cells)" for p in perturbations]
         + [f"    uns[{K.UNS!r}][{key!r}]" for key in new_uns]
     )
     logg.info(f"    finished {step}", time=start, deep="added\n" + "\n".join(lines))

@@ -91,6 +91,14 @@ def is_sparse(x: object) -> TypeGuard[sparse.spmatrix]:
     return bool(sparse.issparse(x))
 
 
+def dense(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    """A dense float32 copy-free view where possible: ``toarray()`` of a sparse matrix, the
+    array itself otherwise."""
+    if is_sparse(x):
+        return np.asarray(x.toarray(), dtype=np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
 def _values(x: np.ndarray | sparse.spmatrix) -> np.ndarray:
     """The stored values of a matrix (the non-zeros of a sparse one)."""
     if sparse.issparse(x):
@@ -487,11 +495,12 @@ def device(value: object) -> None:
 
 
 def path_or_none(what: str, value: object) -> None:
-    """``None``, a string or a path (e.g. ``save=``)."""
+    """``None``, ``True`` / ``False``, a string or a path (``save=``, with scanpy's meaning)."""
     import os
 
-    if value is not None and not isinstance(value, (str, os.PathLike)):
-        raise ScadvInputError(f"{what} must be a file name or None, got {_got(value)} "
+    if value is not None and not isinstance(value, (str, os.PathLike, bool)):
+        raise ScadvInputError(f"{what} must be a file name, True / False or None, got "
+                              f"{_got(value)} "
                               f"({type(value).__name__}).")
 
 

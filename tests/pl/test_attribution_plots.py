@@ -9,6 +9,7 @@ import scanpy as sc
 
 import scadv
 from scadv._errors import ScadvInputError
+from tests.pl import visible as V
 
 
 @pytest.fixture
@@ -59,7 +60,15 @@ def test_check_plots(explained, tmp_path):
         widths, a.uns["scadv"]["attr_integrated_gradients_stability"]["jaccard"])
     scadv.pl.attribution_stability(a, metric="spearman", show=False)
     scadv.tl.attribution_agreement(a, keys=["attr_integrated_gradients", "attr_saliency"])
-    scadv.pl.attribution_agreement(a, show=False, save=tmp_path / "agree.png")
+    ax = scadv.pl.attribution_agreement(a, show=False, save=tmp_path / "agree.png")
+    # the diagonal (agreement 1: viridis yellow) carries dark text, dark cells light text
+    im = ax.images[0]
+    for t in ax.texts:
+        x, y = (round(v) for v in t.get_position())
+        assert t.get_color() == V.readable_on(im.cmap(im.norm(im.get_array()[y, x])))
+    diagonal = [t for t in ax.texts if t.get_position()[0] == t.get_position()[1]]
+    assert diagonal and {t.get_color() for t in diagonal} == {"black"}
+    V.inside_figure(ax.figure)
     sc.tl.rank_genes_groups(a, "cell_type", method="t-test")
     scadv.tl.marker_overlap(a, keys=["attr_integrated_gradients", "attr_saliency"])
     scadv.pl.marker_overlap(a, show=False, save=tmp_path / "de.png")

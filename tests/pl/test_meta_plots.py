@@ -8,6 +8,7 @@ import pytest
 
 import scadv
 from scadv._errors import ScadvInputError
+from tests.pl import visible as V
 
 
 @pytest.fixture
@@ -21,12 +22,23 @@ def test_meta_scores(with_benign, tmp_path):
     a = with_benign
     ax = scadv.pl.meta_scores(a, show=False, save=tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0].startswith("clean (n=")
     assert any(t.startswith("pgd ε=0.3") for t in labels)
     assert not any("benign" in t for t in labels)  # adversarial layers by default
+    # every series visible: one filled histogram per row, in its own band, none transparent
+    fills = [p for p in ax.patches if p.get_fill()]
+    assert len(fills) == len(labels) == 3
+    bands = sorted(round(p.get_path().vertices[:, 1].min(), 6) for p in fills)
+    assert bands == [0.0, 1.0, 2.0]
+    for p in fills:
+        ys = p.get_path().vertices[:, 1]
+        assert ys.max() - ys.min() > 0.5 and ys.max() < ax.get_ylim()[1]
+        assert V.visible_alpha(p)
+    assert len({p.get_facecolor() for p in fills}) == 3
+    V.inside_figure(ax.figure)
     ax = scadv.pl.meta_scores(a, layers=["scadv_benign_downsample"], show=False)
-    assert any("perturbed" in t.get_text() for t in ax.get_legend().get_texts())
+    assert any("perturbed" in t.get_text() for t in ax.get_yticklabels())
     thr = a.uns["scadv"]["meta"]["threshold"]
     assert any(np.allclose(line.get_xdata(), thr) for line in ax.get_lines())
     plt.close("all")
@@ -38,6 +50,11 @@ def test_roc_matches_the_evaluation(small_meta):
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     ev = a.uns["scadv"]["meta"]["evaluation"]["scadv_pgd_eps0.6"]["detector"]
     assert any(t.startswith("pgd ε=0.6") and f"AUROC {ev['auroc']:.3f}" in t for t in texts)
+    curves = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert len(curves) == 2
+    V.distinct_styles(curves)
+    V.lines_within_limits(ax, curves)  # perfect curves at x=0 / y=1 stay off the frame
+    V.inside_figure(ax.figure)
     plt.close("all")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
@@ -14,43 +15,69 @@ from scadv._errors import ScadvInputError
 from tests.conftest import assert_unchanged, make_counts, snapshot
 
 
-def test_counts_input_pbmc3k(pbmc3k_raw):
+def _model_input(a):
+    return R.source(a, a.uns["scadv"]["prepare"]).dense()
+
+
+def test_counts_input_pbmc3k_leaves_the_data_as_it_was(pbmc3k_raw):
     raw_counts = pbmc3k_raw.X.copy()
-    assert scadv.pp.prepare(pbmc3k_raw) is None
+    var = pbmc3k_raw.var.copy()
+    assert scadv.pp.prepare(pbmc3k_raw, progress=False) is None
     a = pbmc3k_raw
     rec = a.uns["scadv"]["prepare"]
-    assert a.n_vars == 2000 and rec["input_kind"] == "counts" and rec["flavor"] == "seurat_v3"
-    assert list(a.var_names) == list(rec["genes"])
-    # counts of the model genes are kept exactly, the full log-normalised data in .raw
-    full = pbmc3k_raw.raw.var_names.get_indexer(a.var_names)
-    np.testing.assert_array_equal(a.layers["counts"].toarray(), raw_counts[:, full].toarray())
-    assert a.raw.n_vars == 32738
+    assert rec["input_kind"] == "counts" and rec["flavor"] == "seurat_v3"
+    assert len(rec["genes"]) == 2000 and not bool(rec["x_is_model_input"])
+    # nothing of the user's data changed: X, var, no new layers, no .raw
+    assert (a.X != raw_counts).nnz == 0 and a.X.dtype == raw_counts.dtype
+    pd.testing.assert_frame_equal(a.var, var)
+    assert list(a.layers) == [] and a.raw is None
     lib = np.asarray(raw_counts.sum(axis=1)).ravel()
     np.testing.assert_allclose(a.obs["scadv_library_size"], lib)
-    np.testing.assert_allclose(np.expm1(a.raw.X[:5].toarray()).sum(axis=1), 1e4, rtol=1e-4)
-    # X is the z-score of the log data, clipped at 10; the recipe rebuilds it from .raw
-    x = np.asarray(a.X)
-    assert x.dtype == np.float32 and x.max() <= 10 and x.min() >= -10
+    # the model input is the z-score of the log data, clipped at 10, computed from the counts
+    x = _model_input(a)
+    assert x.dtype == np.float32 and x.shape == (a.n_obs, 2000)
+    assert x.max() <= 10 and x.min() >= -10
     np.testing.assert_allclose(x.mean(axis=0)[np.abs(x).max(axis=0) < 10], 0, atol=1e-4)
-    rebuilt = R.lognorm_to_model(a.raw[:, list(a.var_names)].X, rec)
-    np.testing.assert_allclose(rebuilt, x, atol=1e-5)
-    has_zeros = (a.layers["counts"].toarray() == 0).any(axis=0)
+    ln = R.lognormalize(raw_counts, target_sum=1e4)
+    cols = a.var_names.get_indexer(rec["genes"])
+    np.testing.assert_allclose(R.lognorm_to_model(ln[:, cols], rec), x, atol=1e-6)
+    has_zeros = (raw_counts[:, cols].toarray() == 0).any(axis=0)
     assert has_zeros.mean() > 0.99
     np.testing.assert_allclose(rec["zero_level"][has_zeros], x.min(axis=0)[has_zeros], atol=1e-5)
+    np.testing.assert_allclose(rec["x_min"], x.min(axis=0), atol=1e-6)
+    np.testing.assert_allclose(rec["x_max"], x.max(axis=0), atol=1e-6)
     assert "provenance" in rec and rec["provenance"]["versions"]["scadv"]
+
+
+def test_subset_gives_the_classic_in_place_layout(pbmc3k_raw):
+    lazy = scadv.pp.prepare(pbmc3k_raw, copy=True, progress=False)
+    raw_counts = pbmc3k_raw.X.copy()
+    scadv.pp.prepare(pbmc3k_raw, subset=True, progress=False)
+    a = pbmc3k_raw
+    rec = a.uns["scadv"]["prepare"]
+    assert a.n_vars == 2000 and list(a.var_names) == list(rec["genes"])
+    assert bool(rec["x_is_model_input"])
+    assert R.same(rec, lazy.uns["scadv"]["prepare"])  # the same recipe either way
+    full = a.raw.var_names.get_indexer(a.var_names)
+    np.testing.assert_array_equal(a.layers["counts"].toarray(), raw_counts[:, full].toarray())
+    assert a.raw.n_vars == 32738
+    np.testing.assert_allclose(np.expm1(a.raw.X[:5].toarray()).sum(axis=1), 1e4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(a.X), _model_input(lazy), atol=1e-6)
+    assert R.source(a, rec).kind == "model"  # X is read as the model input
 
 
 def test_lognorm_input_is_not_normalised_again(counts):
     by_counts = counts.copy()
-    scadv.pp.prepare(by_counts, n_top_genes=100, flavor="seurat")
+    scadv.pp.prepare(by_counts, n_top_genes=100, flavor="seurat", progress=False)
     lognorm = counts.copy()
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)
-    scadv.pp.prepare(lognorm, n_top_genes=100)
+    scadv.pp.prepare(lognorm, n_top_genes=100, progress=False)
     assert lognorm.uns["scadv"]["prepare"]["input_kind"] == "lognorm"
     assert lognorm.uns["scadv"]["prepare"]["flavor"] == "seurat"  # no counts → seurat
-    assert list(lognorm.var_names) == list(by_counts.var_names)
-    np.testing.assert_allclose(lognorm.X, by_counts.X, atol=1e-4)
+    np.testing.assert_array_equal(lognorm.uns["scadv"]["prepare"]["genes"],
+                                  by_counts.uns["scadv"]["prepare"]["genes"])
+    np.testing.assert_allclose(_model_input(lognorm), _model_input(by_counts), atol=1e-4)
     assert "counts" not in lognorm.layers
 
 
@@ -59,10 +86,12 @@ def test_lognorm_with_counts_layer_uses_seurat_v3(counts):
     a.layers["counts"] = a.X.copy()
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    scadv.pp.prepare(a, n_top_genes=100)
+    scadv.pp.prepare(a, n_top_genes=100, progress=False)
     rec = a.uns["scadv"]["prepare"]
     assert rec["input_kind"] == "lognorm" and rec["flavor"] == "seurat_v3"
     assert a.layers["counts"].shape == (a.n_obs, a.n_vars)
+    by_counts = scadv.pp.prepare(counts, n_top_genes=100, copy=True, progress=False)
+    np.testing.assert_array_equal(rec["genes"], by_counts.uns["scadv"]["prepare"]["genes"])
 
 
 def test_scaled_input_pbmc68k_is_used_unchanged():
@@ -77,35 +106,83 @@ def test_scaled_input_pbmc68k_is_used_unchanged():
     np.testing.assert_allclose(rec["mean"], raw.mean(axis=0), atol=1e-4)
 
 
-def test_prepare_twice_changes_nothing(counts):
-    scadv.pp.prepare(counts, n_top_genes=100)
+def test_prepare_twice_gives_the_same_recipe(counts):
+    scadv.pp.prepare(counts, n_top_genes=100, progress=False)
     before = snapshot(counts)
     rec = counts.uns["scadv"]["prepare"]
-    scadv.pp.prepare(counts, n_top_genes=100)
+    scadv.pp.prepare(counts, n_top_genes=100, progress=False)
     assert_unchanged(counts, before)
-    assert counts.uns["scadv"]["prepare"] is rec
+    assert R.same(counts.uns["scadv"]["prepare"], rec)
+    classic = counts.copy()
+    scadv.pp.prepare(classic, n_top_genes=100, subset=True, progress=False)
+    before = snapshot(classic)
+    rec = classic.uns["scadv"]["prepare"]
+    scadv.pp.prepare(classic, progress=False)  # X is already the model input: nothing to do
+    assert_unchanged(classic, before)
+    assert classic.uns["scadv"]["prepare"] is rec
+
+
+def test_prepared_in_place_data_cannot_be_prepared_again_from_its_counts_layer(counts):
+    scadv.pp.prepare(counts, n_top_genes=100, subset=True, progress=False)
+    before = snapshot(counts)
+    with pytest.raises(ScadvInputError, match="library sizes would be computed"):
+        scadv.pp.prepare(counts, layer="counts")
+    assert_unchanged(counts, before)
 
 
 def test_copy_returns_prepared_and_leaves_input(counts):
     before = snapshot(counts)
-    out = scadv.pp.prepare(counts, n_top_genes=100, copy=True)
-    assert isinstance(out, ad.AnnData) and out.n_vars == 100
+    out = scadv.pp.prepare(counts, n_top_genes=100, copy=True, progress=False)
+    assert isinstance(out, ad.AnnData) and out.n_vars == counts.n_vars
+    assert len(out.uns["scadv"]["prepare"]["genes"]) == 100
     assert_unchanged(counts, before)
 
 
 def test_include_genes_are_kept(pbmc3k_raw):
     markers = ["MS4A1", "CD79A", "CD8A", "CCR7", "IL7R"]
-    scadv.pp.prepare(pbmc3k_raw, include_genes=markers)
-    assert set(markers) <= set(pbmc3k_raw.var_names)
-    assert pbmc3k_raw.n_vars >= 2000
+    scadv.pp.prepare(pbmc3k_raw, include_genes=markers, progress=False)
+    genes = set(pbmc3k_raw.uns["scadv"]["prepare"]["genes"])
+    assert set(markers) <= genes and len(genes) >= 2000
 
 
 def test_seurat_flavour_is_available(pbmc3k_raw):
-    vst = scadv.pp.prepare(pbmc3k_raw, copy=True)
-    scadv.pp.prepare(pbmc3k_raw, flavor="seurat")
+    vst = scadv.pp.prepare(pbmc3k_raw, copy=True, progress=False)
+    scadv.pp.prepare(pbmc3k_raw, flavor="seurat", progress=False)
     assert pbmc3k_raw.uns["scadv"]["prepare"]["flavor"] == "seurat"
-    overlap = len(set(pbmc3k_raw.var_names) & set(vst.var_names))
+    overlap = len(set(pbmc3k_raw.uns["scadv"]["prepare"]["genes"])
+                  & set(vst.uns["scadv"]["prepare"]["genes"]))
     assert 1000 < overlap < 1900  # related but different gene selections
+
+
+def test_backed_input_gives_the_same_recipe_without_loading_it(counts, tmp_path):
+    path = tmp_path / "c.h5ad"
+    counts.write_h5ad(path)
+    in_memory = scadv.pp.prepare(counts, n_top_genes=100, copy=True, progress=False)
+    backed = ad.read_h5ad(path, backed="r")
+    scadv.pp.prepare(backed, n_top_genes=100, progress=False)
+    assert R.same(backed.uns["scadv"]["prepare"], in_memory.uns["scadv"]["prepare"])
+    np.testing.assert_allclose(backed.uns["scadv"]["prepare"]["x_max"],
+                               in_memory.uns["scadv"]["prepare"]["x_max"])
+    with pytest.raises(ScadvInputError, match="needs the data in memory"):
+        scadv.pp.prepare(backed, subset=True)
+    backed.file.close()
+
+
+def test_degenerate_matrices_get_a_clear_error(counts):
+    const = counts.copy()
+    const.X = sparse.csr_matrix(np.ones(const.shape, dtype=np.float32))
+    with pytest.raises(ScadvInputError, match="constant"):
+        scadv.pp.prepare(const, n_top_genes=10, progress=False)
+    with pytest.raises(ScadvInputError, match="seurat_v3' failed"):
+        scadv.pp.prepare(const, n_top_genes=10, flavor="seurat_v3", progress=False)
+    same_cols = counts.copy()
+    col = np.arange(1, counts.n_obs + 1, dtype=np.float32)[:, None]
+    same_cols.X = sparse.csr_matrix(np.repeat(col, counts.n_vars, axis=1))
+    with pytest.raises(ScadvInputError, match="constant|no gene varies"):
+        scadv.pp.prepare(same_cols, n_top_genes=10, progress=False)
+    two = counts[:2].copy()
+    with pytest.raises(ScadvInputError, match="at least 3 of the 2 cells"):
+        scadv.pp.prepare(two, progress=False)
 
 
 def test_layer_input(counts):

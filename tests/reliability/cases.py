@@ -225,6 +225,22 @@ CALLS: list[Call] = [
                   "type_proportions": [[1.0], [nan, 1, 1], ["a", 1, 1], [-1, 1, 1],
                                        [0, 0, 0], "x"],
                   "label_key": NAME, "seed": SEED}),
+    Call("tl.pseudo_labels", "trained", kwargs={"n_clusters": 3, "n_pcs": 5}, options={
+        "method": ["louvain", 3, None], "n_clusters": [1, 0, 2.5, "3", None, True, nan, 10**6],
+        "n_pcs": POS_INT, "resolution": POS, "n_neighbors": POS_INT,
+        **_common(device=False, progress=False, batch=None)}),
+    Call("get.model_input", "trained", kwargs={"cells": ["cell0", "cell1"]}, options={
+        "model": [*NAME, "nope"], "layer": ["nope", 3], "missing_genes": ["zero", None, 3],
+        "cells": [["nope"], [["cell0"]], [10**6], [-1], [0.5], {"cell0": 1},
+                  lambda a: np.ones(a.n_obs + 1, dtype=bool)]}),
+    Call("get.perturbed", "meta", args=("scadv_pgd_eps0.3",), options={
+        "#0": [*NAME, "nope", "scadv_pgd_eps0.3/x"], "space": ["var", 3, "layer", True],
+        "cells": [["nope"], [["cell0"]], [10**6], [-1], {"cell0": 1},
+                  lambda a: np.zeros(a.n_obs - 1, dtype=bool)]}),
+    Call("get.perturbations", "none", options={"adata": [3, None, "data.h5ad", {"X": 1}]}),
+    Call("pl.report", "meta", kwargs={"save": lambda a: _report_path()}, options={
+        "title": [3, "", ["x"]], "notes": [3, [3], [None], {"a": 1}],
+        "only": [3, ["nope"], [3], []], "show": SHOW, "save": [3, ["a.png"], False]}),
     Call("pl.flip_rate", "meta", options=_plot(key=[*NAME, "nope", "classifier"])),
     Call("pl.robustness_curve", "trained", options=_plot(key=[*NAME, "nope"])),
     Call("pl.meta_scores", "meta", options=_plot(layers=[["nope"], 3], bins=POS_INT)),
@@ -245,6 +261,14 @@ CALLS: list[Call] = [
     Call("pl.overview", "trained", options=_plot(value=["n_genes", 3], cmap=[3, ""])),
     Call("pl.cgd", "trained", options=_plot()),
 ]
+
+
+def _report_path() -> Any:
+    """Where a report a case did not refuse would go (never the working folder)."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.gettempdir()) / "scadv_bad_input_report.html"
 
 
 @dataclass(frozen=True)
@@ -299,7 +323,8 @@ def datasets() -> dict[str, ad.AnnData]:
     """The AnnData each kind of call runs on, built once: raw ``counts``; ``trained``
     (prepared, a classifier, PGD, single-gene / overview / CGD runs); ``meta`` (trained, PGD
     on all cells, a meta-detector); ``attr`` (trained with two attribution runs and their
-    checks)."""
+    checks); ``pert`` (meta with a third perturbation, stored as a sparse ``obsm`` matrix:
+    ``meta``'s two are stored as rows of the changed cells)."""
     if _DATA:
         return _DATA
     import scanpy as sc
@@ -338,7 +363,12 @@ def datasets() -> dict[str, ad.AnnData]:
         scadv.tl.cgd(trained, cluster_key="cell_type", target="type0", genes=GENES3,
                      progress=False)
         scadv.tl.robust_accuracy(trained, eps=(0.0, 0.1), steps=1, progress=False)
-    _DATA.update(counts=counts, trained=trained, meta=meta, attr=attr)
+        # stored perturbations in both formats: rows of changed cells (dense PGD) and a
+        # sparse obsm matrix (PGD keeping zeros)
+        pert = meta.copy()
+        scadv.tl.pgd(pert, eps=0.3, cells="all", keep_zeros=True, key_added="sparse",
+                     progress=False)
+    _DATA.update(counts=counts, trained=trained, meta=meta, attr=attr, pert=pert)
     return _DATA
 
 
@@ -491,7 +521,60 @@ def _loaders() -> dict[tuple[str, str], list[tuple[str, Callable[[ad.AnnData], A
             ("pl.enrichment", lambda a: pl.enrichment(a, show=False))],
         ("attr", "attr_truth"): [
             ("pl.attribution_truth", lambda a: pl.attribution_truth(a, show=False))],
+        ("pert", "perturbations"): _perturbation_readers(),
+        ("pert", OBSM): _perturbation_readers(),
     }
+
+
+#: Pseudo record of :func:`tampered_cases`: the ``obsm`` matrix of a stored perturbation.
+OBSM = "@obsm"
+SPARSE = "scadv_sparse_eps0.3"
+PERTURBED = ("scadv_pgd_eps0.3", "scadv_pgd_eps0.6", SPARSE)
+
+
+def _perturbation_readers() -> list[tuple[str, Callable[[ad.AnnData], Any]]]:
+    """Every public reader of stored perturbations."""
+    import scadv
+
+    return [
+        ("get.perturbed", lambda a: [scadv.get.perturbed(a, n) for n in PERTURBED]),
+        ("get.perturbations", lambda a: scadv.get.perturbations(a)),
+        ("tl.meta_evaluate", lambda a: scadv.tl.meta_evaluate(a, layers=list(PERTURBED),
+                                                              progress=False)),
+        ("tl.meta_score(layers)", lambda a: scadv.tl.meta_score(a, layers=list(PERTURBED),
+                                                                key_added="t",
+                                                                progress=False)),
+        ("pl.meta_scores", _evaluated_scores)]
+
+
+def _evaluated_scores(adata: ad.AnnData) -> None:
+    """``pl.meta_scores`` of the perturbations, evaluated on a copy first."""
+    import scadv
+
+    b = adata.copy()
+    scadv.tl.meta_evaluate(b, layers=list(PERTURBED), progress=False)
+    scadv.pl.meta_scores(b, layers=list(PERTURBED), show=False)
+
+
+def _obsm_op(name: str, value: Any) -> Any:
+    """Corrupt the sparse ``obsm`` matrix of a perturbation (``None``: the operator does
+    not apply)."""
+    m = sparse.csr_matrix(value, copy=True)
+    if name in ("nan", "inf", "huge"):
+        m.data[0 if name == "nan" else -1] = {"nan": np.nan, "inf": np.inf, "huge": 1e30}[name]
+        return m
+    if name == "shape":
+        return m[:, :-1]
+    if name == "dtype":
+        return np.full(m.shape, "x")
+    if name == "dense":
+        return m.toarray()
+    if name == "empty":
+        return sparse.csr_matrix(m.shape, dtype=np.float32)
+    return None
+
+
+OBSM_OPS = ("delete", "nan", "inf", "huge", "shape", "dtype", "dense", "empty")
 
 
 #: What a tampering operator does to a value (``None``: the operator does not apply).
@@ -600,6 +683,8 @@ def tampered_cases(*, every: bool = False) -> list[Tamper]:
     out = []
     turn = 0
     for (dname, key), _ in _loaders().items():
+        if key == OBSM:
+            continue
         for path, value in _walk(data[dname].uns["scadv"][key], (), 3):
             ops = [op for op in OPS if (op == "delete" and path)
                    or (op != "delete" and _op(op, value) is not None)]
@@ -607,6 +692,7 @@ def tampered_cases(*, every: bool = False) -> list[Tamper]:
                 ops = [ops[turn % len(ops)]]
                 turn += 1
             out += [Tamper(dname, key, path, op) for op in ops]
+    out += [Tamper("pert", OBSM, (SPARSE,), op) for op in OBSM_OPS]
     return out
 
 
@@ -629,6 +715,12 @@ def tampered(t: Tamper) -> ad.AnnData:
     value itself goes through the .h5ad codec, so it has the types a tampered file gives."""
     base = read_back()[t.data]
     adata = base.copy()
+    if t.record == OBSM:
+        if t.op == "delete":
+            del adata.obsm[t.path[0]]
+        else:
+            adata.obsm[t.path[0]] = _obsm_op(t.op, adata.obsm[t.path[0]])
+        return adata
     rec = _copy.deepcopy(adata.uns["scadv"][t.record])
     if not t.path:
         adata.uns["scadv"][t.record] = _roundtrip(_op(t.op, rec))

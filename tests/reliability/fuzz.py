@@ -199,7 +199,7 @@ def pipeline(p: dict[str, Any]) -> tuple[str, str, str]:
             _check(rates.shape == (len(p["eps"]),) and bool(np.all((rates >= 0) & (rates <= 1))),
                    f"flip rates {rates}")
             for layer in rec["layers"]:
-                _check(bool(np.all(np.isfinite(np.asarray(a.layers[layer])))),
+                _check(bool(np.all(np.isfinite(np.asarray(scadv.get.perturbed(a, layer))))),
                        "adversarial layer not finite")
             if p["detect"] == 0:
                 step = _step("meta_detect")

@@ -11,7 +11,7 @@ from . import cases as CS
 CASES = CS.bad_input_cases()
 
 #: Options whose errors name the offending value or record rather than the option itself.
-NAMED_BY_VALUE = {"cluster_key", "#0", "modification", "target", "kinds", "perturbations",
+NAMED_BY_VALUE = {"cluster_key", "#0", "adata", "modification", "target", "kinds", "perturbations",
                   "genes", "cells", "reference", "layers", "de_key", "label_key", "classes",
                   "truth", "keys", "to", "models", "features", "model", "key", "detector",
                   "source", "layer", "max_size", "k", "n_genes", "metric", "baseline",
@@ -23,7 +23,7 @@ def test_the_matrix_is_large_and_covers_every_public_function() -> None:
 
     assert len(CASES) >= 200
     covered = {c.call.func for c in CASES}
-    public = {f"{ns}.{name}" for ns in ("pp", "tl", "pl")
+    public = {f"{ns}.{name}" for ns in ("pp", "tl", "pl", "get")
               for name in getattr(scadv, ns).__all__} | {"datasets.simulate"}
     assert public <= covered, sorted(public - covered)
 

@@ -15,6 +15,7 @@ from ._meta_confusion import meta_confusion
 from ._meta_embedding import meta_embedding
 from ._meta_scores import meta_scores
 from ._overview import overview
+from ._report import report
 from ._robustness_curve import robustness_curve
 from ._roc import roc
 from ._single_gene import single_gene
@@ -32,6 +33,7 @@ __all__ = [
     "meta_embedding",
     "meta_scores",
     "overview",
+    "report",
     "robustness_curve",
     "roc",
     "single_gene",

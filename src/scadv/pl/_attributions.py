@@ -28,13 +28,7 @@ def _heatmap(ax: Axes, values: np.ndarray, rows: Sequence[str], cols: Sequence[s
     ax.set_xticks(np.arange(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(np.arange(len(rows)), rows)
     if annotate:
-        lo = np.nanmin(values) if vmin is None else vmin
-        hi = np.nanmax(values) if vmax is None else vmax
-        for (i, j), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                dark = (v - lo) / max(hi - lo, 1e-12) > 0.6
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="x-small",
-                        color="white" if dark else "black")
+        U.annotate_cells(ax, im, values, lambda v: f"{v:.2f}", fontsize="x-small")
     ax.figure.colorbar(im, ax=ax, label=label, fraction=0.046, pad=0.04)
 
 
@@ -47,7 +41,7 @@ def top_genes(
     classes: Sequence[str] | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Each class's top attributed genes, and how much every class relies on them.
 
@@ -89,8 +83,8 @@ def top_genes(
     _heatmap(ax, vals, list(genes[rows]), shown, cmap="RdBu_r" if signed else "Reds",
              vmin=-1 if signed else 0, vmax=1, label="mean attribution (÷ column max)",
              annotate=False)
-    ax.set_title(f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
-    return U.finish(ax, show=show, save=save)
+    U.set_title(ax, f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
+    return U.finish(ax, show=show, save=save, name="top_genes")
 
 
 @U.doc_ax_show_save
@@ -101,7 +95,7 @@ def attribution_stability(
     metric: Literal["jaccard", "spearman"] = "jaccard",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Per class, how much of its top-k ranking survives each perturbation.
 
@@ -149,10 +143,10 @@ def attribution_stability(
     k = int(np.asarray(rec["k"]))
     ax.set_xlabel(f"Jaccard@{k} with the clean ranking" if metric == "jaccard"
                   else "Spearman correlation with the clean ranking")
-    ax.set_title(f"Stability of {rec['method']} rankings ({rec['attribution_key']})")
+    U.set_title(ax, f"Stability of {rec['method']} rankings ({rec['attribution_key']})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="attribution_stability")
 
 
 @U.doc_ax_show_save
@@ -163,7 +157,7 @@ def attribution_agreement(
     metric: Literal["jaccard", "spearman"] = "jaccard",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Pairwise agreement of attribution runs (mean over classes), as an annotated heatmap.
 
@@ -194,8 +188,8 @@ def attribution_agreement(
     _heatmap(ax, vals, keys, keys, cmap="viridis", vmin=0 if metric == "jaccard" else -1,
              vmax=1, label=f"Jaccard@{k}" if metric == "jaccard" else "Spearman",
              annotate=True)
-    ax.set_title("Agreement of attribution rankings (mean over classes)")
-    return U.finish(ax, show=show, save=save)
+    U.set_title(ax, "Agreement of attribution rankings (mean over classes)")
+    return U.finish(ax, show=show, save=save, name="attribution_agreement")
 
 
 @U.doc_ax_show_save
@@ -205,7 +199,7 @@ def marker_overlap(
     key: str = "marker_overlap",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Per attribution run and class, the fraction of top-k genes that are DE markers.
 
@@ -232,8 +226,8 @@ def marker_overlap(
     k = int(np.asarray(rec["k"]))
     _heatmap(ax, vals, keys, classes, cmap="viridis", vmin=0, vmax=1,
              label=f"top-{k} genes among top-{k} DE markers", annotate=True)
-    ax.set_title("Overlap of attributions with rank_genes_groups markers")
-    return U.finish(ax, show=show, save=save)
+    U.set_title(ax, "Overlap of attributions with rank_genes_groups markers")
+    return U.finish(ax, show=show, save=save, name="marker_overlap")
 
 
 @U.doc_ax_show_save
@@ -244,7 +238,7 @@ def enrichment(
     n_sets: int = 3,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """−log10 FDR of the most enriched gene sets of each class (heatmap; dots mark FDR < 0.05).
 
@@ -282,8 +276,8 @@ def enrichment(
     ax.scatter(sig[:, 1], sig[:, 0], s=12, color="black", marker="o", label="FDR < 0.05")
     if len(sig):
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.25), fontsize="small", frameon=False)
-    ax.set_title(f"Gene-set enrichment of the top {int(np.asarray(table['k'].iloc[0]))} genes")
-    return U.finish(ax, show=show, save=save)
+    U.set_title(ax, f"Gene-set enrichment of the top {int(np.asarray(table['k'].iloc[0]))} genes")
+    return U.finish(ax, show=show, save=save, name="enrichment")
 
 
 @U.doc_ax_show_save
@@ -294,7 +288,7 @@ def attribution_truth(
     metric: Literal["precision_at_k", "recall_at_k", "auprc"] = "precision_at_k",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Per class, how well each attribution run recovers the true markers.
 
@@ -341,7 +335,7 @@ def attribution_truth(
     k = int(np.asarray(rec["k"]))
     ax.set_ylabel({"precision_at_k": f"precision@{k}", "recall_at_k": f"recall@{k}",
                    "auprc": "AUPRC"}[metric] + " of the true markers")
-    ax.set_title("Attributions against the ground truth")
+    U.set_title(ax, "Attributions against the ground truth")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="attribution_truth")

@@ -15,13 +15,14 @@ from .. import _validate as V
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def flip_rate(
     adata: AnnData,
     *,
     key: str = "pgd",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Per-class flip rate at each budget, next to per-class clean accuracy.
 
@@ -36,16 +37,7 @@ def flip_rate(
         Holds an attack run from :func:`scadv.tl.pgd` or :func:`scadv.tl.fgsm`.
     key
         Name of the attack run (its ``key_added``).
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to (any matplotlib format).
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     V.options(locals())
     V.name("key", key)
@@ -85,8 +77,8 @@ def flip_rate(
     ax.set_xlabel("fraction of cells")
     norm = {"linf": "L∞", "l2": "L2"}.get(str(rec.get("norm")), str(rec.get("norm")))
     steps = int(np.asarray(rec.get("steps", 1)))
-    ax.set_title(f"{str(rec.get('method', key)).upper()} ({norm}, {steps} step"
+    U.set_title(ax, f"{str(rec.get('method', key)).upper()} ({norm}, {steps} step"
                  f"{'s' if steps != 1 else ''}) on {int(np.asarray(rec['n_cells']))} cells")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="flip_rate")

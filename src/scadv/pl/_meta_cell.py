@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from .. import _device as D
 from .. import _keys as K
 from .. import _model as M
-from .. import _recipe as R
+from .. import _store as ST
 from .. import _validate as V
 from .._errors import ScadvInputError
 from ..tl import _common as C
@@ -28,7 +28,7 @@ def meta_cell(
     key: str = K.DEFAULT_DETECTOR,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Class probabilities of one cell before and after an attack, with the detector's verdict.
 
@@ -62,7 +62,7 @@ def meta_cell(
                                   "layer=...")
         layer = names[0]
     score_col = K.meta_score(key, layer)
-    if layer not in adata.layers or score_col not in adata.obs:
+    if not ST.exists(adata, layer) or score_col not in adata.obs:
         raise ScadvInputError(f"layer {layer!r} has not been scored by detector {key!r}; run "
                               f"scadv.tl.meta_evaluate(adata, key={key!r}).")
     i = adata.obs_names.get_loc(cell)
@@ -74,8 +74,8 @@ def meta_cell(
     classifier = C.model_record(adata, model)
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     net = M.from_record(classifier, D.resolve("cpu"))
-    x = np.vstack([R.model_input(adata[[cell]], classifier["prepare"]).x,
-                   R.model_input(adata[[cell]], classifier["prepare"], layer=layer).x])
+    x = np.vstack([ST.reader(adata, classifier["prepare"])[[i]],
+                   ST.reader(adata, classifier["prepare"], layer=layer)[[i]]])
     _, logits = M.infer(net, x, device=D.resolve("cpu"))
     proba = M.softmax(logits)
     thr = float(rec["threshold"])
@@ -96,8 +96,8 @@ def meta_cell(
     def verdict(s: float) -> str:
         return f"{s:.3f} → {'FLAGGED' if s >= thr else 'passed'}"
 
-    ax.set_title(f"{cell}: {truth}{classes[int(proba[0].argmax())]} → "
+    U.set_title(ax, f"{cell}: {truth}{classes[int(proba[0].argmax())]} → "
                  f"{classes[int(proba[1].argmax())]}\ndetector (threshold {thr:.3f}): clean "
-                 f"{verdict(clean_score)}, attacked {verdict(adv_score)}", fontsize="medium")
+                 f"{verdict(clean_score)}, attacked {verdict(adv_score)}")
     ax.legend(loc="lower right", fontsize="small", frameon=False)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="meta_cell")

@@ -25,7 +25,7 @@ def meta_confusion(
     layer: str | None = None,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> list[Axes]:
     """Three confusion matrices on test cells: classifier clean, classifier attacked, detector.
 
@@ -49,7 +49,7 @@ def meta_confusion(
     show
         Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
     save
-        File to save the figure to.
+        Save the figure (as every scadv plot; see :func:`scadv.pl.flip_rate`).
 
     Returns
     -------
@@ -81,8 +81,8 @@ def meta_confusion(
     labelled = test & (y >= 0)
 
     if ax is None:
-        _, axes = plt.subplots(1, 3, figsize=(17, 5.2),
-                                 gridspec_kw={"width_ratios": [1, 1, 0.45]})
+        _, axes = plt.subplots(1, 3, figsize=(17, 5.2), layout="constrained",
+                               gridspec_kw={"width_ratios": [1, 1, 0.45]})
         axes = list(axes)
     else:
         axes = list(ax)
@@ -103,8 +103,7 @@ def meta_confusion(
              f"detector {key!r}, {label}")
     axes[2].set_ylabel("test cell")
     axes[2].set_xlabel("detector verdict")
-    axes[0].figure.tight_layout()
-    U.finish(axes[0], show=show, save=save)
+    U.finish(axes[0], show=show, save=save, name="meta_confusion")
     return axes
 
 
@@ -112,11 +111,8 @@ def _heatmap(ax: Axes, counts: np.ndarray, rows: Sequence[str], cols: Sequence[s
              title: str) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    for (i, j), n in np.ndenumerate(counts):
-        if n:
-            ax.text(j, i, str(n), ha="center", va="center", fontsize="small",
-                    color="white" if frac[i, j] > 0.6 else "black")
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    U.annotate_cells(ax, im, counts, lambda v: str(int(v)), skip_zero=True)
     ax.set_xticks(np.arange(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(np.arange(len(rows)), rows)
-    ax.set_title(title, fontsize="medium")
+    U.set_title(ax, title)

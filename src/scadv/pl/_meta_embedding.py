@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 
 from .. import _device as D
 from .. import _keys as K
-from .. import _recipe as R
+from .. import _store as ST
 from .. import _validate as V
 from ..tl._detect import _common as MC
 from . import _meta_common as PM
@@ -30,7 +30,7 @@ def meta_embedding(
     seed: int = 0,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """UMAP of the detector's 64-d triplet embedding: clean test cells and attacked ones.
 
@@ -60,10 +60,10 @@ def meta_embedding(
     cells = PM.layers(adata, key, rec, layers)
     det = MC.load(adata, key, source=None, device=D.resolve("cpu"))
     recipe = det.classifier["prepare"]
-    blocks = [R.model_input(adata, recipe).x[test]]
+    blocks = [ST.reader(adata, recipe)[test]]
     groups = [np.zeros(int(test.sum()), dtype=np.int64)]
     for i, c in enumerate(cells, start=1):
-        blocks.append(R.model_input(adata, recipe, layer=c.layer).x[c.flipped])
+        blocks.append(ST.reader(adata, recipe, layer=c.layer)[c.flipped])
         groups.append(np.full(int(c.flipped.sum()), i))
     x = np.vstack(blocks)
     group = np.concatenate(groups)
@@ -87,7 +87,7 @@ def meta_embedding(
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    ax.set_title(f"meta-detector {key!r}: triplet embedding of test cells")
+    U.set_title(ax, f"meta-detector {key!r}: triplet embedding of test cells")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False,
               markerscale=2)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="meta_embedding")

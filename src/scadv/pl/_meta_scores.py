@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
 from .. import _validate as V
+from .._colors import CLEAN_COLOR, series_colors
 from . import _meta_common as PM
 from . import _utils as U
 
@@ -25,14 +25,17 @@ def meta_scores(
     bins: int = 40,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
-    """Histograms of the detector score: clean test cells against each attack's flipped cells.
+    """Histograms of the detector score: clean test cells and each attack's flipped cells,
+    one row each.
 
-    Clean test cells are the filled grey histogram; each attack layer is a line (only its
-    successful attacks: test cells whose prediction flipped). The dashed line is the
-    calibrated threshold: cells at or right of it are flagged. Cells caught by the realism
-    gate score 1.
+    Every series gets its own row (a ridgeline), so none hides another even where they
+    coincide (unconstrained PGD typically scores 1 for every cell): the top row is the clean
+    test cells (grey), each further row one attack layer (only its successful attacks: test
+    cells whose prediction flipped), each histogram scaled to its row. The dashed line is the
+    calibrated threshold: cells at or right of it are flagged, and each row says which
+    fraction that is. Cells caught by the realism gate score 1.
 
     Parameters
     ----------
@@ -56,20 +59,29 @@ def meta_scores(
     test = PM.test_mask(adata, rec)
     clean = PM.clean_scores(adata, key)[test]
     cells = PM.layers(adata, key, rec, layers)
-    ax = U.axes(ax, figsize=(7, 4))
-    edges = np.linspace(0, 1, int(bins) + 1).tolist()
-    ax.hist(clean, bins=edges, density=True, color="0.75", label=f"clean (n={len(clean)})")
-    colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
-    for c, color in zip(cells, colors, strict=True):
+    thr = float(rec["threshold"])
+    series = [(f"clean (n={len(clean)})", clean, CLEAN_COLOR)]
+    for c, color in zip(cells, series_colors(len(cells)), strict=True):
         rows = c.rows if c.kind == "benign" else c.flipped
         what = "perturbed" if c.kind == "benign" else "flipped"
-        ax.hist(c.score[rows], bins=edges, density=True, histtype="step", linewidth=1.6,
-                color=color, label=f"{c.label} ({what} n={int(rows.sum())})")
-    thr = float(rec["threshold"])
-    ax.axvline(thr, color="k", linestyle="--", linewidth=1, label=f"threshold {thr:.3f}")
+        series.append((f"{c.label} ({what} n={int(rows.sum())})", c.score[rows], color))
+    ax = U.axes(ax, figsize=(7, 0.75 * len(series) + 1.4))
+    edges = np.linspace(0, 1, int(bins) + 1)
+    for row, (label, scores, color) in enumerate(series):
+        base = float(len(series) - 1 - row)  # first series on top
+        counts, _ = np.histogram(scores[np.isfinite(scores)], bins=edges)
+        height = counts / counts.max() * 0.85 if counts.max() > 0 else counts.astype(float)
+        ax.stairs(base + height, edges, baseline=base, fill=True, color=color, alpha=0.75,
+                  label=label)
+        ax.stairs(base + height, edges, baseline=base, color=color, linewidth=1.2)
+        flagged = float((scores >= thr).mean()) if len(scores) else float("nan")
+        ax.text(1.01, base + 0.3, f"{flagged:.0%} flagged" if len(scores) else "no cells",
+                transform=ax.get_yaxis_transform(), fontsize="small", va="center")
+    ax.axvline(thr, color="k", linestyle="--", linewidth=1)
+    ax.set_yticks(np.arange(len(series))[::-1] + 0.3, [lab for lab, _, _ in series])
     ax.set_xlim(0, 1)
-    ax.set_xlabel("detector score (1: flagged by the realism gate)")
-    ax.set_ylabel("density")
-    ax.set_title(f"meta-detector {key!r}, test cells")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    return U.finish(ax, show=show, save=save)
+    ax.set_ylim(-0.05, len(series) - 0.05)
+    ax.set_xlabel(f"detector score (dashed: threshold {thr:.3f}; 1: flagged by the realism "
+                  "gate)")
+    U.set_title(ax, f"meta-detector {key!r}: test cells (each row scaled to its own maximum)")
+    return U.finish(ax, show=show, save=save, name="meta_scores")

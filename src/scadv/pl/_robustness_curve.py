@@ -15,13 +15,14 @@ from .. import _validate as V
 from . import _utils as U
 
 
+@U.doc_ax_show_save
 def robustness_curve(
     adata: AnnData,
     *,
     key: str = K.ROBUSTNESS,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """Accuracy against the true labels as the PGD budget ε grows, for several models.
 
@@ -35,16 +36,7 @@ def robustness_curve(
         Holds a record of :func:`scadv.tl.robust_accuracy`.
     key
         Its ``key_added``.
-    ax
-        Axes to draw into; a new figure by default.
-    show
-        Show the figure; ``None`` follows :attr:`scanpy.settings.autoshow`.
-    save
-        File to save the figure to (any matplotlib format).
-
-    Returns
-    -------
-    The axes drawn into.
+    {ax_show_save}
     """
     V.options(locals())
     V.name("key", key)
@@ -71,8 +63,8 @@ def robustness_curve(
     attack = rec.get("attack", {})
     steps = int(np.asarray(attack.get("steps", 10)))
     same = bool(rec.get("same_cells", True))
-    ax.set_title(f"Robustness ({steps}-step PGD away from the label"
-                 + ("" if same else "; different test cells") + ")", fontsize="medium")
+    U.set_title(ax, f"Robustness ({steps}-step PGD away from the label"
+                 + ("" if same else "; different test cells") + ")")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="robustness_curve")

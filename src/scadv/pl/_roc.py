@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
@@ -13,6 +12,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from .. import _keys as K
 from .. import _validate as V
+from .._colors import series_colors
 from . import _meta_common as PM
 from . import _utils as U
 
@@ -25,7 +25,7 @@ def roc(
     layers: Sequence[str] | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """ROC curve of the detector per attack layer, on test cells.
 
@@ -50,24 +50,29 @@ def roc(
     clean = PM.clean_scores(adata, key)[test]
     thr = float(rec["threshold"])
     ax = U.axes(ax, figsize=(5.5, 5))
-    cells = PM.layers(adata, key, rec, layers)
-    colors = plt.get_cmap("tab10")(np.arange(len(cells)) % 10)
-    for c, color in zip(cells, colors, strict=True):
+    cells = [c for c in PM.layers(adata, key, rec, layers) if c.flipped.any()]
+    colors = series_colors(len(cells))
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
+    n = len(cells)
+    for i, (c, color) in enumerate(zip(cells, colors, strict=True)):
         adv = c.score[c.flipped]
-        if len(adv) == 0:
-            continue
         y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
         s = np.r_[clean, adv]
         fpr, tpr, _ = roc_curve(y, s)
         auc = roc_auc_score(y, s)
-        ax.plot(fpr, tpr, color=color, linewidth=1.6,
+        # curves often coincide (several attacks all caught): earlier ones are drawn wider
+        # and underneath, each with its own dash pattern, so every one stays visible
+        ax.plot(fpr, tpr, color=color, linewidth=1.5 + 2.0 * (n - 1 - i) / max(n - 1, 1),
+                linestyle=styles[i % len(styles)], zorder=2 + i,
                 label=f"{c.label}: AUROC {auc:.3f} (n={len(adv)})")
-        ax.plot([(clean >= thr).mean()], [(adv >= thr).mean()], "o", color=color, markersize=5)
+        ax.plot([(clean >= thr).mean()], [(adv >= thr).mean()], "o", color=color,
+                markersize=7 - 3 * i / max(n - 1, 1), markeredgecolor="white", zorder=20 + i)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
+    # a margin on every side: perfect curves run along x = 0 and y = 1, not under the spines
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("false-positive rate (clean test cells flagged)")
     ax.set_ylabel("true-positive rate (flipped test cells flagged)")
-    ax.set_title(f"meta-detector {key!r}; dots: threshold {thr:.3f}")
+    U.set_title(ax, f"meta-detector {key!r}; dots: threshold {thr:.3f}")
     ax.legend(loc="lower right", fontsize="small", frameon=False)
-    return U.finish(ax, show=show, save=save)
+    return U.finish(ax, show=show, save=save, name="roc")

@@ -15,7 +15,7 @@ from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
-NOT_FLIPPED = "#c8c8c8"
+NOT_FLIPPED = "#b0b0b0"  # a grey no scanpy palette uses
 
 
 @U.doc_ax_show_save
@@ -27,14 +27,14 @@ def single_gene(
     top: int = 20,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | Path | None = None,
+    save: str | Path | bool | None = None,
 ) -> Axes:
     """The genes that hurt a cluster's label most when modified alone, flips highlighted.
 
-    One bar per (gene, modification), the most harmful first: its length is the mean
-    probability of the cluster's original label after the modification (the dotted line is
-    the unmodified value). Bars of genes that flip the cluster are coloured by the new label;
-    the others are grey.
+    One bar per (gene, modification), the most harmful first: it runs from the unmodified mean
+    probability of the cluster's label (dotted line) to the mean probability after the
+    modification, on an axis that spans the values shown. Bars of genes that flip the cluster
+    are coloured by the new label (its colour in ``sc.pl.umap``); the others are grey.
 
     Parameters
     ----------
@@ -86,20 +86,27 @@ def single_gene(
     y = np.arange(len(rows))
     colors = [palette[classes.index(lab)] if flip else NOT_FLIPPED
               for lab, flip in zip(rows["new_label"], rows["flipped"], strict=True)]
-    ax.barh(y, rows["original_score"], color=colors)
-    ax.scatter(rows["original_score"], y, color=colors, s=14, zorder=3)  # zero-length bars
-    ax.axvline(base_score, color="0.3", ls=":", lw=1)
+    score = rows["original_score"].to_numpy(dtype=float)
+    # bars start at the unmodified value: their length is the change, and the axis spans the
+    # values shown (a 0-1 axis squeezes changes of a few thousandths into one pixel)
+    ax.barh(y, score - base_score, left=base_score, color=colors, edgecolor=colors)
+    ax.scatter(score, y, color=colors, s=14, zorder=3)  # zero-length bars stay visible
+    ax.axvline(base_score, color="0.3", ls=":", lw=1, label="unmodified")
+    lo, hi = min(score.min(), base_score), max(score.max(), base_score)
+    pad = max(0.08 * (hi - lo), 1e-4)
+    ax.set_xlim(lo - pad, hi + pad)
     names = [f"{g} ({m})" for g, m in zip(rows["gene"], rows["modification"], strict=True)]
     ax.set_yticks(y, names, fontsize="small")
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"mean P({base_label}) over the cluster after the modification")
+    ax.set_xlabel(f"mean P({base_label}) over the cluster after the modification "
+                  f"(unmodified {base_score:.4g})")
     counts = ", ".join(f"{m}: {int(n)}" for m, n in zip(info["modification"],
                                                        info["n_flip_genes"], strict=True))
-    ax.set_title(f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
-                 f"{counts}", fontsize="medium")
+    U.set_title(ax, f"{target} (n={int(info['n_cells'].iloc[0])}): genes that flip it alone — "
+                 f"{counts}")
     flipped_to = sorted(set(rows.loc[rows["flipped"], "new_label"]))
     handles = [Patch(color=palette[classes.index(c)], label=f"flips to {c}") for c in flipped_to]
     handles.append(Patch(color=NOT_FLIPPED, label="label unchanged"))
-    ax.legend(handles=handles, loc="lower right", fontsize="small", frameon=False)
-    return U.finish(ax, show=show, save=save)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+              frameon=False)
+    return U.finish(ax, show=show, save=save, name="single_gene")

@@ -1,13 +1,13 @@
-"""``scadv.pp.prepare``: counts (or scanpy-processed data) → the classifier's input space."""
+"""``scadv.pp.prepare``: record how counts (or scanpy-processed data) become the classifier's
+input."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scanpy.logging as logg
 from anndata import AnnData
 from scipy import sparse
@@ -15,9 +15,11 @@ from scipy import sparse
 from .. import _keys as K
 from .. import _provenance as P
 from .. import _recipe as R
+from .. import _rows as RW
 from .. import _validate as V
 from .._errors import ScadvInputError
-from .._results import write_results
+from .._results import scadv_uns, write_results
+from . import _stats as S
 
 Flavor = Literal["seurat_v3", "seurat", "cell_ranger"]
 
@@ -32,29 +34,38 @@ def prepare(
     include_genes: Sequence[str] = (),
     expect: Literal["auto", "counts", "lognorm", "scaled"] = "auto",
     layer: str | None = None,
+    subset: bool = False,
+    progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
-    """Bring expression into the classifier's input space and record how, for new cells.
+    """Record how expression becomes the classifier's input, for these cells and new ones.
 
     The input kind is detected (and logged):
 
     raw counts (non-negative whole numbers)
-        Counts are kept in ``layers['counts']``, each cell is normalised to ``target_sum``
-        and ``log1p``-transformed; the full log-normalised matrix is kept in ``.raw`` (as in
-        scanpy's tutorials); ``n_top_genes`` highly variable genes are selected; each gene is
-        z-scored and clipped to ``±max_value``.
+        Each cell is normalised to ``target_sum`` and ``log1p``-transformed, ``n_top_genes``
+        highly variable genes are selected, and each gene's mean and standard deviation are
+        recorded, so that the model input (z-scores clipped to ``±max_value``) can be computed
+        from the counts of any cell.
     log-normalised values (non-negative, fractional)
-        Nothing is normalised again: gene selection, z-scoring and clipping only.
+        Nothing is normalised again: gene selection and z-score statistics only.
     already-scaled values (negative values present, e.g. :func:`scanpy.datasets.pbmc68k_reduced`)
         ``X`` is used unchanged as the model input with all its genes. Statistics to scale new
         data come from a log-normalised ``.raw`` when there is one.
 
-    Running ``prepare`` on data it already prepared changes nothing.
+    By default nothing of the user's data changes: ``X``, the layers, ``.raw`` and ``var`` stay
+    as they are, and every scadv tool computes the model input batch by batch from them with
+    the stored recipe. The statistics are gathered in one or two passes over the cells, a batch
+    at a time, so the matrix may be larger than memory (an AnnData read with
+    ``read_h5ad(..., backed='r')``, or dask-backed). ``subset=True`` gives scanpy's classic
+    in-place behaviour instead.
+
+    Running ``prepare`` again on data it prepared gives the same recipe.
 
     Parameters
     ----------
     adata
-        Cells × genes. Modified in place unless ``copy=True``.
+        Cells × genes.
     n_top_genes
         Number of highly variable genes that become the model's input.
     target_sum
@@ -62,11 +73,12 @@ def prepare(
     max_value
         Z-scores are clipped to ``[-max_value, max_value]``; 0 disables clipping.
     flavor
-        Gene selection method of :func:`scanpy.pp.highly_variable_genes`. ``None`` (default)
-        picks ``'seurat_v3'`` (Seurat's *vst*, computed on counts) when counts are available and
-        ``'seurat'`` (dispersion-based, on log data) otherwise; if ``seurat_v3``'s loess fit
-        fails on unusual counts, the automatic choice falls back to ``'seurat'`` (logged).
-        Genes detected in fewer than 3 cells are never selected.
+        Gene selection method of :func:`scanpy.pp.highly_variable_genes` (computed here from
+        streamed statistics, with the same result). ``None`` (default) picks ``'seurat_v3'``
+        (Seurat's *vst*, on counts) when counts are available and ``'seurat'``
+        (dispersion-based, on log data) otherwise; if ``seurat_v3``'s loess fit is impossible
+        on unusual counts, the automatic choice falls back to ``'seurat'`` (logged). Genes
+        detected in fewer than 3 cells are never selected.
     include_genes
         Genes always kept as model input in addition to the highly variable ones (e.g. known
         markers). Unknown names are an error.
@@ -74,25 +86,32 @@ def prepare(
         What the input is: ``'auto'`` (default) detects it; naming it (e.g. ``'counts'``)
         turns a mismatch into an error instead of a different processing path.
     layer
-        Read the input from ``adata.layers[layer]`` instead of ``adata.X``.
+        Read the input from ``adata.layers[layer]`` instead of ``adata.X`` (the model input of
+        this AnnData is then computed from that layer).
+    subset
+        scanpy's classic in-place behaviour: subset the AnnData to the model genes, write the
+        dense z-scores into ``X``, keep the counts of the model genes in ``layers['counts']``
+        and the log-normalised values of all genes in ``.raw``. Needs the data in memory.
+    progress
+        Show progress bars over the passes through the cells.
     copy
         Return a prepared copy instead of modifying ``adata``.
 
     Returns
     -------
-    The prepared copy if ``copy=True``, else ``None``. Writes (counts / log-normalised input):
+    The prepared copy if ``copy=True``, else ``None``. Writes:
 
-    ``adata.X``
-        Dense float32 z-scores of the model genes (the AnnData is subset to these genes).
-    ``adata.layers['counts']``
-        Raw counts of the model genes (counts input, or a ``'counts'`` layer already present).
-    ``adata.raw``
-        Log-normalised values of all genes (only when no ``.raw`` existed).
-    ``adata.obs['scadv_library_size']``
-        Total counts per cell over all genes (counts input).
     ``adata.uns['scadv']['prepare']``
         The recipe (genes, means, standard deviations, target sum, clip, zero levels, observed
-        ranges, gene selection) and its provenance; see :func:`scadv.pp.transform`.
+        ranges, gene selection, the matrix it was computed from) and its provenance; see
+        :func:`scadv.pp.transform`.
+    ``adata.obs['scadv_library_size']``
+        Total counts per cell over all genes (counts input).
+
+    With ``subset=True`` (counts / log-normalised input) also: ``adata.X`` (dense float32
+    z-scores; the AnnData is subset to the model genes), ``adata.layers['counts']`` (raw counts
+    of the model genes, counts input or a ``'counts'`` layer already present), ``adata.raw``
+    (log-normalised values of all genes, only when no ``.raw`` existed).
     """
     V.options(locals())
     V.positive_int("n_top_genes", n_top_genes)
@@ -103,23 +122,31 @@ def prepare(
     V.choice("expect", expect, ("auto", "counts", "lognorm", "scaled"))
     start = logg.info("preparing data for scadv")
     params = P.call_params(locals(), prepare)
-    adata = V.start(adata, copy=copy)
     _check_options(n_top_genes=n_top_genes, target_sum=target_sum, max_value=max_value,
                    expect=expect)
+    adata = V.start(adata, copy=copy)
+    ns = adata.uns.get(K.UNS)
+    if ns is not None and not isinstance(ns, Mapping):
+        scadv_uns(adata)  # raises the error that names the fix, before anything is written
 
     existing = R.stored(adata)
-    if existing is not None and np.array_equal(np.asarray(existing["genes"]).astype(str),
-                                               np.asarray(adata.var_names)) and layer is None:
+    if existing is not None and R.x_is_model_input(adata, existing):
+        if layer is not None:
+            raise ScadvInputError(
+                "adata was already prepared by scadv in place (its X holds the model input and "
+                f"its layers only the {len(np.asarray(existing['genes']))} model genes), so "
+                f"layer={layer!r} cannot be prepared again: library sizes would be computed "
+                "from the model genes alone. Prepare the original AnnData instead (as read "
+                "from disk).")
         logg.info("    adata was already prepared by scadv (uns['scadv']['prepare']); "
                   "nothing to do")
         return adata if copy else None
 
     x = V.matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    V.check_finite(x, what=where, adata=adata)
     if expect == "counts":
-        V.check_counts(x, what=where)
-    kind = V.detect_kind(x, what=where)
+        V.check_counts(R.probe(x), what=where)
+    kind = R._sample_kind(x, label=where)
     if expect not in ("auto", kind):
         raise ScadvInputError(
             f"expect={expect!r}, but {where} looks like {_KIND_TEXT[kind].split(':')[0]}. "
@@ -132,33 +159,51 @@ def prepare(
             f"include_genes names {len(missing)} genes that are not in adata.var_names "
             f"(e.g. {missing[:8]}). Check the spelling and the gene naming (symbols vs IDs)."
         )
+    if subset and not RW.in_memory(x):
+        raise ScadvInputError(
+            "subset=True writes the dense model input into X, which needs the data in memory; "
+            "this AnnData is backed on disk or lazy. Use the default subset=False (every scadv "
+            "tool reads the model input batch by batch), or load it first: adata.to_memory().")
 
     if kind == "scaled":
-        recipe = _recipe_for_scaled(adata, x, max_value=max_value)
-        recipe.update(flavor="none", n_top_genes=adata.n_vars, include_genes=list(include_genes))
+        scaled = _recipe_for_scaled(adata, x, max_value=max_value)
+        scaled.update(flavor="none", n_top_genes=adata.n_vars, include_genes=list(include_genes),
+                      layer=str(layer), x_is_model_input=layer is None)
         write_results(adata, step="prepare", start=start,
-                      uns={K.PREPARE: {**recipe, "provenance": P.record(params)}})
+                      uns={K.PREPARE: {**scaled, "provenance": P.record(params)}})
         return adata if copy else None
 
-    counts = x if kind == "counts" else _counts_layer(adata)
-    if kind == "counts":
-        library_size = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-        lognorm = R.lognormalize(x, target_sum=target_sum, library_size=library_size)
-    else:
-        library_size = None
-        lognorm = sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else x
+    counts_x = x if kind == "counts" else _counts_layer(adata)
+    check = _block_check(adata, kind=kind, where=where, strict=expect == "counts")
+    stats = S.first_pass(x, kind=kind, target_sum=target_sum, check=check, progress=progress)
+    if stats.library_size is not None and (stats.library_size <= 0).any():
+        empty = int((stats.library_size <= 0).sum())
+        raise ScadvInputError(
+            f"{empty} cells have zero total counts, so they cannot be normalised. "
+            "Remove them first: sc.pp.filter_cells(adata, min_counts=1).")
+    counts_stats = stats
+    if kind == "lognorm" and counts_x is not None:
+        # a user-kept counts layer drives seurat_v3, as scanpy would use it
+        counts_stats = S.first_pass(counts_x, kind="counts", target_sum=target_sum,
+                                    check=_block_check(adata, kind="counts",
+                                                       where=f"adata.layers[{K.COUNTS_LAYER!r}]",
+                                                       strict=True),
+                                    progress=progress)
 
     auto = flavor is None
-    flavor = _choose_flavor(flavor, counts)
-    selected, flavor = _select_genes(adata.var_names, lognorm, counts, n_top_genes=n_top_genes,
-                                     flavor=flavor, auto=auto, include_genes=include_genes)
+    flavor = _choose_flavor(flavor, counts_x)
+    selected, flavor = _select_genes(adata.var_names, stats, counts_stats, counts_x,
+                                     n_top_genes=n_top_genes, flavor=flavor, auto=auto,
+                                     include_genes=include_genes, progress=progress)
     genes = adata.var_names[selected]
-    mean, std = R.zscore_stats(lognorm[:, selected])
-    recipe = {
+    mean, var = stats.lognorm.mean_var(stats.n_obs)
+    std = np.sqrt(np.maximum(var[selected], 0.0))
+    std[std == 0] = 1.0
+    recipe: dict[str, Any] = {
         "input_kind": kind,
         "genes": np.asarray(genes, dtype=str),
-        "mean": mean,
-        "std": std,
+        "mean": mean[selected].astype(np.float32),
+        "std": std.astype(np.float32),
         "has_stats": True,
         "max_value": float(max_value),
         "target_sum": float(target_sum),
@@ -166,26 +211,48 @@ def prepare(
         "flavor": flavor,
         "n_top_genes": int(n_top_genes),
         "include_genes": list(include_genes),
+        "layer": str(layer),
+        "x_is_model_input": bool(subset),
     }
-    z = R.lognorm_to_model(lognorm[:, selected], recipe)
-    recipe.update(zero_level=R.zero_level(recipe), x_min=z.min(axis=0), x_max=z.max(axis=0))
+    # the observed range in model space: the transform is increasing in each gene, so the
+    # extremes of the z-scores are the transformed extremes of the log-normalised values
+    ends = np.stack([stats.lognorm_min[selected], stats.lognorm_max[selected]]).astype(np.float32)
+    z_ends = R.lognorm_to_model(ends, recipe)
+    recipe.update(zero_level=R.zero_level(recipe), x_min=z_ends[0], x_max=z_ends[1])
+    obs = {K.LIBRARY_SIZE: stats.library_size} if stats.library_size is not None else None
+    uns = {K.PREPARE: {**recipe, "provenance": P.record(params)}}
+    step = f"prepare ({len(genes)} genes, {flavor} selection)"
+    if not subset:
+        logg.info("    adata.X, layers, .raw and var are unchanged; the model input is computed "
+                  "from them when needed")
+        write_results(adata, step=step, start=start, uns=uns, obs=obs)
+        return adata if copy else None
+    _subset_in_place(adata, x, kind=kind, counts=counts_x, selected=selected, recipe=recipe,
+                     library_size=stats.library_size, target_sum=target_sum)
+    write_results(adata, step=step, start=start, uns=uns, obs=obs)
+    return adata if copy else None
 
+
+def _subset_in_place(adata: AnnData, x: Any, *, kind: str, counts: Any, selected: np.ndarray,
+                     recipe: Mapping[str, Any], library_size: np.ndarray | None,
+                     target_sum: float) -> None:
+    """scanpy's classic layout: ``.raw`` with all log-normalised genes, counts of the model
+    genes in a layer, the AnnData subset to the model genes and ``X`` the dense z-scores."""
+    if kind == "counts":
+        lognorm = R.lognormalize(x, target_sum=target_sum, library_size=library_size)
+    else:
+        lognorm = sparse.csr_matrix(x, dtype=np.float32) if sparse.issparse(x) else x
     if adata.raw is None:
         adata.raw = AnnData(X=lognorm, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
-        raw_note = "log-normalised values of all genes are kept in adata.raw"
+        logg.info("    log-normalised values of all genes are kept in adata.raw")
     else:
-        raw_note = "adata.raw already existed and was left unchanged"
-    logg.info(f"    {raw_note}")
-    layers = {}
-    if counts is not None:
-        layers[K.COUNTS_LAYER] = sparse.csr_matrix(counts[:, selected], dtype=np.float32)
+        logg.info("    adata.raw already existed and was left unchanged")
+    z = R.lognorm_to_model(lognorm[:, selected], recipe)
+    kept = None if counts is None else sparse.csr_matrix(counts[:, selected], dtype=np.float32)
     adata._inplace_subset_var(selected)
     adata.X = z
-    obs = {K.LIBRARY_SIZE: library_size} if library_size is not None else None
-    write_results(adata, step=f"prepare ({len(genes)} genes, {flavor} selection)", start=start,
-                  uns={K.PREPARE: {**recipe, "provenance": P.record(params)}},
-                  obs=obs, layers=layers)
-    return adata if copy else None
+    if kept is not None:
+        adata.layers[K.COUNTS_LAYER] = kept
 
 
 _KIND_TEXT = {
@@ -234,42 +301,76 @@ def _choose_flavor(flavor: Flavor | None, counts: Any) -> Flavor:
 MIN_CELLS_PER_GENE = 3
 
 
-def _select_genes(var_names: pd.Index, lognorm: Any, counts: Any, *, n_top_genes: int,
-                  flavor: Flavor, auto: bool, include_genes: Sequence[str]
-                  ) -> tuple[np.ndarray, Flavor]:
+def _block_check(adata: AnnData, *, kind: str, where: str, strict: bool
+                 ) -> Callable[[Any, np.ndarray], None]:
+    """Validation of each streamed block: finite values; counts stay whole and non-negative."""
+
+    def check(block: Any, cells: np.ndarray) -> None:
+        vals = RW.stored_values(block)
+        if vals.dtype.kind in "fc" and not np.isfinite(vals).all():
+            sub = AnnData(X=block, obs=pd.DataFrame(index=adata.obs_names[cells]),
+                          var=pd.DataFrame(index=adata.var_names))
+            V.check_finite(block, what=where, adata=sub)
+        if kind == "counts":
+            if vals.size and vals.min() < 0:
+                raise ScadvInputError(
+                    f"{where} looked like raw counts but has negative values (min "
+                    f"{vals.min():.3g}) among cells {cells[0]}–{cells[-1]}. Pass the raw count "
+                    "matrix (e.g. layer='counts') or the raw AnnData.")
+            if not V.is_integer_valued(block):
+                raise ScadvInputError(
+                    f"{where} looked like raw counts (whole numbers) in a sample of cells, but "
+                    f"cells {cells[0]}–{cells[-1]} hold non-integer values. Pass raw counts, or "
+                    "log-normalised data (expect='lognorm'), not a mixture.")
+        elif strict:
+            V.check_counts(block, what=where)
+        elif vals.size and vals.min() < 0:
+            raise ScadvInputError(
+                f"{where} looked log-normalised but has negative values among cells "
+                f"{cells[0]}–{cells[-1]}. Pass raw counts or log1p-normalised data.")
+
+    return check
+
+
+def _select_genes(var_names: pd.Index, stats: S.Pass1, counts_stats: S.Pass1, counts_x: Any, *,
+                  n_top_genes: int, flavor: Flavor, auto: bool, include_genes: Sequence[str],
+                  progress: bool) -> tuple[np.ndarray, Flavor]:
     """Boolean mask of the model genes (highly variable genes plus ``include_genes``) and the
     flavour actually used."""
     n_vars = len(var_names)
-    detected = np.asarray((lognorm > 0).sum(axis=0)).ravel() >= MIN_CELLS_PER_GENE
+    detected = stats.detected >= MIN_CELLS_PER_GENE
+    if not detected.any() and not include_genes:
+        raise ScadvInputError(
+            f"no gene is detected in at least {MIN_CELLS_PER_GENE} of the {stats.n_obs} cells, "
+            "so there is nothing to select model genes from. scadv needs more cells (a "
+            "classifier needs at least three per class) with real expression data.")
     if n_top_genes >= detected.sum():
         logg.info(f"    n_top_genes={n_top_genes} ≥ {int(detected.sum())} detected genes: "
                   "all detected genes are used")
-        mask = detected
+        mask = detected.copy()
     else:
         cand = np.flatnonzero(detected)
         try:
-            hvg = _hvg(var_names[cand], lognorm, counts, cand, n_top_genes, flavor)
-        except ValueError as err:  # scanpy's seurat_v3 loess can fail on unusual count data
-            if not (auto and flavor == "seurat_v3"):
-                raise
+            if flavor == "seurat_v3":
+                hvg = S.seurat_v3(counts_stats, counts_x, cand, n_top_genes, progress=progress)
+            else:
+                hvg = S.dispersion(stats, cand, n_top_genes, flavor)
+        except ValueError as err:  # seurat_v3's loess cannot fit unusual count data
+            if isinstance(err, ScadvInputError) or not (auto and flavor == "seurat_v3"):
+                if isinstance(err, ScadvInputError):
+                    raise
+                raise ScadvInputError(
+                    f"flavor='seurat_v3' failed on these counts ({err}). Use flavor='seurat', "
+                    "or check the data (a constant or near-constant matrix has no variable "
+                    "genes).") from err
             logg.warning(f"seurat_v3 gene selection failed ({err}); using flavor='seurat'")
             flavor = "seurat"
-            hvg = _hvg(var_names[cand], lognorm, counts, cand, n_top_genes, flavor)
+            hvg = S.dispersion(stats, cand, n_top_genes, flavor)
         mask = np.zeros(n_vars, dtype=bool)
         mask[cand[hvg]] = True
     if include_genes:
         mask |= var_names.isin(list(include_genes))
     return mask, flavor
-
-
-def _hvg(names: pd.Index, lognorm: Any, counts: Any, cols: np.ndarray, n_top_genes: int,
-         flavor: Flavor) -> np.ndarray:
-    tmp = AnnData(X=(counts if flavor == "seurat_v3" else lognorm)[:, cols],
-                  var=pd.DataFrame(index=names.copy()))
-    if flavor != "seurat_v3":
-        tmp.uns["log1p"] = {"base": None}
-    hvg = sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor=flavor, inplace=False)
-    return np.asarray(hvg["highly_variable"], dtype=bool)
 
 
 def _recipe_for_scaled(adata: AnnData, x: Any, *, max_value: float) -> dict[str, Any]:

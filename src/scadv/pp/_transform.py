@@ -34,7 +34,11 @@ def transform(
     normalised by its own total over all its genes, then ``log1p``), log-normalised values, or
     a ``.raw`` holding either; the reference's gene list, means, standard deviations and clip
     are then applied. Afterwards ``adata`` looks as if :func:`scadv.pp.prepare` had produced it
-    with the reference's recipe, so any scadv model or attack of the reference applies to it.
+    with the reference's recipe and ``subset=True``.
+
+    You rarely need this: every scadv tool applies a model's recipe to raw counts or
+    log-normalised data itself, batch by batch, without changing ``X``. ``transform`` is for
+    when you want the model input in ``X`` (it holds it in memory, densely).
 
     Parameters
     ----------
@@ -76,39 +80,49 @@ def transform(
     adata = V.start(adata, copy=copy)
     recipe = _reference_recipe(reference)
     own = R.stored(adata)
-    if layer is None and R.same(own, recipe):
+    if layer is None and own is not None and R.same(own, recipe) and \
+            R.x_is_model_input(adata, own):
         logg.info("    adata already uses this recipe; nothing to do")
         return adata if copy else None
 
-    mi = R.model_input(adata, recipe, layer=layer, missing_genes=missing_genes)
-    logg.info(f"    built from {mi.source} ({mi.kind})")
+    src = R.source(adata, recipe, layer=layer, missing_genes=missing_genes)
+    logg.info(f"    built from {src.label} ({src.kind})")
+    x = src.dense(what="the transformed data (transform writes it into X)")
     genes = np.asarray(recipe["genes"]).astype(str)
-    has_missing = mi.missing is not None and bool(mi.missing.any())
+    has_missing = bool(src.missing.any())
 
     var = pd.DataFrame(index=pd.Index(genes))
     present = adata.var_names.intersection(genes)
     var = var.join(adata.var.loc[present]) if len(present) else var
-    from_raw = mi.source.endswith(".raw")
+    from_raw = src.label.endswith(".raw")
     layers: dict[str, Any] = {}
-    if mi.kind == "counts" and not from_raw and not has_missing:
-        cols = adata.var_names.get_indexer(genes)
-        counts = V.matrix(adata, layer)[:, cols]
-        layers[K.COUNTS_LAYER] = sparse.csr_matrix(counts, dtype=np.float32)
+    library_size = None
     raw = adata.raw
-    if raw is None and mi.lognorm is not None and not from_raw:
-        raw = AnnData(X=mi.lognorm, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
+    if src.kind in ("counts", "lognorm") and not from_raw:
+        full = V.matrix(adata, layer)
+        if src.kind == "counts":
+            library_size = np.asarray(full.sum(axis=1), dtype=np.float64).ravel()
+            if not has_missing:
+                layers[K.COUNTS_LAYER] = sparse.csr_matrix(full[:, src.present],
+                                                           dtype=np.float32)
+        if raw is None:
+            lognorm = (R.lognormalize(full, target_sum=float(recipe["target_sum"]),
+                                      library_size=library_size)
+                       if src.kind == "counts" else full)
+            raw = AnnData(X=lognorm, obs=pd.DataFrame(index=adata.obs_names), var=adata.var)
     uns = dict(adata.uns)
     uns.pop(K.UNS, None)
-    new = AnnData(X=mi.x, obs=adata.obs.copy(), var=var, uns=uns, obsm=dict(adata.obsm),
+    new = AnnData(X=x, obs=adata.obs.copy(), var=var, uns=uns, obsm=dict(adata.obsm),
                   obsp=dict(adata.obsp), raw=raw)
     scadv_ns = {k: v for k, v in (adata.uns.get(K.UNS) or {}).items() if k != K.PREPARE}
     if scadv_ns:
         new.uns[K.UNS] = scadv_ns
     adata._init_as_actual(new)
     obs = {}
-    if mi.library_size is not None and not from_raw:
-        obs[K.LIBRARY_SIZE] = np.asarray(mi.library_size, dtype=np.float64)
+    if library_size is not None:
+        obs[K.LIBRARY_SIZE] = library_size
     prepare_rec = {k: v for k, v in recipe.items() if k != "provenance"}
+    prepare_rec.update(layer="None", x_is_model_input=True)
     write_results(adata, step="transform", start=start, layers=layers, obs=obs,
                   uns={K.PREPARE: {**prepare_rec, "provenance": P.record(params)}})
     return adata if copy else None

@@ -18,6 +18,7 @@ from ._genes._max_change import max_change
 from ._genes._overview import overview
 from ._genes._random_walk import random_walk
 from ._genes._single_gene import single_gene
+from ._labels._pseudo import pseudo_labels
 from ._training._adversarial_train import adversarial_train
 from ._training._predict import predict
 from ._training._train import train_classifier
@@ -41,6 +42,7 @@ __all__ = [
     "overview",
     "pgd",
     "predict",
+    "pseudo_labels",
     "random_walk",
     "robust_accuracy",
     "score_attributions",

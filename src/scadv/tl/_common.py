@@ -155,16 +155,3 @@ def select_cells(adata: AnnData, cells: Cells, *, split_key: str) -> np.ndarray:
     if not mask.any():
         raise ScadvInputError("the cell selection is empty; select at least one cell.")
     return mask
-
-
-def check_model_space(adata: AnnData, record: Mapping[str, Any], *, action: str) -> None:
-    """Refuse an AnnData whose genes are not exactly the model's (in order)."""
-    genes = np.asarray(record["genes"]).astype(str)
-    if adata.n_vars != len(genes) or not np.array_equal(np.asarray(adata.var_names), genes):
-        raise ScadvInputError(
-            f"{action} needs adata in the model's input space ({len(genes)} model genes as "
-            f"var_names), but adata has {adata.n_vars} genes"
-            + (" in another order or with other names" if adata.n_vars == len(genes) else "")
-            + ". Bring it there first: scadv.pp.transform(adata, reference=<prepared training "
-            "AnnData>)."
-        )

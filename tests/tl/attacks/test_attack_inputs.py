@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import scadv
+from scadv import _store as ST
 from scadv._errors import ScadvInputError
 
 from ...conftest import assert_unchanged, snapshot
@@ -25,7 +26,7 @@ def test_budgets_written_alike_are_refused(small_trained: ad.AnnData) -> None:
         scadv.tl.fgsm(a, eps=[0.3, 0.30000001], cells="all", progress=False)
     assert_unchanged(a, before)
     scadv.tl.pgd(a, eps=(0.1, 0.10001), cells="all", steps=1, progress=False)
-    assert {"scadv_pgd_eps0.1", "scadv_pgd_eps0.10001"} <= set(a.layers)
+    assert {"scadv_pgd_eps0.1", "scadv_pgd_eps0.10001"} <= set(ST.names(a))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -7,6 +7,7 @@ import pytest
 
 import scadv
 from scadv._errors import ScadvInputError
+from tests.conftest import model_x, perturbed
 
 
 def test_fgsm_is_one_full_step(pbmc3k_trained):
@@ -15,7 +16,7 @@ def test_fgsm_is_one_full_step(pbmc3k_trained):
     rec = a.uns["scadv"]["fgsm"]
     assert rec["method"] == "fgsm" and int(rec["steps"]) == 1
     attacked = a.obs["scadv_fgsm_eps0.1_pred"].notna().to_numpy()
-    delta = a.layers["scadv_fgsm_eps0.1"][attacked] - a.X[attacked]
+    delta = perturbed(a, "scadv_fgsm_eps0.1")[attacked] - model_x(a)[attacked]
     moved = delta[delta != 0]
     np.testing.assert_allclose(np.abs(moved), 0.1, atol=1e-5)  # every moved gene moves by ε
     # one step is weaker than ten, but not by much on this near-linear model
@@ -29,7 +30,8 @@ def test_fgsm_equals_one_step_pgd(small_trained):
     scadv.tl.fgsm(a, eps=0.4, loss="ce", cells="all", progress=False)
     scadv.tl.pgd(a, eps=0.4, alpha=0.4, steps=1, loss="ce", cells="all", progress=False,
                  key_added="one")
-    np.testing.assert_array_equal(a.layers["scadv_fgsm_eps0.4"], a.layers["scadv_one_eps0.4"])
+    np.testing.assert_array_equal(perturbed(a, "scadv_fgsm_eps0.4"),
+                                  perturbed(a, "scadv_one_eps0.4"))
 
 
 def test_fgsm_rejects_bad_budget(small_trained):

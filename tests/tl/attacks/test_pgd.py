@@ -10,12 +10,12 @@ import pytest
 import scadv
 from scadv import _keys as K
 from scadv._errors import ScadvInputError
-from tests.conftest import assert_unchanged, snapshot
+from tests.conftest import assert_unchanged, model_counts, model_x, perturbed, snapshot, stored
 
 
 def _delta(a: ad.AnnData, key: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
     attacked = a.obs[K.attack_pred(key, eps)].notna().to_numpy()
-    return a.layers[K.attack_layer(key, eps)][attacked] - a.X[attacked], attacked
+    return perturbed(a, K.attack_layer(key, eps))[attacked] - model_x(a)[attacked], attacked
 
 
 def test_pbmc3k_flip_rates(pbmc3k_trained):
@@ -44,10 +44,10 @@ def test_pbmc3k_flip_rates(pbmc3k_trained):
 
 def test_unattacked_cells_keep_their_values(pbmc3k_trained):
     a = pbmc3k_trained
-    layer = a.layers["scadv_pgd_eps0.1"]
+    layer = perturbed(a, "scadv_pgd_eps0.1")
     untouched = a.obs["scadv_pgd_eps0.1_pred"].isna().to_numpy()
     assert untouched.sum() == a.n_obs - a.uns["scadv"]["pgd"]["n_cells"]
-    np.testing.assert_array_equal(layer[untouched], a.X[untouched])
+    np.testing.assert_array_equal(layer[untouched], model_x(a)[untouched])
 
 
 def test_adversarial_predictions_are_what_the_model_says(pbmc3k_trained):
@@ -66,7 +66,7 @@ def test_l2_budget(small_trained):
         assert np.linalg.norm(delta, axis=1).max() <= e * (1 + 1e-5)
     rec = a.uns["scadv"]["l2"]
     assert rec["flip_rate"][1] >= rec["flip_rate"][0]
-    assert "scadv_l2_eps1" in a.layers and "scadv_l2_eps3" in a.layers
+    assert {"scadv_l2_eps1", "scadv_l2_eps3"} <= set(stored(a))
 
 
 def test_keep_zeros_and_observed_range(pbmc3k_trained):
@@ -74,9 +74,9 @@ def test_keep_zeros_and_observed_range(pbmc3k_trained):
     scadv.tl.pgd(a, eps=0.5, keep_zeros=True, clip="observed", progress=False,
                  key_added="real")
     delta, attacked = _delta(a, "real", 0.5)
-    counts = a.layers["counts"][attacked].toarray()
+    counts = model_counts(a)[attacked]
     assert (delta[counts == 0] == 0).all()  # genes at zero stay at zero
-    adv = a.layers["scadv_real_eps0.5"][attacked]
+    adv = perturbed(a, "scadv_real_eps0.5")[attacked]
     rec = a.uns["scadv"]["prepare"]
     assert (adv >= rec["zero_level"] - 1e-6).all()  # nothing drops below zero expression
     assert (adv <= rec["x_max"] + 1e-6).all() and (adv >= rec["x_min"] - 1e-6).all()
@@ -88,7 +88,7 @@ def test_keep_zeros_and_observed_range(pbmc3k_trained):
 
 def test_gene_mask_and_targeted(pbmc3k_trained):
     a = pbmc3k_trained
-    genes = list(a.var_names[:300])
+    genes = list(a.uns["scadv"]["classifier"]["genes"][:300])
     scadv.tl.pgd(a, eps=1.0, genes=genes, target="B", progress=False, key_added="tgt")
     scadv.tl.pgd(a, eps=1.0, target="B", progress=False, key_added="tgt_all")
     delta, attacked = _delta(a, "tgt", 1.0)
@@ -127,10 +127,11 @@ def test_same_seed_same_adversarial_layers(small_trained):
     for x in (a, b):
         scadv.tl.pgd(x, eps=0.3, random_start=True, n_restarts=2, cells="all", seed=5,
                      progress=False)
-    np.testing.assert_array_equal(a.layers["scadv_pgd_eps0.3"], b.layers["scadv_pgd_eps0.3"])
+    np.testing.assert_array_equal(perturbed(a, "scadv_pgd_eps0.3"),
+                                  perturbed(b, "scadv_pgd_eps0.3"))
     c = small_trained.copy()
     scadv.tl.pgd(c, eps=0.3, random_start=True, cells="all", seed=6, progress=False)
-    assert not np.array_equal(a.layers["scadv_pgd_eps0.3"], c.layers["scadv_pgd_eps0.3"])
+    assert not np.array_equal(perturbed(a, "scadv_pgd_eps0.3"), perturbed(c, "scadv_pgd_eps0.3"))
 
 
 def test_away_from_label_gives_standard_robust_accuracy(pbmc3k_trained):
@@ -161,7 +162,7 @@ def test_copy_and_other_model_key(small_trained):
     before = snapshot(a)
     out = scadv.tl.pgd(a, eps=0.2, model="m2", progress=False, copy=True)
     assert_unchanged(a, before)
-    assert "pgd_m2" in out.uns["scadv"] and "scadv_pgd_m2_eps0.2" in out.layers
+    assert "pgd_m2" in out.uns["scadv"] and "scadv_pgd_m2_eps0.2" in stored(out)
 
 
 @pytest.mark.parametrize(
@@ -189,11 +190,11 @@ def test_bad_options(small_trained, kwargs, message):
     assert_unchanged(small_trained, before)
 
 
-def test_not_in_model_space_and_no_split(small_trained):
-    raw = small_trained.raw.to_adata()
-    raw.uns["scadv"] = {"classifier": small_trained.uns["scadv"]["classifier"]}
-    with pytest.raises(ScadvInputError, match="scadv.pp.transform"):
-        scadv.tl.pgd(raw, progress=False)
+def test_genes_missing_and_no_split(small_trained):
+    genes = small_trained.uns["scadv"]["classifier"]["genes"]
+    fewer = small_trained[:, small_trained.var_names != genes[0]].copy()
+    with pytest.raises(ScadvInputError, match="missing"):
+        scadv.tl.pgd(fewer, progress=False)
     new = small_trained.copy()
     del new.obs["scadv_split"]
     with pytest.raises(ScadvInputError, match="cells='all'"):
@@ -207,6 +208,7 @@ def test_results_survive_h5ad(pbmc3k_trained, tmp_path):
     rec_a, rec_b = a.uns["scadv"]["pgd"], b.uns["scadv"]["pgd"]
     for key in ("flip_rate", "flip_rate_per_class", "robust_accuracy", "eps", "linf_mean"):
         np.testing.assert_array_equal(np.asarray(rec_a[key]), np.asarray(rec_b[key]))
-    np.testing.assert_array_equal(a.layers["scadv_pgd_eps0.1"], b.layers["scadv_pgd_eps0.1"])
+    np.testing.assert_array_equal(perturbed(a, "scadv_pgd_eps0.1"),
+                                  perturbed(b, "scadv_pgd_eps0.1"))
     for col in a.obs.columns:
         pd.testing.assert_series_equal(a.obs[col], b.obs[col], check_categorical=False)

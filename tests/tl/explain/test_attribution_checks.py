@@ -10,6 +10,7 @@ import scanpy as sc
 from scipy import stats
 
 import scadv
+from scadv import _recipe as R
 from scadv._errors import ScadvInputError
 from scadv.tl._explain import _enrichment as EN
 from scadv.tl._explain import _rankings as RK
@@ -55,7 +56,7 @@ def test_stability_is_reproducible_and_needs_counts(sim_trained):
                                        n_repeats=1, seed=3, key_added=name, progress=False)
     np.testing.assert_array_equal(a.uns["scadv"]["one"]["jaccard"],
                                   a.uns["scadv"]["two"]["jaccard"])
-    del a.layers["counts"]
+    a.X = R.lognormalize(a.X, target_sum=1e4)  # log-normalised values only: no counts
     with pytest.raises(ScadvInputError, match="thins raw counts"):
         scadv.tl.attribution_stability(a, key="attr_saliency", perturbations=["downsample"],
                                        progress=False)
@@ -100,7 +101,11 @@ def test_marker_overlap(sim_trained):
     scadv.tl.attribute(a, method="integrated_gradients", progress=False)
     with pytest.raises(ScadvInputError, match="rank_genes_groups"):
         scadv.tl.marker_overlap(a, keys="attr_integrated_gradients")
-    sc.tl.rank_genes_groups(a, "cell_type", method="t-test")
+    logged = a.copy()  # differential expression on log-normalised data, as in scanpy
+    sc.pp.normalize_total(logged, target_sum=1e4)
+    sc.pp.log1p(logged)
+    sc.tl.rank_genes_groups(logged, "cell_type", method="t-test")
+    a.uns["rank_genes_groups"] = logged.uns["rank_genes_groups"]
     scadv.tl.marker_overlap(a, keys=["attr_integrated_gradients"], k=10)
     rec = a.uns["scadv"]["marker_overlap"]
     assert rec["overlap"].shape == (1, 4)
@@ -135,7 +140,7 @@ def test_enrichment_finds_the_marker_programs(sim_trained, tmp_path):
     assert rec["n_sets_skipped"] == 1 and rec["n_sets"] == 9
     best = table.sort_values("pval").groupby("class", observed=True).head(1)
     assert (best["gene_set"] == "PROGRAM_" + best["class"].astype(str)).all()
-    assert (best["fdr"] < 1e-6).all()
+    assert (best["fdr"] < 1e-4).all()
     assert (table.loc[table["gene_set"].str.startswith("RANDOM"), "fdr"] > 0.05).all()
     # the p-value is the hypergeometric tail
     row = best.iloc[0]

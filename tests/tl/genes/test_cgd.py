@@ -8,7 +8,7 @@ import pytest
 import scadv
 from scadv._errors import ScadvInputError
 from scadv.classifiers import PBMC_MARKERS, MarkerClassifier
-from tests.conftest import assert_unchanged, snapshot
+from tests.conftest import assert_unchanged, model_genes, model_x, perturbed, prepared_x, snapshot
 
 
 @pytest.mark.parametrize("gradient", [False, True])
@@ -35,9 +35,10 @@ def test_cgd_switches_memory_to_naive_cd4(pbmc3k_trained, gradient):
     pred = a.obs.loc[mask, "scadv_check_pred"].astype(str)
     assert (pred == "Naive CD4 T").mean() > (pred == "Memory CD4 T").mean()
     np.testing.assert_array_equal(pred, a.obs.loc[mask, "scadv_cgd_pred"].astype(str))
-    changed = np.abs(a.layers["scadv_cgd"] - a.X).max(axis=0) > 0
-    assert set(a.var_names[changed]) == set(rec["modified_genes"])
-    assert np.array_equal(a.layers["scadv_cgd"][~mask], a.X[~mask])
+    layer, x = perturbed(a, "scadv_cgd"), model_x(a)
+    changed = np.abs(layer - x).max(axis=0) > 0
+    assert set(model_genes(a)[changed]) == set(rec["modified_genes"])
+    assert np.array_equal(layer[~mask], x[~mask])
 
 
 def test_cgd_on_a_black_box_and_its_errors(pbmc3k_markers):
@@ -57,6 +58,6 @@ def test_cgd_on_a_black_box_and_its_errors(pbmc3k_markers):
     assert rec["switched"]
     assert set(rec["modified_genes"]) <= {g for v in PBMC_MARKERS.values()
                                           for g in (*v["positive"], *v["negative"])}
-    layer = a.layers["scadv_cgd"]
-    assert (layer >= a.X.min(axis=0) - 1e-6).all()
-    assert (layer <= a.X.max(axis=0) + 1e-6).all()
+    layer, x = perturbed(a, "scadv_cgd"), prepared_x(a)
+    assert (layer >= x.min(axis=0) - 1e-6).all()
+    assert (layer <= x.max(axis=0) + 1e-6).all()

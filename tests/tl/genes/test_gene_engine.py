@@ -10,6 +10,7 @@ from scadv import classifiers as CL
 from scadv.tl._genes import _common as G
 from scadv.tl._genes import _engine as E
 from scadv.tl._genes import _modifications as MOD
+from tests.conftest import model_genes, prepared_x
 
 
 def _setup(adata, classifier, cluster="type0", cluster_key="cell_type"):
@@ -35,11 +36,12 @@ def test_fast_evaluators_match_stacked_rows(small_trained, kind):
     if kind == "mlp":
         clf = None
     elif kind == "marker":
-        clf = CL.MarkerClassifier({f"type{i}": list(a.var_names[i * 15:i * 15 + 3])
+        clf = CL.MarkerClassifier({f"type{i}": list(model_genes(a)[i * 15:i * 15 + 3])
                                    for i in range(3)})
     else:
         est = RandomForestClassifier if kind == "forest" else ExtraTreesClassifier
-        clf = est(n_estimators=12, random_state=0).fit(a.X, a.obs["cell_type"].astype(str))
+        clf = est(n_estimators=12, random_state=0).fit(prepared_x(a),
+                                                       a.obs["cell_type"].astype(str))
     s, blk, _idx, cols, values = _setup(a, clf)
     live = cols >= 0  # genes the classifier reads (all but the marker scorer's non-markers)
     cols, values = cols[live], values[:, :, live]

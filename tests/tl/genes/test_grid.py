@@ -26,7 +26,9 @@ def test_grid_finds_the_two_gene_answer(tmp_path):
     assert rec["n_combinations_evaluated"] == 16 + 28 * 4
     mask = (a.obs["cluster"] == "A").to_numpy()
     assert (a.obs.loc[mask, "scadv_grid_pred"] == "B").all()
-    np.testing.assert_allclose(a.layers["scadv_grid"][mask][:, :2], 1.0)
+    assert a.uns["scadv"]["perturbations"]["scadv_grid"]["space"] == "var"  # a's own matrix
+    np.testing.assert_allclose(scadv.get.perturbed(a, "scadv_grid", cells=mask)[:, :2], 1.0)
+    np.testing.assert_array_equal(scadv.get.perturbed(a, "scadv_grid", cells=~mask), a.X[~mask])
     a.write_h5ad(tmp_path / "g.h5ad")
     assert ad.read_h5ad(tmp_path / "g.h5ad").uns["scadv"]["grid"]["table"].equals(table)
 

@@ -10,7 +10,7 @@ import scadv
 from scadv import classifiers as CL
 from scadv._errors import ScadvInputError
 from scadv.classifiers import PBMC_MARKERS, MarkerClassifier
-from tests.conftest import assert_unchanged, snapshot
+from tests.conftest import assert_unchanged, model_genes, model_x, perturbed, prepared_x, snapshot
 
 
 def _majority(pred) -> str:
@@ -25,14 +25,14 @@ def test_marker_signature_is_the_clusters_markers(pbmc3k_markers, tmp_path):
                         modification="perc1", add_layer=True, add_obs=True, progress=False)
     rec = a.uns["scadv"]["max_change"]
     assert set(rec["signature"]) == {"MS4A1", "CD79A"}  # switching both off flips B
-    assert len(rec["modifiable"]) == a.n_vars - 2
+    assert len(rec["modifiable"]) == len(model_genes(a)) - 2
     assert rec["original_label"] == rec["final_label"] == "B"
     # the whole set modified at once, classified from scratch: still B
     mask = (a.obs["cell_type"] == "B").to_numpy()
-    bound = mc.bind(a.var_names)
-    layer = a.layers["scadv_max_change"]
+    bound = mc.bind(model_genes(a))
+    layer = perturbed(a, "scadv_max_change")
     assert _majority(np.asarray(bound.classes)[bound.predict_proba(layer[mask]).argmax(1)]) == "B"
-    np.testing.assert_array_equal(layer[~mask], a.X[~mask])  # other cells untouched
+    np.testing.assert_array_equal(layer[~mask], prepared_x(a)[~mask])  # other cells untouched
     assert (a.obs.loc[mask, "scadv_max_change_pred"].notna()).all()
     assert a.obs.loc[~mask, "scadv_max_change_pred"].isna().all()
     a.write_h5ad(tmp_path / "m.h5ad")
@@ -52,11 +52,12 @@ def test_mlp_set_keeps_the_label_is_maximal_and_deterministic(small_trained):
     scadv.tl.predict(a, layer="scadv_max_change", key_added="after")
     assert _majority(a.obs.loc[mask, "scadv_after_pred"]) == rec["original_label"] == "type0"
     # maximal: adding any signature gene alone to the set changes the label
-    clf = CL.resolve(None, a).bind(a.var_names)
-    x = a.layers["scadv_max_change"][mask]
-    p1 = np.percentile(a.X, 1, axis=0)
+    genes = list(model_genes(a))
+    clf = CL.resolve(None, a).bind(genes)
+    x = perturbed(a, "scadv_max_change")[mask]
+    p1 = np.percentile(model_x(a), 1, axis=0)
     for gene in rec["signature"]:
-        j = a.var_names.get_loc(gene)
+        j = genes.index(gene)
         xm = x.copy()
         xm[:, j] = p1[j]
         assert _majority(np.asarray(clf.classes)[clf.predict_proba(xm).argmax(1)]) != "type0"

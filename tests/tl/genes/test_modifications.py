@@ -7,6 +7,7 @@ import pytest
 from scipy import sparse
 
 from scadv._errors import ScadvInputError
+from scadv.tl._genes import _matrix as MX
 from scadv.tl._genes import _modifications as MOD
 
 
@@ -90,7 +91,15 @@ def test_new_values_on_sparse_matrix_match_dense(columns):
     x = np.where(x > 1, x, 0).astype(np.float32)
     mods = MOD.parse_many(["perc1", "perc99", "decile+3"])
     cols = np.array([4, 0, 2])
-    dense = MOD.new_values(mods, x, cols, cluster, np.random.default_rng(0), chunk=2)
-    sp = MOD.new_values(mods, sparse.csr_matrix(x), cols, cluster, np.random.default_rng(0))
+    dense = MOD.new_values(mods, MX.from_matrix(x, "x"), cols, cluster,
+                           np.random.default_rng(0), chunk=2)
+    sp = MOD.new_values(mods, MX.from_matrix(sparse.csr_matrix(x), "x"), cols, cluster,
+                        np.random.default_rng(0))
     np.testing.assert_array_equal(dense, sp)
     assert dense.shape == (3, 30, 3)
+    # a background other than zero (the model input's zero level) gives the same values
+    shifted = MX.AttackedMatrix(lambda idx: x[idx] - 2.0, len(x), x.shape[1],
+                                np.full(x.shape[1], -2.0, np.float32), "shifted")
+    np.testing.assert_allclose(
+        MOD.new_values(mods, shifted, cols, cluster, np.random.default_rng(0)), dense - 2.0,
+        atol=1e-6)

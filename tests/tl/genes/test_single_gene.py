@@ -12,7 +12,7 @@ from sklearn.svm import LinearSVC
 import scadv
 from scadv._errors import ScadvInputError
 from scadv.classifiers import PBMC_MARKERS, MarkerClassifier
-from tests.conftest import assert_unchanged, snapshot
+from tests.conftest import assert_unchanged, model_genes, model_x, prepared_x, snapshot
 
 
 def _flips(adata, key, cluster, modification):
@@ -33,7 +33,7 @@ def test_marker_classifier_single_genes_are_the_markers(pbmc3k_markers):
     assert {"LYZ", "CD14"} <= _flips(a, "single_gene", "CD14+ Mono", "negative_aberrant")
     rec = a.uns["scadv"]["single_gene"]
     table = rec["table"]
-    assert len(table) == 2 * 2 * a.n_vars  # every (cluster, modification, gene)
+    assert len(table) == 2 * 2 * len(model_genes(a))  # every (cluster, modification, gene)
     non_markers = ~table["gene"].isin(sorted({g for v in PBMC_MARKERS.values()
                                               for g in (*v["positive"], *v["negative"])}))
     assert not table.loc[non_markers, "flipped"].any()
@@ -67,16 +67,17 @@ def test_dichotomy_finds_a_subset_of_the_exhaustive_scan(pbmc3k_markers):
 
 def test_random_forest_scan_matches_row_by_row(small_trained):
     a = small_trained
+    xa = model_x(a)
     rf = RandomForestClassifier(n_estimators=20, random_state=0).fit(
-        a.X, a.obs["cell_type"].astype(str))
+        xa, a.obs["cell_type"].astype(str))
     scadv.tl.single_gene(a, cluster_key="cell_type", target="type1", classifier=rf,
                          modification=["perc1", "positive_aberrant"], progress=False)
     table = a.uns["scadv"]["single_gene"]["table"]
     mask = (a.obs["cell_type"] == "type1").to_numpy()
-    x = a.X[mask]
-    pos = {g: i for i, g in enumerate(a.var_names)}
-    stats = {"perc1": np.percentile(a.X, 1, axis=0),
-             "positive_aberrant": 1e4 * np.abs(a.X).max(axis=0)}
+    x = xa[mask]
+    pos = {g: i for i, g in enumerate(model_genes(a))}
+    stats = {"perc1": np.percentile(xa, 1, axis=0),
+             "positive_aberrant": 1e4 * np.abs(xa).max(axis=0)}
     for _, row in table.sample(40, random_state=0).iterrows():
         j = pos[row["gene"]]
         xm = x.copy()
@@ -103,7 +104,7 @@ def test_results_survive_h5ad(pbmc3k_markers, tmp_path):
 
 def test_stored_mlp_is_the_default_and_genes_restrict_the_scan(small_trained):
     a = small_trained
-    genes = list(a.var_names[:10])
+    genes = list(model_genes(a)[:10])
     scadv.tl.single_gene(a, cluster_key="cell_type", target="type0", genes=genes,
                          modification="positive_aberrant", progress=False)
     rec = a.uns["scadv"]["single_gene"]
@@ -127,7 +128,7 @@ def test_bad_input_is_refused_before_anything_is_written(pbmc3k_markers):
         with pytest.raises(ScadvInputError, match=match):
             scadv.tl.single_gene(a, **args)
     ok = a.obs["cell_type"].notna().to_numpy()
-    svm = LinearSVC().fit(a.X[ok][:, :50], a.obs["cell_type"][ok].astype(str))
+    svm = LinearSVC().fit(prepared_x(a)[ok][:, :50], a.obs["cell_type"][ok].astype(str))
     with pytest.raises(ScadvInputError, match="predict_proba"):
         scadv.tl.single_gene(a, cluster_key="cell_type", target="B", classifier=svm)
     with pytest.raises(ScadvInputError, match="no scadv classifier"):

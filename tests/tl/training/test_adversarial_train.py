@@ -8,7 +8,7 @@ import pytest
 
 import scadv
 from scadv._errors import ScadvInputError
-from tests.conftest import assert_unchanged, snapshot
+from tests.conftest import assert_unchanged, perturbed, snapshot, stored
 
 
 def test_robust_model_is_more_robust_on_simulated_data(sim_trained):
@@ -55,7 +55,7 @@ def test_stored_like_any_classifier(sim_trained, tmp_path):
     assert a.obsm["scadv_robust_proba"].shape == (a.n_obs, 4)
     assert a.obsm["X_scadv_robust_emb"].shape == (a.n_obs, 64)
     scadv.tl.pgd(a, model="robust", eps=0.1, progress=False)
-    assert "scadv_pgd_robust_eps0.1" in a.layers
+    assert "scadv_pgd_robust_eps0.1" in stored(a)
     a.write_h5ad(tmp_path / "a.h5ad")
     b = ad.read_h5ad(tmp_path / "a.h5ad")
     scadv.tl.predict(b, model="robust", key_added="again")
@@ -66,8 +66,8 @@ def test_stored_like_any_classifier(sim_trained, tmp_path):
     assert rb["adversarial_training"]["method"] == "pgd"
     # an attack on the reloaded robust model gives the same adversarial cells
     scadv.tl.pgd(b, model="robust", eps=0.1, progress=False)
-    np.testing.assert_array_equal(a.layers["scadv_pgd_robust_eps0.1"],
-                                  b.layers["scadv_pgd_robust_eps0.1"])
+    np.testing.assert_array_equal(perturbed(a, "scadv_pgd_robust_eps0.1"),
+                                  perturbed(b, "scadv_pgd_robust_eps0.1"))
 
 
 @pytest.mark.parametrize("method", ["fgsm", "trades"])

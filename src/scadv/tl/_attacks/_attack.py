@@ -18,9 +18,13 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _rows as RW
+from ... import _store as ST
 from ... import _validate as V
+from ..._colors import FLIPPED_COLOR, UNCHANGED_COLOR, class_colors
 from ..._errors import ScadvInputError
 from ..._results import write_results
+from ..._store import Perturbation
 from .. import _common as C
 from . import _engine as E
 
@@ -58,32 +62,17 @@ def check_budget(eps: float | Sequence[float], *, norm: str, loss: str, steps: i
     return eps_t
 
 
-def constraints(adata: AnnData, record: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray, *,
-                genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool
-                ) -> tuple[E.Constraints, dict[str, Any]]:
-    """Translate the user's realism options into masks and bounds (and a record of them)."""
+def constraints(src: R.Source, record: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray,
+                *, genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool,
+                adata: AnnData | None = None) -> tuple[E.Constraints, dict[str, Any]]:
+    """Translate the user's realism options into masks and bounds (and a record of them), for
+    the cells at positions ``cells`` whose model input is ``x0``."""
     recipe = record["prepare"]
     model_genes = np.asarray(record["genes"]).astype(str)
     out = E.Constraints()
     note: dict[str, Any] = {"genes": "all", "clip": "none", "keep_zeros": bool(keep_zeros)}
     if genes is not None:
-        arr = np.asarray(genes)
-        if arr.dtype == bool:
-            if arr.shape != (len(model_genes),):
-                raise ScadvInputError(f"a boolean genes mask needs {len(model_genes)} entries "
-                                      f"(one per model gene), got {arr.shape}.")
-            out.genes = arr.copy()
-        else:
-            pos = pd.Index(model_genes).get_indexer(arr.astype(str))
-            if (pos < 0).any():
-                raise ScadvInputError(
-                    f"{int((pos < 0).sum())} genes are not model genes (e.g. "
-                    f"{arr[pos < 0][:5].tolist()}); only the model's input genes can be attacked."
-                )
-            out.genes = np.zeros(len(model_genes), dtype=bool)
-            out.genes[pos] = True
-        if not out.genes.any():
-            raise ScadvInputError("the genes selection is empty; allow at least one gene to move.")
+        out.genes = gene_mask(genes, model_genes)
         note["genes"] = model_genes[out.genes]
     if clip is not None:
         if isinstance(clip, str):
@@ -101,39 +90,69 @@ def constraints(adata: AnnData, record: Mapping[str, Any], cells: np.ndarray, x0
             out.upper = np.full(len(model_genes), high, dtype=np.float32)
             note["clip"] = [low, high]
     if keep_zeros:
-        out.keep_zeros = zero_mask(adata, recipe, cells, x0)
+        out.keep_zeros = zero_mask(src, recipe, cells, x0, adata=adata)
         floor = np.asarray(recipe["zero_level"], dtype=np.float32)
         out.lower = floor if out.lower is None else np.maximum(out.lower, floor)
         note["zero_fraction"] = float(out.keep_zeros.mean())
     return out, note
 
 
-def zero_mask(adata: AnnData, recipe: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray
-              ) -> np.ndarray:
-    """Which (cell, gene) entries are at zero expression.
+def gene_mask(genes: Sequence[str] | np.ndarray, model_genes: np.ndarray) -> np.ndarray:
+    """Boolean mask over the model genes from names or a mask, with clear errors."""
+    arr = np.asarray(genes)
+    if arr.dtype == bool:
+        if arr.shape != (len(model_genes),):
+            raise ScadvInputError(f"a boolean genes mask needs {len(model_genes)} entries "
+                                  f"(one per model gene), got {arr.shape}.")
+        mask = arr.copy()
+    else:
+        pos = pd.Index(model_genes).get_indexer(arr.astype(str))
+        if (pos < 0).any():
+            raise ScadvInputError(
+                f"{int((pos < 0).sum())} genes are not model genes (e.g. "
+                f"{arr[pos < 0][:5].tolist()}); only the model's input genes can be attacked."
+            )
+        mask = np.zeros(len(model_genes), dtype=bool)
+        mask[pos] = True
+    if not mask.any():
+        raise ScadvInputError("the genes selection is empty; allow at least one gene to move.")
+    return mask
 
-    Read from ``.raw`` or the ``'counts'`` layer when they cover the model genes (exact),
-    otherwise from the model-space zero level of each gene.
+
+def zero_mask(src: R.Source, recipe: Mapping[str, Any], cells: np.ndarray, x0: np.ndarray, *,
+              adata: AnnData | None = None) -> np.ndarray:
+    """Which (cell, gene) entries of the cells at positions ``cells`` are at zero expression.
+
+    Exact from the counts or log-normalised values the model input is computed from; for data
+    whose ``X`` already holds the model input, from ``.raw`` or the ``'counts'`` layer when
+    they cover the model genes, otherwise from each gene's model-space zero level.
     """
+    if src.kind in ("counts", "lognorm"):
+        zero = src.lognorm(cells) == 0
+        zero[:, src.missing] = False
+        return zero
     genes = np.asarray(recipe["genes"]).astype(str)
-    for matrix, names in ((None if adata.raw is None else adata.raw.X,
-                           None if adata.raw is None else adata.raw.var_names),
-                          (adata.layers.get(K.COUNTS_LAYER), adata.var_names)):
-        if matrix is None:
-            continue
-        pos = pd.Index(names).get_indexer(genes)
-        if (pos >= 0).all():
-            sub = matrix[np.flatnonzero(cells)][:, pos]
-            sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
-            return sub == 0
+    if adata is not None:
+        for matrix, names in ((None if adata.raw is None else adata.raw.X,
+                               None if adata.raw is None else adata.raw.var_names),
+                              (adata.layers.get(K.COUNTS_LAYER), adata.var_names)):
+            if matrix is None:
+                continue
+            pos = pd.Index(names).get_indexer(genes)
+            if (pos >= 0).all():
+                sub = RW.read(matrix, cells)[:, pos]
+                return V.dense(sub) == 0
     return np.isclose(x0, np.asarray(recipe["zero_level"], dtype=np.float32)[None, :], atol=1e-5)
 
 
-def summarise(adv_logits: np.ndarray, clean_pred: np.ndarray, y_true: np.ndarray,
-              group: np.ndarray, adv: np.ndarray, x0: np.ndarray, n_classes: int,
+def summarise(adv_pred: np.ndarray, clean_pred: np.ndarray, y_true: np.ndarray,
+              group: np.ndarray, sizes: Mapping[str, np.ndarray], n_classes: int,
               target: int | None) -> dict[str, Any]:
-    """Flip rate, robust accuracy (overall and per class) and perturbation sizes per ε."""
-    adv_pred = adv_logits.argmax(axis=-1)
+    """Flip rate, robust accuracy (overall and per class) and perturbation sizes per ε.
+
+    ``adv_pred`` is ``(n_eps, n_cells)``; ``sizes`` holds per-cell ``linf``, ``l2`` and
+    ``genes_moved`` arrays of shape ``(n_eps, n_cells)``.
+    """
     flipped = adv_pred != clean_pred[None, :]
     labelled = y_true >= 0
     per_class_flip = np.full((len(adv_pred), n_classes), np.nan)
@@ -145,7 +164,6 @@ def summarise(adv_logits: np.ndarray, clean_pred: np.ndarray, y_true: np.ndarray
         if labelled[members].any():
             lab = members & labelled
             per_class_robust[:, c] = (adv_pred[:, lab] == y_true[None, lab]).mean(axis=1)
-    delta = adv - x0[None]
     out = {
         "flip_rate": flipped.mean(axis=1),
         "flip_rate_per_class": per_class_flip,
@@ -153,15 +171,20 @@ def summarise(adv_logits: np.ndarray, clean_pred: np.ndarray, y_true: np.ndarray
         "robust_accuracy": ((adv_pred[:, labelled] == y_true[None, labelled]).mean(axis=1)
                             if labelled.any() else np.full(len(adv_pred), np.nan)),
         "robust_accuracy_per_class": per_class_robust,
-        "linf_mean": np.abs(delta).max(axis=-1).mean(axis=1),
-        "l2_mean": np.linalg.norm(delta, axis=-1).mean(axis=1),
-        "genes_moved_mean": (np.abs(delta) > 1e-6).sum(axis=-1).mean(axis=1),
+        "linf_mean": sizes["linf"].mean(axis=1),
+        "l2_mean": sizes["l2"].mean(axis=1),
+        "genes_moved_mean": sizes["genes_moved"].mean(axis=1),
     }
     if target is not None:
         eligible = clean_pred != target
         out["target_success_rate"] = ((adv_pred[:, eligible] == target).mean(axis=1)
                                       if eligible.any() else np.full(len(adv_pred), np.nan))
     return out
+
+
+#: Cells attacked per chunk: each chunk's model input, adversarial versions and deltas are in
+#: memory together (about ``chunk × genes × 4 B × (2 + 2·n_eps)``), the rest is streamed.
+ATTACK_CHUNK = 8192
 
 
 def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, Any],
@@ -178,7 +201,6 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     ``extra`` entries are added to the run's record.
     """
     record = C.model_record(adata, model)
-    C.check_model_space(adata, record, action=f"scadv.tl.{method}")
     key = key_added or K.default_attack_key(method, model)
     if int(batch_size) < 1:
         raise ScadvInputError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -192,44 +214,73 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         target_idx = classes.index(str(target))
 
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
-    mi = R.model_input(adata, record["prepare"])
-    x0 = mi.x[mask]
-    V.check_finite(x0, what="adata.X")
+    src = R.source(adata, record["prepare"], what="adata")
     dev = D.resolve(device)
     net = M.from_record(record, dev)
-    _, clean_logits = M.infer(net, x0, device=dev)
-    clean_pred = clean_logits.argmax(axis=1)
     label_key = str(record.get("label_key", ""))
-    y_true = (C.class_index(V.labels(adata, label_key), classes)[mask]
-              if label_key in adata.obs else np.full(mask.sum(), -1))
-    if target_idx is not None:
-        y_attack = np.full(len(x0), target_idx)
-    elif away_from == "label":
-        y_attack = np.where(y_true >= 0, y_true, clean_pred)
-    else:
-        y_attack = clean_pred
-    cons, cons_note = constraints(adata, record, mask, x0, genes=genes, clip=clip,
-                                  keep_zeros=keep_zeros)
-    if lower is not None:
-        floor = np.asarray(lower, dtype=np.float32)
-        cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
-    adv, adv_logits = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
-                          device=dev, seed=seed, batch_size=int(batch_size), progress=progress,
-                          early_stop=early_stop,
-                          objective=None if objective is None else objective(net, dev))
+    y_all = (C.class_index(V.labels(adata, label_key), classes)
+             if label_key in adata.obs else np.full(adata.n_obs, -1))
+    floor = None if lower is None else np.asarray(lower, dtype=np.float32)
+    built = None if objective is None else objective(net, dev)
+    n_eps = len(budget.eps)
+    idx_all = np.flatnonzero(mask)
+    clean_pred = np.empty(len(idx_all), dtype=np.int64)
+    adv_pred = np.empty((n_eps, len(idx_all)), dtype=np.int64)
+    sizes = {k: np.empty((n_eps, len(idx_all))) for k in ("linf", "l2", "genes_moved")}
+    parts: list[list[tuple[np.ndarray, sparse.csr_matrix]]] = [[] for _ in budget.eps]
+    cons_note: dict[str, Any] = {}
+    zeros = 0.0
+    for n_chunk, lo in enumerate(range(0, len(idx_all), ATTACK_CHUNK)):
+        idx = idx_all[lo:lo + ATTACK_CHUNK]
+        x0 = src.rows(idx)
+        _, clean_logits = M.infer(net, x0, device=dev)
+        pred = clean_logits.argmax(axis=1)
+        y_true = y_all[idx]
+        if target_idx is not None:
+            y_attack = np.full(len(x0), target_idx)
+        elif away_from == "label":
+            y_attack = np.where(y_true >= 0, y_true, pred)
+        else:
+            y_attack = pred
+        cons, cons_note = constraints(src, record, idx, x0, genes=genes, clip=clip,
+                                      keep_zeros=keep_zeros, adata=adata)
+        if keep_zeros:
+            zeros += float(cons_note["zero_fraction"]) * len(idx)
+        if floor is not None:
+            cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
+        adv, _ = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
+                       device=dev, seed=seed + 1_000_003 * n_chunk, batch_size=int(batch_size),
+                       progress=progress, early_stop=early_stop, objective=built)
+        sl = slice(lo, lo + len(idx))
+        clean_pred[sl] = pred
+        for i in range(n_eps):
+            delta = adv[i] - x0
+            # what is stored (clean + delta) is what is evaluated, to the last bit
+            _, logits = M.infer(net, x0 + delta, device=dev)
+            adv_pred[i, sl] = logits.argmax(axis=1)
+            sizes["linf"][i, sl] = np.abs(delta).max(axis=1)
+            sizes["l2"][i, sl] = np.linalg.norm(delta, axis=1)
+            sizes["genes_moved"][i, sl] = (np.abs(delta) > 1e-6).sum(axis=1)
+            block = sparse.csr_matrix(delta)
+            block.eliminate_zeros()
+            parts[i].append((idx, block))
+        del adv, x0
+    if keep_zeros:
+        cons_note["zero_fraction"] = zeros / max(len(idx_all), 1)
 
-    group = np.where(y_true >= 0, y_true, clean_pred)
-    summary = summarise(adv_logits, clean_pred, y_true, group, adv, x0, len(classes), target_idx)
-    clean = C.metrics(y_true, clean_pred, len(classes))
-    layers, obs, colors = {}, {}, {}
+    y_sel = y_all[idx_all]
+    group = np.where(y_sel >= 0, y_sel, clean_pred)
+    summary = summarise(adv_pred, clean_pred, y_sel, group, sizes, len(classes), target_idx)
+    clean = C.metrics(y_sel, clean_pred, len(classes))
+    obs, colors = {}, {}
     palette = class_colors(adata, label_key, classes)
-    x_full = mi.x
+    perturbations = []
     for i, e in enumerate(budget.eps):
-        layer = x_full.copy()
-        layer[mask] = adv[i]
-        layers[K.attack_layer(key, e)] = layer
-        obs.update(_obs_columns(adata.n_obs, mask, clean_pred, adv_logits[i].argmax(axis=1),
-                                classes, key, e))
+        name = K.attack_layer(key, e)
+        cells_i, rows_i = ST.collect(parts[i], src.n_genes)
+        perturbations.append(Perturbation(name=name, cells=cells_i, rows=rows_i, space="model",
+                                          model=model, run=key))
+        obs.update(_obs_columns(adata.n_obs, mask, clean_pred, adv_pred[i], classes, key, e))
         colors[K.attack_pred(key, e)] = palette
         colors[K.attack_flipped(key, e)] = [UNCHANGED_COLOR, FLIPPED_COLOR]
         colors[K.attack_flipped_to(key, e)] = [*palette, UNCHANGED_COLOR]
@@ -250,7 +301,7 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         "constraints": cons_note,
         "n_cells": int(mask.sum()),
         "cells": cells if isinstance(cells, str) else "custom",
-        "grouped_by": label_key if (y_true >= 0).any() else "prediction",
+        "grouped_by": label_key if (y_sel >= 0).any() else "prediction",
         "layers": [K.attack_layer(key, e) for e in budget.eps],
         "clean_accuracy": clean["accuracy"],
         "clean_accuracy_per_class": clean["per_class_accuracy"],
@@ -261,28 +312,8 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     rates = ", ".join(f"ε={K.format_eps(e)}: {r:.3f}"
                       for e, r in zip(budget.eps, summary["flip_rate"], strict=True))
     write_results(adata, step=f"{method} on {int(mask.sum())} cells (flip rate {rates})",
-                  start=start, uns={key: rec}, obs=obs, layers=layers, colors=colors)
-
-
-UNCHANGED_COLOR = "#c8c8c8"
-FLIPPED_COLOR = "#d62728"
-
-
-def class_colors(adata: AnnData, label_key: str, classes: list[str]) -> list[str]:
-    """One colour per class: the user's ``uns['<label_key>_colors']`` where it covers the
-    classes (so attack plots match their UMAPs), else scanpy's default palette."""
-    import scanpy as sc
-
-    col = adata.obs.get(label_key)
-    user = adata.uns.get(f"{label_key}_colors")
-    if col is not None and isinstance(col.dtype, pd.CategoricalDtype) and user is not None:
-        # stale colour lists may be shorter or longer than the categories: pair what exists
-        lookup = dict(zip(map(str, col.cat.categories), np.asarray(user).astype(str),
-                          strict=False))
-        if all(c in lookup for c in classes):
-            return [lookup[c] for c in classes]
-    base = sc.pl.palettes.default_20 if len(classes) <= 20 else sc.pl.palettes.default_102
-    return [base[i % len(base)] for i in range(len(classes))]
+                  start=start, uns={key: rec}, obs=obs, perturbations=perturbations,
+                  colors=colors)
 
 
 def _obs_columns(n_obs: int, mask: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray,

@@ -26,10 +26,11 @@ from typing import Literal, cast
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
 from ... import _model as M
+from ... import _progress as PB
 
 Norm = Literal["linf", "l2"]
 Loss = Literal["ce", "margin"]
@@ -217,8 +218,8 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
     adv_out = np.empty((n_eps, n, d), dtype=np.float32)
     logit_out = np.empty((n_eps, n, n_classes), dtype=np.float32)
     restarts = budget.n_restarts if budget.random_start else 1
-    shared.bar = tqdm(total=-(-n // batch_size) * restarts * budget.steps, desc="attack",
-                      unit="step", disable=not progress, leave=False, mininterval=0.5)
+    shared.bar = PB.bar(total=-(-n // batch_size) * restarts * budget.steps, desc="attack",
+                      unit="step", progress=progress)
     try:
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)

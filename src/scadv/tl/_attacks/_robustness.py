@@ -144,7 +144,6 @@ def robust_accuracy(
     classes = [str(c) for c in np.asarray(records[0]["classes"])]
     rows, acc, per_class, masks = [], [], [], []
     for name, record in zip(models, records, strict=True):
-        C.check_model_space(adata, record, action="scadv.tl.robust_accuracy")
         label_key = str(record.get("label_key", ""))
         model_classes = [str(c) for c in np.asarray(record["classes"])]
         if label_key not in adata.obs:
@@ -156,7 +155,8 @@ def robust_accuracy(
         if not mask.any():
             raise ScadvInputError(f"no labelled cells selected for model {name!r}.")
         masks.append(mask)
-        x = R.model_input(adata, record["prepare"]).x[mask]
+        x = R.source(adata, record["prepare"]).dense(np.flatnonzero(mask),
+                                                     what="the evaluated cells' model input")
         net = M.from_record(record, dev)
         res = evaluate(net, x, y[mask], eps_t, n_classes=len(model_classes), steps=int(steps),
                        device=dev, seed=seed, batch_size=int(batch_size), progress=progress)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -16,9 +16,12 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _rows as RW
+from ... import _store as ST
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
+from ..._store import Perturbation
 from .. import _common as C
 from .._attacks import _attack as A
 from . import _common as MC
@@ -91,7 +94,7 @@ def benign_perturb(
     -------
     A copy if ``copy=True``, else ``None``. Writes, for each kind ``t`` (``k`` = key_added):
 
-    ``adata.layers['scadv_<k>_<t>']``
+    ``adata.obsm['scadv_<k>_<t>']``
         The model input with the selected cells replaced by their perturbed version.
     ``adata.obs['scadv_<k>_<t>_pred']``
         The classifier's prediction for the perturbed cell (NaN: not perturbed).
@@ -111,43 +114,55 @@ def benign_perturb(
     kinds_t = _check(kinds, downsample=downsample, dropout=dropout, noise=noise)
     adata = V.start(adata, copy=copy)
     record = C.model_record(adata, model)
-    C.check_model_space(adata, record, action="scadv.tl.benign_perturb")
     recipe = record["prepare"]
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
-    counts, genes_all, lognorm = _full_counts(adata, recipe, mask)
-    x = R.model_input(adata, recipe).x
+    idx_all = np.flatnonzero(mask)
+    src = R.source(adata, recipe, what="adata")
+    read = _count_reader(adata, src, recipe)
     dev = D.resolve(device)
     net = M.from_record(record, dev)
-    _, clean_logits = M.infer(net, x[mask], device=dev)
-    clean_pred = clean_logits.argmax(axis=1)
     classes = [str(c) for c in np.asarray(record["classes"])]
     palette = A.class_colors(adata, str(record.get("label_key", "")), classes)
     rng = np.random.default_rng(seed)
-    layers, obs, colors, changed = {}, {}, {}, {}
+    clean_pred = np.concatenate([M.infer(net, src.rows(c), device=dev)[1].argmax(axis=1)
+                                 for c in RW.chunks(idx_all)])
+    perturbations, obs, colors, changed = [], {}, {}, {}
     names = []
+    target_sum = float(recipe["target_sum"])
     for kind in kinds_t:
-        if kind == "noise":
-            new = lognorm.copy()
-            new.data = np.maximum(new.data + rng.normal(0.0, noise, new.data.shape), 0.0
-                                  ).astype(np.float32)
-        else:
-            new_counts = counts.copy()
-            if kind == "downsample":
-                new_counts.data = rng.binomial(new_counts.data.astype(np.int64), downsample
-                                               ).astype(np.float32)
+        parts, preds = [], []
+        # cells in order, chunk by chunk: the random draws follow the cells, as in one piece
+        for chunk in RW.chunks(idx_all):
+            counts, gene_names, lib = read(chunk)
+            if kind == "noise":
+                new = sparse.csr_matrix(R.lognormalize(counts, target_sum=target_sum,
+                                                       library_size=lib))
+                new.data = np.maximum(new.data + rng.normal(0.0, noise, new.data.shape), 0.0
+                                      ).astype(np.float32)
             else:
-                new_counts.data[rng.random(new_counts.nnz) < dropout] = 0
-            new_counts.eliminate_zeros()
-            new = R.lognormalize(new_counts, target_sum=float(recipe["target_sum"]))
-        aligned, _ = R.align(new, genes_all, np.asarray(recipe["genes"]).astype(str),
-                             missing_genes="error", what="adata.raw")
-        xp = R.lognorm_to_model(aligned, recipe)
+                new_counts = counts.copy()
+                if kind == "downsample":
+                    new_counts.data = rng.binomial(new_counts.data.astype(np.int64), downsample
+                                                   ).astype(np.float32)
+                else:
+                    new_counts.data[rng.random(new_counts.nnz) < dropout] = 0
+                new_counts.eliminate_zeros()
+                new = R.lognormalize(new_counts, target_sum=target_sum)
+            aligned, _ = R.align(new, gene_names, src.genes, missing_genes="error",
+                                 what="the perturbed cells")
+            xp = R.lognorm_to_model(aligned, recipe)
+            x0 = src.rows(chunk)
+            delta = xp - x0
+            _, logits = M.infer(net, x0 + delta, device=dev)
+            preds.append(logits.argmax(axis=1))
+            block = sparse.csr_matrix(delta)
+            block.eliminate_zeros()
+            parts.append((chunk, block))
         layer = K.benign_layer(key_added, kind)
-        full = x.copy()
-        full[mask] = xp
-        layers[layer] = full
-        _, logits = M.infer(net, xp, device=dev)
-        pred = logits.argmax(axis=1)
+        cells_k, rows_k = ST.collect(parts, src.n_genes)
+        perturbations.append(Perturbation(name=layer, cells=cells_k, rows=rows_k,
+                                          space="model", model=model, run=key_added))
+        pred = np.concatenate(preds) if preds else np.empty(0, np.int64)
         changed[kind] = float((pred != clean_pred).mean())
         codes = np.full(adata.n_obs, -1)
         codes[mask] = pred
@@ -164,7 +179,8 @@ def benign_perturb(
     rates = ", ".join(f"{k}: {changed[k]:.3f}" for k in kinds_t)
     write_results(adata, step=f"benign perturbations of {int(mask.sum())} cells (prediction "
                               f"changed: {rates})",
-                  start=start, uns={key_added: rec}, obs=obs, layers=layers, colors=colors)
+                  start=start, uns={key_added: rec}, obs=obs, perturbations=perturbations,
+                  colors=colors)
     return adata if copy else None
 
 
@@ -186,22 +202,36 @@ def _check(kinds: Sequence[str], *, downsample: float, dropout: float, noise: fl
     return tuple(k for k in KINDS if k in chosen)
 
 
-def _full_counts(adata: AnnData, recipe: Mapping[str, Any], mask: np.ndarray
-                 ) -> tuple[sparse.csr_matrix, np.ndarray, sparse.csr_matrix]:
-    """Counts of all genes of the selected cells, rebuilt from ``.raw`` and library sizes;
-    returns ``(counts, gene names, log-normalised values)``."""
+def _count_reader(adata: AnnData, src: R.Source, recipe: Mapping[str, Any]
+                  ) -> Callable[[np.ndarray], tuple[sparse.csr_matrix, np.ndarray, np.ndarray]]:
+    """``read(cells) -> (counts of all genes, gene names, library sizes)``: from the raw counts
+    the model input is computed from, or — for data whose ``X`` holds the model input
+    (``prepare(subset=True)``) — rebuilt from ``.raw`` and ``obs['scadv_library_size']``."""
+    if src.kind == "counts":
+        names = np.asarray(adata.var_names if not src.label.endswith(".raw")
+                           else adata.raw.var_names).astype(str)
+
+        def from_source(cells: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+            block = sparse.csr_matrix(RW.read(src.matrix, cells), dtype=np.float32)
+            return block, names, np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+        return from_source
     if (str(recipe.get("input_kind")) != "counts" or adata.raw is None
             or K.LIBRARY_SIZE not in adata.obs):
         raise ScadvInputError(
-            "benign perturbations need the counts of all genes, which scadv rebuilds from "
-            f"adata.raw and obs[{K.LIBRARY_SIZE!r}]: run scadv.pp.prepare on raw counts (the "
-            "AnnData as read from disk) to get them."
+            "benign perturbations need the raw counts of all genes: pass the AnnData with its "
+            "counts in X (as read from disk) or, for data prepared in place "
+            f"(subset=True), keep adata.raw and obs[{K.LIBRARY_SIZE!r}]."
         )
-    lognorm = sparse.csr_matrix(adata.raw.X[np.flatnonzero(mask)], dtype=np.float32)
-    lib = adata.obs[K.LIBRARY_SIZE].to_numpy(dtype=np.float64)[mask]
-    rows = np.repeat(np.arange(lognorm.shape[0]), np.diff(lognorm.indptr))
-    counts = lognorm.copy()
-    counts.data = np.rint(np.expm1(lognorm.data.astype(np.float64)) * lib[rows]
-                          / float(recipe["target_sum"])).astype(np.float32)
-    counts.eliminate_zeros()
-    return counts, np.asarray(adata.raw.var_names).astype(str), lognorm
+    raw_names = np.asarray(adata.raw.var_names).astype(str)
+    all_lib = adata.obs[K.LIBRARY_SIZE].to_numpy(dtype=np.float64)
+
+    def from_raw(cells: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+        lognorm = sparse.csr_matrix(RW.read(adata.raw.X, cells), dtype=np.float32)
+        lib = all_lib[cells]
+        rows = np.repeat(np.arange(lognorm.shape[0]), np.diff(lognorm.indptr))
+        counts = lognorm.copy()
+        counts.data = np.rint(np.expm1(lognorm.data.astype(np.float64)) * lib[rows]
+                              / float(recipe["target_sum"])).astype(np.float32)
+        counts.eliminate_zeros()
+        return counts, raw_names, lib
+    return from_raw

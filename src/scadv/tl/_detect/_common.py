@@ -4,7 +4,7 @@ the evaluation on the test split."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +17,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from ... import _detector as DT
 from ... import _keys as K
 from ... import _model as M
+from ... import _recipe as R
 from ... import _records as REC
+from ... import _rows as RW
+from ... import _store as ST
 from ..._errors import ScadvInputError
 from .. import _common as C
 from . import _baselines as B
@@ -393,7 +396,7 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
         names = got["layers"]
         for i, name in enumerate(names):
             pred_col = K.layer_pred(name)
-            if name not in adata.layers or pred_col not in adata.obs:
+            if not ST.exists(adata, name) or pred_col not in adata.obs:
                 continue
             changed = adata.obs[pred_col].notna().to_numpy()
             if is_attack:
@@ -415,9 +418,9 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
             {"kind": i.kind, "run": i.run, "eps": i.eps, "layer": i.layer}))
     out = []
     for name in layers:
-        if name not in adata.layers:
-            raise ScadvInputError(f"layer {name!r} not found; adata.layers has "
-                                  f"{sorted(adata.layers)}.")
+        if not ST.exists(adata, name):
+            raise ScadvInputError(f"perturbation or layer {name!r} not found; adata holds "
+                                  f"{ST.names(adata)}.")
         out.append(found.get(name) or LayerInfo(name, "", "custom", "adversarial", name,
                                                 float("nan"), np.ones(adata.n_obs, dtype=bool)))
     return out
@@ -537,32 +540,43 @@ def flag_column(flag: np.ndarray, where: np.ndarray | None = None) -> pd.Categor
     return pd.Categorical.from_codes(codes, categories=[False, True])
 
 
+def score_cells(det: Loaded, batches: Iterable[np.ndarray], *, progress: bool = False
+                ) -> MethodScores:
+    """Scores of the detector and every baseline for cells given batch by batch (model
+    input)."""
+    parts = [method_scores(det, det.features(xb, progress=progress), xb) for xb in batches]
+    if not parts:
+        return MethodScores({}, np.empty(0, dtype=np.int64))
+    return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+                        np.concatenate([p.pred for p in parts]))
+
+
 def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[LayerInfo],
-                x: np.ndarray, test: np.ndarray | None, progress: bool
+                src: R.Source, test: np.ndarray | None, progress: bool
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score ``x`` (the model input of ``adata``) and every layer; evaluate on ``test`` cells.
+    """Score every cell of ``adata`` (model input from ``src``) and every perturbation's cells;
+    evaluate on ``test`` cells. Cells are read and scored a batch at a time.
 
     Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
     """
-    from ... import _recipe as R
-
-    s = det.features(x, progress=progress)
-    clean = method_scores(det, s, x)
-    obs: dict[str, Any] = {K.meta_score(key): det.score(s),
-                           K.meta_flag(key): flag_column(det.flag(s))}
+    clean = score_cells(det, (xb for _, xb in src.batches()), progress=progress)
+    score = clean.scores["detector"]
+    obs: dict[str, Any] = {K.meta_score(key): score,
+                           K.meta_flag(key): flag_column(score >= det.threshold)}
     thr = thresholds(det)
     evaluation: dict[str, Any] = {}
     for info in layers:
         idx = np.flatnonzero(info.changed)
-        xl = R.model_input(adata, det.classifier["prepare"], layer=info.layer).x[idx]
-        sl = det.features(xl, progress=progress)
-        score = np.full(adata.n_obs, np.nan)
-        score[idx] = det.score(sl)
+        batches = (ST.model_rows(adata, info.layer, chunk, src)
+                   for chunk in RW.chunks(idx, RW.BATCH))
+        adv = score_cells(det, batches, progress=progress)
+        layer_score = np.full(adata.n_obs, np.nan)
         flag = np.zeros(adata.n_obs, dtype=bool)
-        flag[idx] = det.flag(sl)
-        obs[K.meta_score(key, info.layer)] = score
+        if len(idx):
+            layer_score[idx] = adv.scores["detector"]
+            flag[idx] = adv.scores["detector"] >= det.threshold
+        obs[K.meta_score(key, info.layer)] = layer_score
         obs[K.meta_flag(key, info.layer)] = flag_column(flag, info.changed)
         if test is not None and test[idx].any():
-            evaluation[info.layer] = evaluate_layer(info, idx, test, clean,
-                                                    method_scores(det, sl, xl), thr)
+            evaluation[info.layer] = evaluate_layer(info, idx, test, clean, adv, thr)
     return obs, evaluation

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ... import _model as M
+from ... import _progress as PB
 from ..._errors import ScadvInputError
 from .._attacks import _engine as E
 
@@ -107,8 +107,8 @@ def compute(net: M.MLP, x: np.ndarray, groups: Sequence[str], *, device: torch.d
     need_grad = "grad" in groups
     feats, all_logits, embs = [], [], []
     buf = torch.empty((min(batch_size, max(n, 1)), d), device=device) if need_grad else None
-    for lo in tqdm(range(0, n, batch_size), desc="meta-features", unit="batch",
-                   disable=not progress or n <= batch_size, leave=False, mininterval=0.5):
+    for lo in PB.bar(range(0, n, batch_size), desc="meta-features", unit="batch",
+                     progress=progress and n > batch_size):
         xb = torch.as_tensor(np.asarray(x[lo:lo + batch_size], dtype=np.float32), device=device)
         emb, logits = net.forward_with_embedding(xb)
         grad = None

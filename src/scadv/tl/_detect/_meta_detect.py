@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -193,7 +194,6 @@ def meta_detect(
     DT.check_options(options)
     adata = V.start(adata, copy=copy)
     record = C.model_record(adata, model)
-    C.check_model_space(adata, record, action="scadv.tl.meta_detect")
     classes = [str(c) for c in np.asarray(record["classes"])]
     split = _split(adata, record, model)
     label_key = str(record.get("label_key", ""))
@@ -204,21 +204,21 @@ def meta_detect(
     score_layers = MC.find_layers(adata, model, layers)
 
     dev = D.resolve(device)
-    mi = R.model_input(adata, record["prepare"])
-    x = mi.x
-    V.check_finite(x, what="adata.X")
+    src = R.source(adata, record["prepare"], what="adata")
     net = M.from_record(record, dev)
+    gate = B.gate_arrays(adata, record["prepare"])
 
-    # 1. adversarial examples of training and validation cells
+    # 1. adversarial examples of training and validation cells, reduced to what the detector
+    #    needs (meta-features, realism-gate counts) a chunk of cells at a time
     logg.info(f"    attacking {int(train.sum())} training and {int(val.sum())} validation "
               f"cells ({attack}, ε = {', '.join(K.format_eps(e) for e in eps_t)})")
     cells = train | val
-    adv, flipped = _adversarial(adata, record, net, x, cells, attack=attack, eps=eps_t,
-                                steps=int(steps), seed=seed, device=dev, progress=progress)
+    got = _collect(src, record, net, np.flatnonzero(cells), groups, gate, attack=attack,
+                   eps=eps_t, steps=int(steps), seed=seed, device=dev, progress=progress)
+    flipped = got.flipped
     local_train = train[cells]
     take = flipped if positives == "flipped" else np.ones_like(flipped)
-    f_cells, _, emb_cells = MF.compute(net, x[cells], groups, device=dev, progress=progress)
-    f_adv = np.stack([MF.compute(net, a, groups, device=dev)[0] for a in adv])  # (n_eps, n, M)
+    f_cells, emb_cells, f_adv = got.f_clean, got.emb, got.f_adv
     source = np.broadcast_to(np.arange(cells.sum()), take.shape)
     tr_rows = take & local_train[None, :]
     va_rows = take & ~local_train[None, :]
@@ -248,9 +248,8 @@ def meta_detect(
     thr = MC.calibrate(p_val, p_val_adv, method=threshold, target_fpr=target_fpr)
 
     # 5. realism gate
-    gate = B.gate_arrays(adata, record["prepare"])
-    clean_viol = B.violations(gate, x[cells])
-    slack = max(3, int(np.ceil(0.005 * x.shape[1])))
+    clean_viol = got.viol_clean
+    slack = max(3, int(np.ceil(0.005 * src.n_genes)))
     gate.update(enabled=bool(input_check), max_violations=int(clean_viol.max()) + slack)
 
     det_record: dict[str, Any] = {
@@ -287,14 +286,15 @@ def meta_detect(
     if baselines:
         det_record["baselines"] = _fit_baselines(
             groups, fc, cls, fa, fa_src, fv, fva, emb_train=emb_cells[local_train],
-            gate=gate, x_val=x[val], adv_val=adv[:, ~local_train], va_rows=va_rows[:, ~local_train],
+            viol_val=got.viol_clean[~local_train],
+            viol_adv_val=got.viol_adv[:, ~local_train][va_rows[:, ~local_train]], gate=gate,
             n_classes=len(classes), shape_options=options, nets=nets, threshold=threshold,
             target_fpr=target_fpr, seed=seed, device=dev, progress=progress)
     det_record["provenance"] = P.record(params, seed=seed, device=dev)
 
     # 6. score everything, evaluate on the test split
     det = MC.Loaded.build(det_record, record, dev)
-    obs, evaluation = MC.score_adata(adata, det, key=key_added, layers=score_layers, x=x,
+    obs, evaluation = MC.score_adata(adata, det, key=key_added, layers=score_layers, src=src,
                                      test=split == K.SPLIT_TEST, progress=progress)
     det_record["evaluation"] = evaluation
     det_record["table"] = MC.table(evaluation)
@@ -343,14 +343,25 @@ def _split(adata: AnnData, record: Mapping[str, Any], model: str) -> np.ndarray:
     return split
 
 
-def _adversarial(adata: AnnData, record: Mapping[str, Any], net: M.MLP, x: np.ndarray,
-                 cells: np.ndarray, *, attack: str, eps: tuple[float, ...], steps: int,
-                 seed: int, device: torch.device, progress: bool
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Adversarial versions of ``x[cells]`` at every budget and which of them flipped."""
-    x0 = x[cells]
-    _, logits = M.infer(net, x0, device=device)
-    pred = logits.argmax(axis=1)
+@dataclass
+class _Collected:
+    """What the detector is trained and calibrated on, per cell of the attacked set."""
+
+    f_clean: np.ndarray  # (n, M) meta-features of the clean cells
+    emb: np.ndarray  # (n, embedding) the classifier's embedding of the clean cells
+    f_adv: np.ndarray  # (n_eps, n, M) meta-features of the adversarial versions
+    flipped: np.ndarray  # (n_eps, n) whether the attack changed the prediction
+    viol_clean: np.ndarray  # (n,) realism-gate violations of the clean cells
+    viol_adv: np.ndarray  # (n_eps, n) and of the adversarial versions
+
+
+def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.ndarray,
+             groups: tuple[str, ...], gate: Mapping[str, Any], *, attack: str,
+             eps: tuple[float, ...], steps: int, seed: int, device: torch.device, progress: bool
+             ) -> _Collected:
+    """Attack the cells at positions ``cells`` at every budget and keep, per cell and version,
+    only the meta-features and realism-gate counts (never the adversarial matrices of all
+    cells at once)."""
     if attack == "fgsm":
         budget = A.Budget(eps=eps, norm="linf", alpha=eps, steps=1, random_start=False,
                           n_restarts=1, loss="ce")
@@ -358,17 +369,33 @@ def _adversarial(adata: AnnData, record: Mapping[str, Any], net: M.MLP, x: np.nd
         budget = A.Budget(eps=eps, norm="linf", alpha=tuple(2.5 * e / steps for e in eps),
                           steps=steps, random_start=False, n_restarts=1, loss="margin")
     realistic = attack == "pgd_realistic"
-    cons, _ = A.constraints(adata, record, cells, x0, genes=None,
-                            clip="observed" if realistic else None, keep_zeros=realistic)
-    adv, adv_logits = E.run(net, x0, pred, budget, cons, targeted=False, device=device,
-                            seed=seed, batch_size=256, progress=progress)
-    return adv, adv_logits.argmax(axis=-1) != pred[None, :]
+    parts: list[tuple[np.ndarray, ...]] = []
+    for n_chunk, lo in enumerate(range(0, len(cells), A.ATTACK_CHUNK)):
+        idx = cells[lo:lo + A.ATTACK_CHUNK]
+        x0 = src.rows(idx)
+        f_clean, logits, emb = MF.compute(net, x0, groups, device=device, progress=progress)
+        pred = logits.argmax(axis=1)
+        cons, _ = A.constraints(src, record, idx, x0, genes=None,
+                                clip="observed" if realistic else None, keep_zeros=realistic)
+        adv, adv_logits = E.run(net, x0, pred, budget, cons, targeted=False, device=device,
+                                seed=seed + 1_000_003 * n_chunk, batch_size=256,
+                                progress=progress)
+        f_adv = np.stack([MF.compute(net, a, groups, device=device)[0] for a in adv])
+        parts.append((f_clean, emb, f_adv, adv_logits.argmax(axis=-1) != pred[None, :],
+                      B.violations(gate, x0), np.stack([B.violations(gate, a) for a in adv])))
+        del adv, x0
+    return _Collected(
+        f_clean=np.concatenate([p[0] for p in parts]), emb=np.concatenate([p[1] for p in parts]),
+        f_adv=np.concatenate([p[2] for p in parts], axis=1),
+        flipped=np.concatenate([p[3] for p in parts], axis=1),
+        viol_clean=np.concatenate([p[4] for p in parts]),
+        viol_adv=np.concatenate([p[5] for p in parts], axis=1))
 
 
 def _fit_baselines(groups: tuple[str, ...], fc: np.ndarray, cls: np.ndarray, fa: np.ndarray,
                    fa_src: np.ndarray, fv: np.ndarray, fva: np.ndarray, *,
-                   emb_train: np.ndarray, gate: Mapping[str, Any], x_val: np.ndarray,
-                   adv_val: np.ndarray, va_rows: np.ndarray, n_classes: int,
+                   emb_train: np.ndarray, viol_val: np.ndarray, viol_adv_val: np.ndarray,
+                   gate: Mapping[str, Any], n_classes: int,
                    shape_options: DT.TrainOptions, nets: DT.Networks, threshold: MC.Threshold,
                    target_fpr: float, seed: int, device: torch.device, progress: bool
                    ) -> dict[str, Any]:
@@ -402,9 +429,8 @@ def _fit_baselines(groups: tuple[str, ...], fc: np.ndarray, cls: np.ndarray, fa:
                                 B.score_mahalanobis(maha, fva[:, emb_cols]))
         out["mahalanobis"] = maha
 
+    # the input statistic is the realism gate's violation count, scored as a continuous score
     inp = {k: v for k, v in gate.items() if k not in ("enabled", "max_violations")}
-    v0 = B.violations(inp, x_val).astype(np.float64)
-    v1 = B.violations(inp, adv_val[va_rows]).astype(np.float64)
-    inp["threshold"] = cal(v0, v1)
+    inp["threshold"] = cal(viol_val.astype(np.float64), viol_adv_val.astype(np.float64))
     out["input"] = inp
     return out

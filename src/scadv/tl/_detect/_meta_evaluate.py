@@ -13,7 +13,6 @@ from ... import _recipe as R
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
-from .. import _common as C
 from .._attacks import _attack as A
 from . import _common as MC
 from ._meta_detect import _split
@@ -67,7 +66,6 @@ def meta_evaluate(
     dev = D.resolve(device)
     det = MC.load(adata, key, source=None, device=dev)
     model = str(det.record["model"])
-    C.check_model_space(adata, det.classifier, action="scadv.tl.meta_evaluate")
     split = _split(adata, det.classifier, model)
     infos = MC.find_layers(adata, model, layers)
     if not infos:
@@ -76,8 +74,8 @@ def meta_evaluate(
             "evaluate the detector on: make some with scadv.tl.pgd, scadv.tl.fgsm, "
             "scadv.tl.adaptive_pgd or scadv.tl.benign_perturb first."
         )
-    x = R.model_input(adata, det.classifier["prepare"]).x
-    obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, x=x,
+    src = R.source(adata, det.classifier["prepare"], what="adata")
+    obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, src=src,
                                      test=split == K.SPLIT_TEST, progress=progress)
     record = dict(det.record)
     if layers is not None:

@@ -96,11 +96,10 @@ def meta_score(
     det = MC.load(adata, key, source=source, device=dev)
     key_added = key_added or key
     model = str(det.record["model"])
-    mi = R.model_input(adata, det.classifier["prepare"], layer=layer,
-                       missing_genes=missing_genes)
-    V.check_finite(mi.x, what=mi.source)
+    src = R.source(adata, det.classifier["prepare"], layer=layer,
+                   missing_genes=missing_genes)
     infos = MC.find_layers(adata, model, None if layers is None else list(layers))
-    obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, x=mi.x, test=None,
+    obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, src=src, test=None,
                             progress=progress)
     uns: dict[str, Mapping[str, Any]] = {}
     if source is not None:
@@ -112,7 +111,7 @@ def meta_score(
         uns[model] = det.classifier
     n_flag = int(np.asarray(obs[K.meta_flag(key_added)] == True).sum())  # noqa: E712
     write_results(
-        adata, step=f"meta-detector scores from {mi.source} ({n_flag} of {adata.n_obs} cells "
+        adata, step=f"meta-detector scores from {src.label} ({n_flag} of {adata.n_obs} cells "
                     "flagged)",
         start=start, uns=uns or None, obs=obs, update=set(uns),
         colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs

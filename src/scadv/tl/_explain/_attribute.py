@@ -17,6 +17,7 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _store as ST
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
@@ -275,7 +276,8 @@ class Setup:
     """A ready explainer with the model-space input of every cell of ``adata``."""
 
     explainer: X.Explainer
-    x: np.ndarray
+    #: The model input of every cell (computed when indexed: ``x[mask]``).
+    x: np.ndarray | ST.LazyRows
     classes: list[str]
     genes: np.ndarray
     model_key: str
@@ -303,8 +305,7 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
     zero = None
     if isinstance(model, str):
         record = C.model_record(adata, model)
-        mi = R.model_input(adata, record["prepare"], layer=layer)
-        x = mi.x
+        x: np.ndarray | ST.LazyRows = ST.reader(adata, record["prepare"], layer=layer)
         net: nn.Module | None = M.from_record(record, dev)
         black_box = None
         names = [str(c) for c in np.asarray(record["classes"])]
@@ -313,10 +314,15 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
         model_key, split_key = model, C.split_column(record, model)
         label_key = label_key or str(record.get("label_key", ""))
     elif callable(model):
-        x = V.matrix(adata, layer)
-        x = np.ascontiguousarray(x.toarray() if V.is_sparse(x) else x, dtype=np.float32)
-        V.check_finite(x, what="the explained matrix")
-        genes = np.asarray(adata.var_names).astype(str)
+        prepared = R.stored(adata) if layer is None else None
+        if prepared is not None:
+            # prepared data: the model reads the model input (z-scores of the model genes)
+            x = ST.reader(adata, prepared)
+            genes = np.asarray(prepared["genes"]).astype(str)
+        else:
+            x = np.ascontiguousarray(V.dense(V.matrix(adata, layer)), dtype=np.float32)
+            V.check_finite(x, what="the explained matrix")
+            genes = np.asarray(adata.var_names).astype(str)
         if isinstance(model, nn.Module):
             net, black_box = model.to(dev).eval(), None
         else:
@@ -326,7 +332,7 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
                     "Use method='occlusion' or 'lime', or pass a torch.nn.Module."
                 )
             net, black_box = None, model
-        out = _probe(net, black_box, x[:2], dev)
+        out = _probe(net, black_box, x[np.arange(min(2, x.shape[0]))], dev)
         names = [str(c) for c in (classes if classes is not None else range(out))]
         if len(names) != out:
             raise ScadvInputError(f"classes has {len(names)} names but the model returns {out} "
@@ -347,7 +353,8 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
             base = np.asarray(zero, dtype=np.float32) if zero is not None else np.zeros(
                 len(genes), dtype=np.float32)
         elif baseline == "mean":
-            base = (np.zeros(len(genes), dtype=np.float32) if record is not None
+            base = (np.zeros(len(genes), dtype=np.float32)
+                    if record is not None or not isinstance(x, np.ndarray)
                     else x.mean(axis=0).astype(np.float32))
         else:
             raise ScadvInputError(f"baseline must be 'zero_expression', 'mean' or an array of "
@@ -394,7 +401,8 @@ def _probe(net: nn.Module | None, black_box: Callable | None, x: np.ndarray,
     return int(out.shape[1])
 
 
-def _references(adata: AnnData, x: np.ndarray, split_key: str, n: int, seed: int) -> np.ndarray:
+def _references(adata: AnnData, x: np.ndarray | ST.LazyRows, split_key: str, n: int,
+                seed: int) -> np.ndarray:
     """DeepSHAP's reference cells: a seeded sample of the training split (else of all cells)."""
     pool = np.arange(adata.n_obs)
     if split_key in adata.obs:

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from scipy import sparse
 from torch import nn
 
 from ... import _keys as K
@@ -196,7 +195,7 @@ def _rebuild(adata: AnnData, rec: Mapping[str, Any], model: Any
     """The explainer, cells and targets of a stored attribution run."""
     fix = "run scadv.tl.attribute again."
     got = REC.fields(rec, {
-        "model": REC.Field("str"), "method": REC.Field("str"),
+        "model": REC.Field("str"), "method": REC.Field("str", choices=X.METHODS),
         "layer": REC.Field("str", optional=True), "baseline": REC.Field("str", optional=True),
         "baseline_values": REC.Field("floats", (None,), optional=True),
         "n_steps": REC.Field("int", low=1), "n_samples": REC.Field("int", low=1),
@@ -250,19 +249,26 @@ def _rebuild(adata: AnnData, rec: Mapping[str, Any], model: Any
 def _counts(adata: AnnData, setup: AT.Setup, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Counts of the model genes and library sizes of the selected cells."""
     rec = setup.record
-    if rec is None or K.COUNTS_LAYER not in adata.layers or K.LIBRARY_SIZE not in adata.obs:
+    if rec is None:
         raise ScadvInputError(
             "the 'downsample' perturbation thins raw counts: it needs a stored scadv classifier "
-            f"and adata.layers[{K.COUNTS_LAYER!r}] with obs[{K.LIBRARY_SIZE!r}], which "
-            "scadv.pp.prepare writes when given raw counts."
-        )
+            "(model=<key>) and the raw counts of the cells.")
+    src = R.source(adata, rec["prepare"], what="adata")
+    idx = np.flatnonzero(mask)
+    if src.kind == "counts":
+        counts, library = src.counts(idx)
+        return V.dense(counts).astype(np.int64), library
+    if K.COUNTS_LAYER not in adata.layers or K.LIBRARY_SIZE not in adata.obs:
+        raise ScadvInputError(
+            "the 'downsample' perturbation thins raw counts, but adata holds none: pass the "
+            "AnnData with its counts in X (as read from disk), or for data prepared in place "
+            f"(subset=True) keep adata.layers[{K.COUNTS_LAYER!r}] and obs[{K.LIBRARY_SIZE!r}].")
     genes = np.asarray(rec["genes"]).astype(str)
     pos = adata.var_names.get_indexer(genes)
     if (pos < 0).any():
         raise ScadvInputError("adata.layers['counts'] does not cover the model genes; "
                               "'downsample' needs the prepared training AnnData.")
-    counts = adata.layers[K.COUNTS_LAYER][np.flatnonzero(mask)][:, pos]
-    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    counts = V.dense(adata.layers[K.COUNTS_LAYER][idx][:, pos])
     V.check_counts(counts, what=f"adata.layers[{K.COUNTS_LAYER!r}]")
     return counts.astype(np.int64), adata.obs[K.LIBRARY_SIZE].to_numpy()[mask].astype(float)
 

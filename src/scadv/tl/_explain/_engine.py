@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from ... import _progress as PB
 
 METHODS = ("saliency", "grad_x_input", "integrated_gradients", "smoothgrad", "deeplift",
            "deepshap", "occlusion", "lime")
@@ -93,8 +94,7 @@ class Explainer:
         chunk = max(1, self.batch_size // rows_per_cell)
         attr = np.empty((n, d), dtype=np.float32)
         delta = np.empty(n, dtype=np.float64) if self.method in WITH_DELTA else None
-        bar = tqdm(total=n, desc=self.method, unit="cell", disable=not progress, leave=False,
-                   mininterval=0.5)
+        bar = PB.bar(total=n, desc=self.method, unit="cell", progress=progress)
         cuda_ids = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_ids), warnings.catch_warnings():
             torch.manual_seed(self.seed)
@@ -175,8 +175,7 @@ class Explainer:
         solve = np.linalg.solve(gram, (zc * w[:, None]).T)  # (genes, samples)
         attr = np.empty((n, d), dtype=np.float32)
         chunk = max(1, self.batch_size // s)
-        bar = tqdm(total=n, desc="lime", unit="cell", disable=not progress, leave=False,
-                   mininterval=0.5)
+        bar = PB.bar(total=n, desc="lime", unit="cell", progress=progress)
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             xb = x[lo:hi]

@@ -10,9 +10,10 @@ import pandas as pd
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -195,8 +196,7 @@ def cgd(
     budget = len(live) if max_genes is None else min(int(max_genes), len(live))
     walker = _Walker(ev, cols[live], orig, to_idx, float(alpha), float(eps), scales_a, lo_hi)
     rows = []
-    with tqdm(total=budget, desc="CGD", unit="gene", disable=not progress, leave=False,
-              mininterval=0.5) as bar:
+    with PB.bar(total=budget, desc="CGD", unit="gene", progress=progress) as bar:
         if gradient:
             visit = _gradient_walk(walker, s, budget, stop_at_switch, bar)
         else:
@@ -248,11 +248,10 @@ def _choose_to(s: G.Setup, ev: E.Evaluator, orig: int, to: str | None) -> int:
 
 
 def _col_stat(s: G.Setup, idx: np.ndarray, fn: Any) -> np.ndarray:
-    from . import _modifications as MOD
-
     out = np.empty(len(idx), dtype=np.float32)
-    for lo in range(0, len(idx), 1024):
-        out[lo:lo + 1024] = fn(MOD.dense_columns(s.x, idx[lo:lo + 1024]), axis=0)
+    step = min(1024, s.x.column_step(len(idx)))
+    for lo in range(0, len(idx), step):
+        out[lo:lo + step] = fn(s.x.columns(idx[lo:lo + step]), axis=0)
     return out
 
 

@@ -13,17 +13,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 
 from ... import _keys as K
 from ... import _provenance as P
+from ... import _recipe as R
+from ... import _store as ST
 from ... import _validate as V
 from ... import classifiers as CL
 from ..._errors import ScadvInputError
 from ..._results import write_results
-from .. import _common as C
+from ..._store import Perturbation
 from . import _engine as E
+from . import _matrix as MX
 from . import _modifications as MOD
+from ._matrix import AttackedMatrix
 
 Genes = Sequence[str] | np.ndarray | None
 
@@ -33,8 +36,9 @@ class Setup:
     """What every gene-level attack works on."""
 
     adata: AnnData
-    #: The attacked matrix (cells × genes): ``adata.X`` or ``adata.layers[layer]``.
-    x: np.ndarray | sparse.spmatrix
+    #: The attacked matrix (cells × genes): the model input of a stored scadv classifier, else
+    #: ``adata.X`` or ``adata.layers[layer]``.
+    x: AttackedMatrix
     source: str
     var_names: np.ndarray
     clf: CL.Classifier
@@ -42,6 +46,11 @@ class Setup:
     cluster_key: str
     #: ``classifier`` key of a stored scadv model, else None.
     model_key: str | None
+    #: Whose model input ``x`` is: a stored classifier's key, ``''`` for the AnnData's own
+    #: recipe (``uns['scadv']['prepare']``), None when ``x`` is a matrix of the AnnData as stored.
+    space_of: str | None = None
+    #: That matrix: ``'X'`` or a layer name.
+    matrix_name: str = "X"
     counter: E.Counter = field(default_factory=E.Counter)
     started: float = field(default_factory=time.perf_counter)
 
@@ -61,17 +70,35 @@ def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | Non
     clusters = V.labels(adata, cluster_key)
     clf = CL.resolve(classifier, adata, device=device)
     model_key = None
-    if isinstance(clf, CL.StoredMLP) and (classifier is None or isinstance(classifier, str)):
-        model_key = clf.key
-        C.check_model_space(adata, clf.record, action=action)
-    x = V.matrix(adata, layer)
-    source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    V.check_finite(x, what=source)
-    if not sparse.issparse(x):
-        x = np.asarray(x)
-    bound = clf.bind(np.asarray(adata.var_names))
-    return Setup(adata=adata, x=x, source=source, var_names=np.asarray(adata.var_names).astype(str),
-                 clf=bound, clusters=clusters, cluster_key=cluster_key, model_key=model_key)
+    if isinstance(clf, CL.StoredMLP):
+        if classifier is None or isinstance(classifier, str):
+            model_key = clf.key
+        recipe = clf.record["prepare"]
+        rows = ST.reader(adata, recipe, layer=layer)
+        source = f"the model input of {'adata' if layer is None else repr(layer)}"
+        x = MX.from_source(rows.__getitem__, rows.shape[0], rows.shape[1],
+                           R.zero_level(recipe), source)
+        var_names = np.asarray(clf.record["genes"]).astype(str)
+        space_of: str | None = clf.key
+    elif layer is None and (prepared := R.stored(adata)) is not None:
+        # prepared data: the attacks modify the model input (z-scores of the model genes)
+        recipe = prepared
+        rows = ST.reader(adata, recipe)
+        source = "the prepared model input of adata"
+        x = MX.from_source(rows.__getitem__, rows.shape[0], rows.shape[1],
+                           R.zero_level(recipe), source)
+        var_names = np.asarray(recipe["genes"]).astype(str)
+        space_of = ""
+    else:
+        matrix = V.matrix(adata, layer)
+        source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        x = MX.from_matrix(matrix, source)
+        var_names = np.asarray(adata.var_names).astype(str)
+        space_of = None
+    bound = clf.bind(var_names)
+    return Setup(adata=adata, x=x, source=source, var_names=var_names, clf=bound,
+                 clusters=clusters, cluster_key=cluster_key, model_key=model_key,
+                 space_of=space_of, matrix_name="X" if layer is None else layer)
 
 
 def cluster_mask(s: Setup, target: Any) -> np.ndarray:
@@ -150,9 +177,7 @@ def classifier_cols(s: Setup, idx: np.ndarray) -> np.ndarray:
 
 def block(s: Setup, mask: np.ndarray) -> np.ndarray:
     """The cluster's cells × all attacked genes, dense float32."""
-    sub = s.x[np.flatnonzero(mask)]
-    dense = sub.toarray() if V.is_sparse(sub) else np.asarray(sub)
-    return np.ascontiguousarray(dense, dtype=np.float32)
+    return np.ascontiguousarray(s.x.rows(np.flatnonzero(mask)), dtype=np.float32)
 
 
 def evaluator(s: Setup, cluster_block: np.ndarray, *, batch_rows: int, fast: bool = True
@@ -213,13 +238,22 @@ def write(s: Setup, *, step: str, start: datetime, key: str, rec: dict[str, Any]
     ``modified`` are the cluster's rows after the attack (cluster cells × all attacked genes);
     ``pred`` the cluster cells' new predicted classes (indices into ``classes``).
     """
-    layers, obs = {}, {}
-    if add_layer and modified is not None:
-        full = s.x.toarray() if V.is_sparse(s.x) else np.array(s.x, dtype=np.float32)
-        full = full.astype(np.float32, copy=False)
-        full[mask] = modified
-        layers[K.gene_attack_layer(key)] = full
-        rec["layer"] = K.gene_attack_layer(key)
+    obs: dict[str, Any] = {}
+    perturbations = []
+    if add_layer and modified is not None and mask is not None:
+        name = K.gene_attack_layer(key)
+        idx = np.flatnonzero(mask)
+        delta = np.asarray(modified, dtype=np.float32) - s.x.rows(idx)
+        if s.space_of is not None:
+            cells, rows = ST.from_dense(idx, delta)
+            perturbations.append(Perturbation(name=name, cells=cells, rows=rows, space="model",
+                                              model=s.space_of, run=key))
+        else:
+            # a classifier of the AnnData's own matrix: the change of that matrix
+            cells, rows = ST.from_dense(idx, delta)
+            perturbations.append(Perturbation(name=name, cells=cells, rows=rows, space="var",
+                                              model="", run=key, matrix=s.matrix_name))
+        rec["layer"] = name
     if add_obs and pred is not None:
         codes = np.full(s.adata.n_obs, -1)
         codes[mask] = pred
@@ -227,4 +261,4 @@ def write(s: Setup, *, step: str, start: datetime, key: str, rec: dict[str, Any]
         obs[col] = pd.Categorical.from_codes(codes, categories=list(s.classes))
         rec["obs"] = col
     write_results(s.adata, step=step, start=start, uns={key: rec}, obs=obs or None,
-                  layers=layers or None)
+                  perturbations=perturbations)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -251,8 +251,7 @@ def grid(
                 batch_rows=batch_rows, what="scadv.tl.grid")
     evaluated = 0
     found = None
-    with tqdm(total=total, desc="grid", unit="combination", disable=not progress, leave=False,
-              mininterval=0.5) as bar:
+    with PB.bar(total=total, desc="grid", unit="combination", progress=progress) as bar:
         for size in range(1, size_cap + 1):
             choice = size_choices(k, n_mod, size)
             labels, scores, frac = cb.evaluate(choice)

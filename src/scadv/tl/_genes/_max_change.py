@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from . import _common as G
@@ -239,8 +240,7 @@ def max_change(
     decided, base_score = E.decide_proba(ev.proba)
     base_label = int(decided)
     live = np.flatnonzero(cols >= 0)
-    with tqdm(total=len(live), desc="max-change", unit="gene", disable=not progress,
-              leave=False, mininterval=0.5) as bar:
+    with PB.bar(total=len(live), desc="max-change", unit="gene", progress=progress) as bar:
         grown = grow(ev, cols[live], values[:, live], base_label,
                      G.rng_for(seed, "max_change", str(target)), bar=bar)
     final_label, final_score = E.decide_proba(ev.proba)

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
-from scipy import sparse
 
-from ... import _validate as V
 from ..._errors import ScadvInputError
+from ._matrix import AttackedMatrix
 
 ModFn = Callable[[np.ndarray, np.ndarray], Any]
 ModSpec = Union[str, float, int, ModFn]  # noqa: UP007 - also used at runtime by Sphinx
@@ -181,27 +180,22 @@ def parse_many(spec: ModSpec | Sequence[ModSpec]) -> list[Modification]:
     return mods
 
 
-def dense_columns(x: np.ndarray | sparse.spmatrix, cols: np.ndarray) -> np.ndarray:
-    """Dense float32 (cells × len(cols)) of a dense or sparse matrix's columns."""
-    sub = x[:, cols]
-    dense = sub.toarray() if V.is_sparse(sub) else np.asarray(sub)
-    return np.ascontiguousarray(dense, dtype=np.float32)
-
-
-def new_values(mods: Sequence[Modification], x: np.ndarray | sparse.spmatrix, cols: np.ndarray,
+def new_values(mods: Sequence[Modification], x: AttackedMatrix, cols: np.ndarray,
                cluster: np.ndarray, rng: np.random.Generator, *, chunk: int = 1024
                ) -> np.ndarray:
     """(modifications × cluster cells × genes) new values for the genes ``cols`` of ``x``.
 
-    Columns are densified ``chunk`` genes at a time, so sparse data is never copied whole.
-    Function modifications get all genes at once.
+    The genes' values over all cells are rebuilt densely ``chunk`` genes at a time (fewer when
+    there are very many cells), so the matrix is never densified whole. Function
+    modifications get all genes at once.
     """
     n_c = int(cluster.sum())
     out = np.empty((len(mods), n_c, len(cols)), dtype=np.float32)
-    step = len(cols) if any(m.kind == "function" for m in mods) else chunk
+    step = len(cols) if any(m.kind == "function" for m in mods) else min(
+        chunk, x.column_step(len(cols)))
     for lo in range(0, len(cols), max(step, 1)):
         hi = min(lo + max(step, 1), len(cols))
-        columns = dense_columns(x, cols[lo:hi])
+        columns = x.columns(cols[lo:hi])
         for i, mod in enumerate(mods):
             out[i, :, lo:hi] = mod.values(columns, cluster, rng)
     return out

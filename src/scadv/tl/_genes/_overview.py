@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -109,8 +109,8 @@ def overview(
     live = np.flatnonzero(cols >= 0)
     names = s.var_names[idx]
     rows = []
-    with tqdm(total=len(targets) * len(mods), desc="overview", unit="cluster×modification",
-              disable=not progress, leave=False, mininterval=0.5) as bar:
+    with PB.bar(total=len(targets) * len(mods), desc="overview", unit="cluster×modification",
+              progress=progress) as bar:
         for t, mask in zip(targets, masks, strict=True):
             blk = G.block(s, mask)
             values = G.values_for(s, mods, idx, mask, seed, str(t))

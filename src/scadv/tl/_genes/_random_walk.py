@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -165,8 +165,8 @@ def random_walk(
             return cand
         return best
 
-    with tqdm(total=int(walk_length) + 1, desc="random walk", unit="step",
-              disable=not progress, leave=False, mininterval=0.5) as bar:
+    with PB.bar(total=int(walk_length) + 1, desc="random walk", unit="step",
+              progress=progress) as bar:
         seeds = rng.integers(0, n_mod + 1, size=(int(first_batch), k)).astype(np.int8)
         uniform = np.repeat(np.arange(1, n_mod + 1, dtype=np.int8)[:, None], k, axis=1)
         best = improve(np.concatenate([uniform, seeds]), 0, None)

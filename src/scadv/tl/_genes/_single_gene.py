@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import scanpy.logging as logg
 from anndata import AnnData
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ... import _device as D
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -142,8 +143,7 @@ def single_gene(
 
     tables, summaries = [], []
     total = len(targets) * len(mods) * len(idx)
-    with tqdm(total=total, desc="single-gene scan", unit="variant", disable=not progress,
-              leave=False, mininterval=0.5) as bar:
+    with PB.bar(total=total, desc="single-gene scan", unit="variant", progress=progress) as bar:
         for t, mask in zip(targets, masks, strict=True):
             blk = G.block(s, mask)
             ev = G.evaluator(s, blk, batch_rows=batch_rows)

@@ -200,8 +200,7 @@ def adversarial_train(
             "adata has not been prepared: run scadv.pp.prepare(adata) first (it selects the "
             "model genes and records how to transform new cells the same way)."
         )
-    x = R.model_input(adata, recipe, what="adata").x
-    V.check_finite(x, what="adata.X", adata=adata)
+    src = R.source(adata, recipe, what="adata")
     labels = V.labels(adata, label_key)
     classes = T._classes(adata.obs[label_key], labels)
     y = C.class_index(labels, classes)
@@ -211,25 +210,25 @@ def adversarial_train(
 
     batch_loss, validate = _hooks(cfg, device=dev, seed=seed)
     model, history = T._fit(
-        x, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
+        src, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
         input_rank=input_rank, freeze_input=freeze_input, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=max_epochs, patience=patience,
         label_smoothing=label_smoothing, input_noise=0.0, class_weight=class_weight,
         seed=seed, device=dev, progress=progress, batch_loss=batch_loss, validate=validate,
     )
-    emb, logits = M.infer(model, x, device=dev)
+    emb, logits = T.predict_all(model, src, device=dev, progress=progress)
     pred = logits.argmax(axis=1)
     scores = {}
     for name in (K.SPLIT_TEST, K.SPLIT_VAL):
         cells = split == name
         scores[name] = C.metrics(y[cells], pred[cells], len(classes))
-        rob = RB.evaluate(model, x[cells], y[cells], eval_eps_t, n_classes=len(classes),
+        x_cells = src.dense(np.flatnonzero(cells), what=f"the {name} cells' model input")
+        rob = RB.evaluate(model, x_cells, y[cells], eval_eps_t, n_classes=len(classes),
                           steps=int(eval_steps), device=dev, seed=seed, batch_size=256,
                           progress=progress)
         scores[name].update(robust_eps=rob["eps"], robust_accuracy=rob["accuracy"],
                             robust_accuracy_per_class=rob["accuracy_per_class"])
-    arch = M.Architecture(x.shape[1], len(classes), tuple(int(h) for h in hidden),
-                          tuple(float(p) for p in dropout), int(input_rank or 0))
+    arch = T.architecture(model, src.n_genes, len(classes), hidden, dropout)
     split_col = split_key or K.split(key_added)
     record = M.to_record(
         model, arch, classes=classes, genes=recipe["genes"], prepare=recipe,

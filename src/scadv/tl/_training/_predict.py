@@ -15,10 +15,12 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _store as ST
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
 from .. import _common as C
+from . import _train as T
 
 
 def predict(
@@ -31,14 +33,17 @@ def predict(
     key_added: str | None = None,
     batch_size: int = 4096,
     device: D.Device = "auto",
+    progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict cell types with a stored classifier, rebuilt from its plain arrays.
 
     The model comes from ``adata`` itself or from ``source`` (e.g. a colleague's ``.h5ad``).
     ``adata`` may be the prepared training data, new raw counts, or new log-normalised data:
-    genes are matched by name and the model's own preprocessing recipe is applied (see
-    :func:`scadv.pp.transform`); ``adata.X`` is never modified.
+    genes are matched by name and the model's own preprocessing recipe is applied batch by
+    batch (see :func:`scadv.pp.transform`); ``adata.X`` is never modified. ``adata`` may be
+    backed on disk (``read_h5ad(..., backed='r')``) or dask-backed: it is read a batch of
+    cells at a time.
 
     Parameters
     ----------
@@ -50,7 +55,9 @@ def predict(
         AnnData (or model record) holding the classifier; default ``adata``. The record is
         copied into ``adata.uns['scadv'][key_added]`` so later scadv calls on ``adata`` find it.
     layer
-        Read the expression from ``adata.layers[layer]``.
+        Read the expression from ``adata.layers[layer]``, or predict the cells of a stored
+        perturbation of that name (e.g. ``'scadv_pgd_eps0.1'``, see
+        :func:`scadv.get.perturbations`).
     missing_genes
         ``'error'`` (default) or ``'mean'`` (set absent model genes to their training mean).
     key_added
@@ -59,6 +66,8 @@ def predict(
         Cells per forward pass.
     device
         ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    progress
+        Show a progress bar over the cells.
     copy
         Return a copy instead of writing into ``adata``.
 
@@ -87,9 +96,16 @@ def predict(
     record = C.model_record(adata, model, source)
     key_added = key_added or model
     dev = D.resolve(device)
-    mi = R.model_input(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
+    if layer is not None and ST.entry(adata, layer) is not None:
+        # a stored perturbation (e.g. an adversarial version of the cells)
+        src: R.Source | ST.LazyRows = ST.reader(adata, record["prepare"], layer=layer,
+                                                missing_genes=missing_genes)
+        label = f"perturbation {layer!r}"
+    else:
+        src = R.source(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
+        label = src.label
     net = M.from_record(record, dev)
-    emb, logits = M.infer(net, mi.x, device=dev, batch_size=batch_size)
+    emb, logits = T.predict_all(net, src, device=dev, progress=progress, batch_size=batch_size)
     classes = [str(c) for c in np.asarray(record["classes"])]
     pred = logits.argmax(axis=1)
     label_key = str(record.get("label_key", ""))
@@ -103,10 +119,10 @@ def predict(
     if source is not None or key_added != model:
         uns = {key_added: {**dict(record), "provenance": {
             **dict(record.get("provenance", {})),
-            "copied_by_predict": P.record({"model": model, "input": mi.source}),
+            "copied_by_predict": P.record({"model": model, "input": label}),
         }}}
     write_results(
-        adata, step=f"prediction from {mi.source}", start=start, uns=uns,
+        adata, step=f"prediction from {label}", start=start, uns=uns,
         obs={K.pred(key_added): pd.Categorical.from_codes(pred, categories=classes)},
         obsm={K.proba(key_added): M.softmax(logits), K.embedding(key_added): emb},
     )

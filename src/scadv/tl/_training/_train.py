@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -10,16 +10,18 @@ import pandas as pd
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from sklearn.utils.extmath import randomized_svd
+from scipy import linalg
 from torch import nn
-from tqdm.auto import tqdm
 
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _progress as PB
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _records as REC
+from ... import _rows as RW
+from ... import _store as ST
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
@@ -151,9 +153,7 @@ def train_classifier(
             "adata has not been prepared: run scadv.pp.prepare(adata) first (it selects the "
             "model genes and records how to transform new cells the same way)."
         )
-    mi = R.model_input(adata, recipe, what="adata")
-    x = mi.x
-    V.check_finite(x, what="adata.X", adata=adata)
+    src = R.source(adata, recipe, what="adata")
 
     labels = V.labels(adata, label_key)
     classes = _classes(adata.obs[label_key], labels)
@@ -163,18 +163,17 @@ def train_classifier(
     dev = D.resolve(device)
 
     model, history = _fit(
-        x, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
+        src, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
         input_rank=input_rank, freeze_input=freeze_input, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=max_epochs, patience=patience,
         label_smoothing=label_smoothing, input_noise=input_noise, class_weight=class_weight,
         seed=seed, device=dev, progress=progress,
     )
-    emb, logits = M.infer(model, x, device=dev)
+    emb, logits = predict_all(model, src, device=dev, progress=progress)
     pred = logits.argmax(axis=1)
     scores = {name: C.metrics(y[split == name], pred[split == name], len(classes))
               for name in (K.SPLIT_TEST, K.SPLIT_VAL)}
-    arch = M.Architecture(x.shape[1], len(classes), tuple(int(h) for h in hidden),
-                          tuple(float(p) for p in dropout), int(input_rank or 0))
+    arch = architecture(model, src.n_genes, len(classes), hidden, dropout)
     split_col = split_key or K.split(key_added)
     record = M.to_record(
         model, arch, classes=classes, genes=recipe["genes"], prepare=recipe,
@@ -269,17 +268,94 @@ def _split(adata: AnnData, y: np.ndarray, classes: Sequence[str], *, split_key: 
     return split
 
 
-def _pca_projection(x: np.ndarray, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top principal axes (rank × genes) and the matching bias (−axes · mean)."""
-    mean = x.mean(axis=0)
-    rank = min(rank, min(x.shape) - 1)
-    _, _, vt = randomized_svd(x - mean, n_components=rank, random_state=seed, n_iter=7)
-    # fix the sign of each axis so the result does not depend on the SVD's sign choice
+def architecture(model: M.MLP, n_genes: int, n_classes: int, hidden: Sequence[int],
+                 dropout: Sequence[float]) -> M.Architecture:
+    """The stored architecture of a trained model, with its EFFECTIVE input rank (which may be
+    smaller than the one requested on small or narrow data)."""
+    rank = model.input.out_features if isinstance(model.input, nn.Linear) else 0
+    return M.Architecture(n_genes, n_classes, tuple(int(h) for h in hidden),
+                          tuple(float(p) for p in dropout), int(rank))
+
+
+def predict_all(model: M.MLP, src: R.Source | ST.LazyRows, *, device: torch.device,
+                progress: bool,
+                batch_size: int = RW.BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding and logits of every cell of ``src``, batch by batch."""
+    embs, logits = [], []
+    bar = PB.bar(total=src.n_obs, desc="predicting", unit="cell", progress=progress)
+    for idx, xb in src.batches(batch_size=batch_size):
+        emb, logit = M.infer(model, xb, device=device)
+        embs.append(emb)
+        logits.append(logit)
+        bar.update(len(idx))
+    bar.close()
+    return np.concatenate(embs), np.concatenate(logits)
+
+
+#: Training and validation inputs up to this size are read once and kept in memory; larger
+#: ones are read in windows of cells every epoch (same minibatches, more reading).
+CACHE_BYTES = 2 * 2**30
+
+
+class _Rows:
+    """The model input of a fixed set of cells (positions into ``src``): kept in memory when
+    it fits under :data:`CACHE_BYTES`, else read from the source when asked for."""
+
+    def __init__(self, src: R.Source, cells: np.ndarray, *, cache: bool) -> None:
+        self.src, self.cells = src, cells
+        self.x = src.dense(cells, what="the training data") if cache else None
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """Rows at positions ``pos`` among these cells (in that order)."""
+        if self.x is not None:
+            return self.x[pos]
+        return self.src.rows(self.cells[pos])
+
+    def windows(self, order: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(positions, rows)`` for consecutive windows of ``order``."""
+        for lo in range(0, len(order), size):
+            pos = order[lo:lo + size]
+            yield pos, self.take(pos)
+
+
+def _pca_projection(data: _Rows, rank: int, *, batch_size: int = RW.BATCH
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Top principal axes (rank × genes) of the cells in ``data`` and the matching bias
+    (−axes · mean), from their covariance matrix accumulated batch by batch (exact PCA, as
+    :func:`scanpy.pp.pca` computes it up to the axes' signs, which are fixed here so that the
+    result does not depend on the solver)."""
+    n = len(data)
+    d = data.src.n_genes
+    total = np.zeros(d)
+    gram = np.zeros((d, d))
+    for _, xb in data.windows(np.arange(n), batch_size):
+        total += xb.sum(axis=0, dtype=np.float64)
+        gram += (xb.T @ xb).astype(np.float64)
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    # only the top ``rank`` eigenvectors (LAPACK's syevr computes just those)
+    _, vectors = linalg.eigh(cov, subset_by_index=(d - rank, d - 1), driver="evr")
+    vt = vectors[:, ::-1].T.copy()
     vt *= np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])[:, None]
     return vt.astype(np.float32), (-vt @ mean).astype(np.float32)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
+def _effective_rank(input_rank: int | None, n_train: int, n_genes: int) -> int | None:
+    """The input rank the data allows: at most the number of genes and one less than the
+    number of training cells (centred data has no more directions); None for no input layer."""
+    if not input_rank:
+        return None
+    rank = min(int(input_rank), n_genes, n_train - 1)
+    if rank < int(input_rank):
+        logg.info(f"    input_rank={input_rank} reduced to {max(rank, 0)}: only {n_genes} genes "
+                  f"and {n_train} training cells")
+    return rank if rank >= 1 else None
+
+
+def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          hidden: Sequence[int], dropout: Sequence[float], input_rank: int | None,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
@@ -287,22 +363,36 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          validate: Validate | None = None) -> tuple[M.MLP, dict[str, np.ndarray]]:
     """Train with early stopping on the validation loss; returns the best model and history.
 
+    The cells' model input comes from ``src`` (kept in memory when it fits, else read in
+    windows every epoch; the minibatches are the same either way). With the default frozen
+    PCA input layer and no input noise, the training and validation cells are projected once
+    and the rest of the network is trained on their projections (the same function, computed
+    once instead of every epoch).
+
     Two hooks let other training schemes reuse this loop (both ``None``: plain training):
     ``batch_loss(model, xb, yb, loss_fn)`` returns the loss of a training batch (e.g. on clean
     and adversarial versions of it; the model is in train mode and must be left so), and
     ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
-    ``'val_loss'``, the early-stopping criterion (lower is better).
+    ``'val_loss'``, the early-stopping criterion (lower is better). With hooks, the training
+    and validation inputs must fit in memory.
     """
-    train, val = split == K.SPLIT_TRAIN, split == K.SPLIT_VAL
-    rank = None
-    if input_rank:
-        rank = min(int(input_rank), int(train.sum()) - 1, x.shape[1])
+    train_cells = np.flatnonzero(split == K.SPLIT_TRAIN)
+    val_cells = np.flatnonzero(split == K.SPLIT_VAL)
+    hooks = batch_loss is not None or validate is not None
+    fits = (len(train_cells) + len(val_cells)) * src.n_genes * 4 <= CACHE_BYTES
+    if hooks and not fits:
+        RW.check_fits(CACHE_BYTES + 1, what="adversarial training on this many cells",
+                      hint="Train on a subsample of the cells.")
+    train = _Rows(src, train_cells, cache=fits)
+    val = _Rows(src, val_cells, cache=fits)
+    rank = _effective_rank(input_rank, len(train_cells), src.n_genes)
+    project = bool(rank) and freeze_input and input_noise == 0 and not hooks
     cuda_ids = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_ids):
         torch.manual_seed(seed)
-        model = M.MLP(x.shape[1], n_classes, hidden, dropout, rank).to(device)
+        model = M.MLP(src.n_genes, n_classes, hidden, dropout, rank).to(device)
         if rank:
-            axes, bias = _pca_projection(x[train], rank, seed)
+            axes, bias = _pca_projection(train, rank)
             projection = model.input
             if not isinstance(projection, nn.Linear):
                 raise RuntimeError("internal: an input rank without a linear input layer")
@@ -310,53 +400,57 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                 projection.weight.copy_(torch.from_numpy(axes))
                 projection.bias.copy_(torch.from_numpy(bias))
             projection.requires_grad_(not freeze_input)
+        net: nn.Module = model
+        if project:
+            # train the layers after the fixed projection on the projected cells
+            net = nn.Sequential(model.body, model.head)
+            train = _Projected(train, model, device)
+            val = _Projected(val, model, device)
         gen = D.generator(seed, device)
-        xt = torch.as_tensor(x[train], device=device)
-        yt = torch.as_tensor(y[train], device=device)
-        xv = torch.as_tensor(x[val], device=device)
-        yv = torch.as_tensor(y[val], device=device)
+        y_train = torch.as_tensor(y[train_cells], device=device)
+        y_val = torch.as_tensor(y[val_cells], device=device)
         weight = None
         if class_weight == "balanced":
-            counts = np.bincount(y[train], minlength=n_classes)
-            weight = torch.as_tensor(len(yt) / (n_classes * counts), dtype=torch.float32,
-                                     device=device)
+            counts = np.bincount(y[train_cells], minlength=n_classes)
+            weight = torch.as_tensor(len(train_cells) / (n_classes * counts),
+                                     dtype=torch.float32, device=device)
         loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=weight_decay)
         history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best_state: dict[str, torch.Tensor] | None = None
         best_loss, best_epoch, bad = float("inf"), 0, 0
-        bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress,
-                   leave=False, mininterval=0.5)
+        window = max(batch_size, (RW.BATCH // batch_size) * batch_size)
+        bar = PB.bar(range(max_epochs), desc="training", unit="epoch", progress=progress)
         for epoch in bar:
             model.train()
-            order = torch.randperm(len(yt), generator=gen, device=device)
+            order = torch.randperm(len(train_cells), generator=gen, device=device).cpu().numpy()
             total = 0.0
-            for lo in range(0, len(order), batch_size):
-                idx = order[lo:lo + batch_size]
-                xb = xt[idx]
-                if input_noise > 0:
-                    xb = xb + input_noise * torch.randn(xb.shape, generator=gen, device=device)
-                opt.zero_grad(set_to_none=True)
-                if batch_loss is None:
-                    loss = loss_fn(model(xb), yt[idx])
-                else:
-                    loss = batch_loss(model, xb, yt[idx], loss_fn)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
+            for pos, xw in train.windows(order, window):
+                xw_t = torch.as_tensor(xw, device=device)
+                for lo in range(0, len(pos), batch_size):
+                    xb = xw_t[lo:lo + batch_size]
+                    yb = y_train[torch.as_tensor(pos[lo:lo + batch_size], device=device)]
+                    if input_noise > 0:
+                        xb = xb + input_noise * torch.randn(xb.shape, generator=gen,
+                                                            device=device)
+                    opt.zero_grad(set_to_none=True)
+                    if batch_loss is None:
+                        loss = loss_fn(net(xb), yb)
+                    else:
+                        loss = batch_loss(model, xb, yb, loss_fn)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(yb)
             model.eval()
             if validate is None:
-                with torch.no_grad():
-                    logits = model(xv)
-                    val_loss = float(nn.functional.cross_entropy(logits, yv))
-                    val_acc = float((logits.argmax(1) == yv).float().mean())
-                scores = {"val_loss": val_loss, "val_accuracy": val_acc}
+                scores = _validation(net, val, y_val, device=device)
             else:
-                scores = validate(model, xv, yv)
-                val_loss = float(scores["val_loss"])
+                xv = torch.as_tensor(val.take(np.arange(len(val))), device=device)
+                scores = validate(model, xv, y_val)
                 model.eval()
-            history["train_loss"].append(total / len(yt))
+            val_loss = float(scores["val_loss"])
+            history["train_loss"].append(total / len(train_cells))
             for name, value in scores.items():
                 history.setdefault(name, []).append(float(value))
             bar.set_postfix({k.replace("accuracy", "acc"): f"{v:.3f}" for k, v in scores.items()})
@@ -378,3 +472,30 @@ def _fit(x: np.ndarray, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     out["epoch"] = np.arange(1, len(out["val_loss"]) + 1)
     out["best_epoch"] = np.int64(best_epoch + 1)
     return model, out
+
+
+class _Projected(_Rows):
+    """Cells through the model's fixed input projection, computed once (in batches)."""
+
+    def __init__(self, rows: _Rows, model: M.MLP, device: torch.device) -> None:
+        self.src, self.cells = rows.src, rows.cells
+        parts = []
+        with torch.no_grad():
+            for _, xb in rows.windows(np.arange(len(rows)), RW.BATCH):
+                parts.append(model.input(torch.as_tensor(xb, device=device)).cpu().numpy())
+        width = model.input.out_features if isinstance(model.input, nn.Linear) else 0
+        self.x = np.concatenate(parts) if parts else np.empty((0, width), np.float32)
+
+
+@torch.no_grad()
+def _validation(net: nn.Module, val: _Rows, y_val: torch.Tensor, *, device: torch.device
+                ) -> dict[str, float]:
+    """Cross-entropy and accuracy of the validation cells (in windows)."""
+    total, correct = 0.0, 0
+    for pos, xv in val.windows(np.arange(len(val)), RW.BATCH):
+        logits = net(torch.as_tensor(xv, device=device))
+        yv = y_val[torch.as_tensor(pos, device=device)]
+        total += float(nn.functional.cross_entropy(logits, yv, reduction="sum"))
+        correct += int((logits.argmax(1) == yv).sum())
+    n = max(len(val), 1)
+    return {"val_loss": total / n, "val_accuracy": correct / n}

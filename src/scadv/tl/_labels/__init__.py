@@ -1,0 +1,1 @@
+"""Labels for data sets that have none: explicit pseudo-labels."""
