@@ -446,8 +446,17 @@ def source(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = Non
             sources.append((adata.raw.X, adata.raw.var_names, f"{what}.raw"))
 
     tried = []
-    for x, names, label in sources:
-        kind = _sample_kind(x, label=label, adata=None if label.endswith(".raw") else adata)
+    for i, (x, names, label) in enumerate(sources):
+        try:
+            kind = _sample_kind(x, label=label,
+                                adata=None if label.endswith(".raw") else adata)
+        except ScadvInputError as err:
+            # a matrix of no known kind (e.g. whole numbers with negatives) is refused, unless a
+            # later candidate (.raw) can be used instead
+            if i == len(sources) - 1 or "finite" in str(err):
+                raise
+            tried.append(f"{label} is not usable ({err})")
+            continue
         tried.append(f"{label} looks {kind}")
         if kind == "scaled":
             if str(recipe["input_kind"]) == "scaled" and own is None and label.endswith(".X"):

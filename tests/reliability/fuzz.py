@@ -349,21 +349,3 @@ def run_all(params: list[dict[str, Any]], *, timeout: float = 300.0
         proc.stdin.close()
         proc.wait(60)
     return out
-
-
-def known_open(outcome: tuple[str, str, str]) -> str:
-    """The open findings of issue 13 that belong to the lead's rewrite of the data path
-    (issue 14) and are fixed there, not here: ``pp.prepare`` on degenerate data (the
-    seurat_v3 loess can kill the process on constant or near-constant counts; other
-    selections fail on constant data) and the adaptation of ``input_rank`` in
-    ``tl._training._train._fit`` to small or narrow data. Returns a short description, or
-    ``''`` for any other outcome (a failure the suite reports)."""
-    kind, step, detail = outcome
-    if kind == "crash" and step == "prepare":
-        return "pp.prepare on degenerate data"
-    if step == "train" and (
-            (kind == "crash" and ("_pca_projection" in detail or "in _fit" in detail))
-            or (kind == "invalid" and ("do not match the architecture" in detail
-                                       or "arch['input_rank']" in detail))):
-        return "input_rank adaptation in _fit"
-    return ""
