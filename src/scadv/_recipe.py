@@ -227,8 +227,27 @@ class Source:
 
     def __repr__(self) -> str:
         gap = f", {int(self.missing.sum())} missing" if self.missing.any() else ""
-        return (f"Source({self.label}, {self.kind}, {self.n_obs} cells × {self.n_genes} model "
+        n = "?" if self.matrix is None else self.n_obs
+        return (f"Source({self.label}, {self.kind}, {n} cells × {self.n_genes} model "
                 f"genes{gap})")
+
+    def template(self, cells: np.ndarray) -> Source:
+        """This source restricted to the cells at positions ``cells``, without its matrix:
+        what a worker needs (with :meth:`bind`) to compute their model input from their rows
+        read elsewhere (e.g. a block of a dask array computed on a Dask worker)."""
+        cells = np.asarray(cells, dtype=np.int64)
+        lib = None if self._library_size is None else self._library_size[cells]
+        return Source(None, kind=self.kind, recipe=self.recipe, present=self.present,
+                      missing=self.missing, label=self.label, obs_names=self.obs_names[cells],
+                      library_size=lib)
+
+    def bind(self, block: Any) -> Source:
+        """A :meth:`template` bound to its cells' rows of the underlying matrix (all its genes,
+        in memory): ``bind(block).rows(np.arange(n))`` is exactly ``rows(cells)`` of the full
+        source."""
+        return Source(block, kind=self.kind, recipe=self.recipe, present=self.present,
+                      missing=self.missing, label=self.label, obs_names=self.obs_names,
+                      library_size=self._library_size)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -299,12 +318,13 @@ class Source:
             yield chunk, self.rows(sel)
 
     def dense(self, idx: np.ndarray | None = None, *, what: str = "this step",
-              batch_size: int = RW.BATCH) -> np.ndarray:
+              batch_size: int = RW.BATCH,
+              hint: str = "Select fewer cells (cells=...), or use a machine with more memory."
+              ) -> np.ndarray:
         """The model input of the selected cells (all by default) as one dense matrix, built
-        batch by batch; a clear error if it would not fit in memory."""
+        batch by batch; a clear error (ending with ``hint``) if it would not fit in memory."""
         cells = np.arange(self.n_obs) if idx is None else np.asarray(idx, np.int64)
-        RW.check_fits(len(cells) * self.n_genes * 4, what=what,
-                        hint="Select fewer cells (cells=...), or use a machine with more memory.")
+        RW.check_fits(len(cells) * self.n_genes * 4, what=what, hint=hint)
         out = np.empty((len(cells), self.n_genes), dtype=np.float32)
         order = np.argsort(cells, kind="stable")
         for lo in range(0, len(cells), batch_size):

@@ -115,12 +115,27 @@ def physical_memory() -> int:
         return 0
 
 
+def fits(n_bytes: int) -> bool:
+    """Whether ``n_bytes`` may be allocated at once (at most half of the machine's memory)."""
+    limit = physical_memory() // 2
+    return not limit or n_bytes <= limit
+
+
 def check_fits(n_bytes: int, *, what: str, hint: str) -> None:
     """Refuse to allocate more than half of the machine's memory at once, saying how much the
     step would take and how to avoid it."""
     limit = physical_memory() // 2
     if limit and n_bytes > limit:
         raise ScadvInputError(
-            f"{what} would need {n_bytes / 2**30:.1f} GiB in memory at once, more than half of "
-            f"this machine's {2 * limit / 2**30:.0f} GiB. {hint}"
+            f"{what} would need {size(n_bytes)} in memory at once, more than half of this "
+            f"machine's {size(2 * limit)}. {hint}"
         )
+
+
+def size(n_bytes: float) -> str:
+    """A number of bytes for people: ``'1.5 GiB'``, ``'320 MiB'``, ``'12 KiB'``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}" if unit == "GiB" else \
+                f"{n_bytes / scale:.0f} {unit}"
+    return f"{int(n_bytes)} B"

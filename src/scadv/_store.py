@@ -59,8 +59,9 @@ class Perturbation:
     name: str
     #: Positions of the changed cells (ascending).
     cells: np.ndarray
-    #: ``perturbed − clean`` of those cells (CSR float32, cells × model genes).
-    rows: sparse.csr_matrix
+    #: ``perturbed − clean`` of those cells (float32, cells × model genes): CSR, or a dense
+    #: array when most entries change (see :func:`compact`).
+    rows: sparse.csr_matrix | np.ndarray
     space: Space
     model: str
     run: str
@@ -73,23 +74,47 @@ class Perturbation:
         if self.space == "var":
             ent["matrix"] = self.matrix
         n_cells, n_genes = self.rows.shape
-        density = self.rows.nnz / max(n_cells * n_genes, 1)
-        if density > DENSE_ROWS_ABOVE:
+        if isinstance(self.rows, np.ndarray):
+            dense, nnz = self.rows, int(np.count_nonzero(self.rows))
+            rows = None
+        else:
+            dense, nnz, rows = None, self.rows.nnz, self.rows
+        if nnz / max(n_cells * n_genes, 1) > DENSE_ROWS_ABOVE:
             ent.update(format="rows", cells=np.asarray(adata.obs_names[self.cells], dtype=str),
-                       delta=np.asarray(self.rows.toarray(), dtype=np.float32))
+                       delta=np.asarray(dense if rows is None else rows.toarray(),
+                                        dtype=np.float32))
             return ent, None
         ent["format"] = "obsm"
-        return ent, place(adata.n_obs, self.cells, self.rows)
+        if rows is None:
+            rows = sparse.csr_matrix(dense)
+            rows.eliminate_zeros()
+        return ent, place(adata.n_obs, self.cells, rows)
 
 
-def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix]], n_genes: int
-            ) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """``(cell positions, CSR rows)`` from pieces computed batch by batch, cells ascending."""
+def compact(delta: np.ndarray) -> np.ndarray | sparse.csr_matrix:
+    """A block of changes (cells × genes) as it is cheapest to hold: the float32 array itself
+    when most entries change (a CSR copy would take twice its memory), else CSR."""
+    delta = np.asarray(delta, dtype=np.float32)
+    if np.count_nonzero(delta) > DENSE_ROWS_ABOVE * delta.size:
+        return delta
+    block = sparse.csr_matrix(delta)
+    block.eliminate_zeros()
+    return block
+
+
+def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix | np.ndarray]], n_genes: int
+            ) -> tuple[np.ndarray, sparse.csr_matrix | np.ndarray]:
+    """``(cell positions, rows)`` from pieces computed batch by batch, cells ascending: one
+    dense float32 array when every piece is dense (see :func:`compact`), else CSR."""
     if not parts:
         return np.empty(0, np.int64), sparse.csr_matrix((0, n_genes), dtype=np.float32)
     cells = np.concatenate([np.asarray(c, np.int64) for c, _ in parts])
-    rows = sparse.csr_matrix(sparse.vstack([b for _, b in parts], format="csr"),
-                             dtype=np.float32)
+    rows: sparse.csr_matrix | np.ndarray
+    if all(isinstance(b, np.ndarray) for _, b in parts):
+        rows = np.concatenate([np.asarray(b, dtype=np.float32) for _, b in parts], axis=0)
+    else:
+        rows = sparse.csr_matrix(sparse.vstack([sparse.csr_matrix(b) for _, b in parts],
+                                               format="csr"), dtype=np.float32)
     order = np.argsort(cells, kind="stable")
     if (np.diff(order) != 1).any():
         cells, rows = cells[order], rows[order]
@@ -241,15 +266,53 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
         raise ScadvInputError(
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
-    if str(ent["space"]) == "model":
-        return src.rows(idx) + _delta(adata, name, idx, src.n_genes)
-    counts, lib = count_rows(adata, name, idx, src)
+    return apply(str(ent["space"]), src, idx, _delta(adata, name, idx, src.n_genes))
+
+
+def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray) -> np.ndarray:
+    """The perturbed model input of cells ``idx`` of ``src`` from their stored change
+    ``delta`` (dense float32, cells × model genes) of a ``'model'`` or ``'counts'``
+    perturbation: what :func:`model_rows` returns, computed from the change alone (e.g. on a
+    Dask worker that holds the cells' rows)."""
+    if space == "model":
+        return src.rows(idx) + delta
+    counts, lib = _apply_counts(src, idx, delta)
     lognorm = R.lognormalize(counts, target_sum=float(src.recipe["target_sum"]),
                              library_size=lib)
     dense = V.dense(lognorm)
     if src.missing.any():
         dense[:, src.missing] = np.asarray(src.recipe["mean"], np.float32)[src.missing]
     return R.lognorm_to_model(dense, src.recipe)
+
+
+#: A chunk's stored change, for :func:`rows_of`: ``(space, delta)``, or None for clean rows.
+Change = tuple[str, np.ndarray] | None
+
+
+def plan(adata: AnnData, name: str | None, src: R.Source
+         ) -> tuple[R.Source, Callable[[np.ndarray], Change]]:
+    """How to compute the model input of a perturbation chunk by chunk, anywhere: the source
+    whose rows to read and, per chunk of cells, the change to apply to them (small, read from
+    ``adata`` here). ``name=None``: the clean input of ``src`` itself. A dense layer (scadv 0.1)
+    is read as a source of its own."""
+    if name is None:
+        return src, lambda idx: None
+    ent = entry(adata, name)
+    if ent is None:
+        return R.source(adata, src.recipe, layer=name, what="adata"), lambda idx: None
+    if str(ent["space"]) == "var":
+        raise ScadvInputError(
+            f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
+            "classifier's model input; read it with scadv.get.perturbed(adata, name).")
+    space = str(ent["space"])
+    return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
+
+
+def rows_of(src: R.Source, idx: np.ndarray | slice, change: Change) -> np.ndarray:
+    """Model input of cells ``idx`` of ``src`` with the chunk's ``change`` (see :func:`plan`)."""
+    if change is None:
+        return src.rows(idx)
+    return apply(change[0], src, idx, change[1])
 
 
 def var_rows(adata: AnnData, name: str, idx: np.ndarray | slice) -> np.ndarray:
@@ -271,15 +334,21 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
-    counts, lib = src.counts(idx)
     delta = REC.finite_change(name, _delta(adata, name, idx, src.n_genes), counts=True)
-    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
+    adv, lib = _apply_counts(src, idx, delta)
     if adv.nnz and adv.data.min() < 0:
         raise REC.malformed(f"perturbation {name!r}", "its change of counts",
                             "makes counts negative",
                             f"delete it (del adata.uns['scadv']['perturbations'][{name!r}]; "
                             f"adata.obsm.pop({name!r}, None)) and run the step that made it "
                             "again.")
+    return adv, lib
+
+
+def _apply_counts(src: R.Source, idx: np.ndarray | slice, delta: np.ndarray
+                  ) -> tuple[sparse.csr_matrix, np.ndarray]:
+    counts, lib = src.counts(idx)
+    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
     adv.eliminate_zeros()
     return adv, lib + delta.sum(axis=1, dtype=np.float64)
 
@@ -317,6 +386,8 @@ class LazyRows:
         else:
             arr = np.asarray(key)
             idx = np.flatnonzero(arr) if arr.dtype == bool else arr.astype(np.int64)
+        RW.check_fits(len(idx) * self.shape[1] * 4, what=f"the model input of {len(idx)} cells",
+                      hint="Select fewer cells (e.g. cells=... or a smaller cluster).")
         out = np.empty((len(idx), self.shape[1]), dtype=np.float32)
         for lo in range(0, len(idx), RW.BATCH):
             out[lo:lo + RW.BATCH] = self._fetch(idx[lo:lo + RW.BATCH])

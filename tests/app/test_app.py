@@ -46,6 +46,28 @@ def test_attack_one_cell_gives_probabilities_verdict_and_genes(session):
     assert "app" not in session.adata.uns["scadv"]  # attacks run on copies
 
 
+def test_gene_level_attack_of_one_cell(session):
+    cell = session.test_cells()[0]
+    before = session.adata.obs.loc[cell, "scadv_pred"]
+    res = session.attack("genes", cell, {"max_genes": 200, "alpha": 0.5, "eps": 0.5})
+    assert res.pred_before == before
+    assert res.proba_after.sum() == pytest.approx(1, abs=1e-5)
+    # CGD modifies a few genes, one at a time, and the table lists them first
+    assert 0 < res.n_genes_moved <= 200
+    moved = np.abs(res.genes["change"].to_numpy()) > 1e-6
+    assert moved[:res.n_genes_moved].all() and not moved[res.n_genes_moved:].any()
+    if res.flipped:  # switched to the most likely other class
+        assert res.pred_after != before
+    assert res.detector is not None and "Detector 'meta'" in res.verdict()
+    other = next(c for c in session.classes if c != before)
+    aimed = session.attack("genes", cell, {"max_genes": 200, "alpha": 0.5, "eps": 0.5,
+                                           "target": other})
+    assert not aimed.flipped or aimed.pred_after == other
+    with pytest.raises(ScadvInputError, match="max_genes must be a positive number"):
+        session.attack("genes", cell, {"max_genes": 0})
+    assert "app" not in session.adata.uns["scadv"]  # attacks run on copies
+
+
 def test_whole_test_set_evaluation(session):
     table = session.evaluate(0.5, {"steps": 5})
     total = table.iloc[-1]

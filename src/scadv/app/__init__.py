@@ -1,9 +1,10 @@
 """``scadv app``: an interactive web app (Dash) to attack single cells and see what happens.
 
-Pick a cell on the UMAP (or by name), attack it with PGD and its options, and see its class
-probabilities before and after, the stored meta-detector's verdict and the genes that moved;
-evaluate the whole test set; save to a new file on request. Start it with
-``scadv app [FILE.h5ad]`` or :func:`serve`; build the Dash app with :func:`make_app`.
+Pick a cell on the UMAP (or by name), attack it (PGD and its options, or a gene-level attack
+that modifies its genes one by one), and see its class probabilities before and after, the
+stored meta-detector's verdict and the genes that moved; evaluate the whole test set; save to
+a new file on request. Start it with ``scadv app [FILE.h5ad]`` or :func:`serve`; build the Dash
+app with :func:`make_app`.
 
 Needs the ``app`` extra: ``pip install 'scadv[app]'`` (Dash).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ScadvInputError
+from . import _genes  # noqa: F401  (registers the gene-level attack)
 from ._session import ATTACKS, AttackSpec, CellResult, Option, Session, load, register
 
 __all__ = ["ATTACKS", "AttackSpec", "CellResult", "Option", "Session", "load", "make_app",

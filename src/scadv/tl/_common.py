@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
+import h5py
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -19,8 +21,10 @@ Cells = Literal["test", "all"] | Sequence[str] | np.ndarray
 
 
 def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
-                 source: AnnData | Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    """The stored classifier ``model`` of ``source`` (default: ``adata``), validated."""
+                 source: AnnData | Mapping[str, Any] | str | os.PathLike | None = None
+                 ) -> Mapping[str, Any]:
+    """The stored classifier ``model`` of ``source`` (default: ``adata``; a path: the
+    ``.h5ad`` file's record alone, see :func:`file_records`), validated."""
     if isinstance(source, Mapping):
         M.architecture(source)
         return source
@@ -32,21 +36,77 @@ def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
     return record
 
 
-def stored_record(adata: AnnData, key: str, source: AnnData | None, *, kind: str, noun: str,
-                  plural: str, hint: str) -> Mapping[str, Any]:
-    """``uns['scadv'][key]`` of ``source`` (default ``adata``); if absent, an error that lists
-    the stored records of that ``kind`` and says how to make one (``hint``)."""
-    holder = adata if source is None else source
-    ns = holder.uns.get(K.UNS)
+def stored_record(adata: AnnData, key: str, source: AnnData | str | os.PathLike | None, *,
+                  kind: str, noun: str, plural: str, hint: str) -> Mapping[str, Any]:
+    """``uns['scadv'][key]`` of ``source`` (default ``adata``; a path: that ``.h5ad`` file's
+    records, read alone); if absent, an error that lists the stored records of that ``kind``
+    and says how to make one (``hint``)."""
+    ns: Any
+    if isinstance(source, (str, os.PathLike)):
+        ns = file_records(source)
+    else:
+        ns = (adata if source is None else source).uns.get(K.UNS)
     ns = ns if isinstance(ns, Mapping) else {}
     record = ns.get(key)
     if record is None:
         known = sorted(k for k, v in ns.items()
                        if isinstance(v, Mapping) and str(v.get("kind", "")) == kind)
-        where = "adata" if source is None else "the source AnnData"
+        where = ("adata" if source is None else "the source AnnData"
+                 if isinstance(source, AnnData) else f"the file {os.fspath(source)!r}")
         raise ScadvInputError(f"no scadv {noun} {key!r} in {where}.uns['scadv'] (stored "
                               f"{plural}: {known or 'none'}). {hint}")
     return record
+
+
+class _FileRecords(Mapping[str, Any]):
+    """``uns['scadv']`` of an ``.h5ad`` file, each record read from the file when asked."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cache: dict[str, Any] = {}
+        with _open(path) as f:
+            group = f.get(f"uns/{K.UNS}")
+            self._names = list(group.keys()) if isinstance(group, h5py.Group) else []
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names:
+            raise KeyError(key)
+        if key not in self._cache:
+            with _open(self.path) as f:
+                self._cache[key] = _read_elem(f[f"uns/{K.UNS}/{key}"])
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _open(path: str) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError as err:
+        raise ScadvInputError(f"source file {path!r} does not exist.") from err
+    except OSError as err:
+        raise ScadvInputError(
+            f"cannot read {path!r} as an .h5ad (HDF5) file ({err}). Pass the path of an .h5ad "
+            "written by anndata (adata.write_h5ad), or the AnnData itself.") from err
+
+
+def _read_elem(elem: Any) -> Any:
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # pragma: no cover - anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(elem)
+
+
+def file_records(path: str | os.PathLike) -> Mapping[str, Any]:
+    """The scadv records of an ``.h5ad`` file (``uns['scadv']``), read from the file one
+    record at a time when asked: a model is reached without loading the file's matrix, however
+    large the atlas it was trained on."""
+    return _FileRecords(os.fspath(path))
 
 
 def class_index(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:

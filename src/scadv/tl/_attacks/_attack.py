@@ -4,6 +4,7 @@ constraints, metrics and writing the results. The attack itself runs in :mod:`._
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from scipy import sparse
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _rows as RW
@@ -216,57 +218,42 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = R.source(adata, record["prepare"], what="adata")
     dev = D.resolve(device)
-    net = M.from_record(record, dev)
     label_key = str(record.get("label_key", ""))
     y_all = (C.class_index(V.labels(adata, label_key), classes)
              if label_key in adata.obs else np.full(adata.n_obs, -1))
-    floor = None if lower is None else np.asarray(lower, dtype=np.float32)
-    built = None if objective is None else objective(net, dev)
     n_eps = len(budget.eps)
     idx_all = np.flatnonzero(mask)
-    clean_pred = np.empty(len(idx_all), dtype=np.int64)
-    adv_pred = np.empty((n_eps, len(idx_all)), dtype=np.int64)
-    sizes = {k: np.empty((n_eps, len(idx_all))) for k in ("linf", "l2", "genes_moved")}
-    parts: list[list[tuple[np.ndarray, sparse.csr_matrix]]] = [[] for _ in budget.eps]
-    cons_note: dict[str, Any] = {}
-    zeros = 0.0
-    for n_chunk, lo in enumerate(range(0, len(idx_all), ATTACK_CHUNK)):
-        idx = idx_all[lo:lo + ATTACK_CHUNK]
-        x0 = src.rows(idx)
-        _, clean_logits = M.infer(net, x0, device=dev)
-        pred = clean_logits.argmax(axis=1)
-        y_true = y_all[idx]
-        if target_idx is not None:
-            y_attack = np.full(len(x0), target_idx)
-        elif away_from == "label":
-            y_attack = np.where(y_true >= 0, y_true, pred)
-        else:
-            y_attack = pred
-        cons, cons_note = constraints(src, record, idx, x0, genes=genes, clip=clip,
-                                      keep_zeros=keep_zeros, adata=adata)
-        if keep_zeros:
-            zeros += float(cons_note["zero_fraction"]) * len(idx)
-        if floor is not None:
-            cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
-        adv, _ = E.run(net, x0, y_attack, budget, cons, targeted=target_idx is not None,
-                       device=dev, seed=seed + 1_000_003 * n_chunk, batch_size=int(batch_size),
-                       progress=progress, early_stop=early_stop, objective=built)
-        sl = slice(lo, lo + len(idx))
-        clean_pred[sl] = pred
-        for i in range(n_eps):
-            delta = adv[i] - x0
-            # what is stored (clean + delta) is what is evaluated, to the last bit
-            _, logits = M.infer(net, x0 + delta, device=dev)
-            adv_pred[i, sl] = logits.argmax(axis=1)
-            sizes["linf"][i, sl] = np.abs(delta).max(axis=1)
-            sizes["l2"][i, sl] = np.linalg.norm(delta, axis=1)
-            sizes["genes_moved"][i, sl] = (np.abs(delta) > 1e-6).sum(axis=1)
-            block = sparse.csr_matrix(delta)
-            block.eliminate_zeros()
-            parts[i].append((idx, block))
-        del adv, x0
+    chunks = list(RW.chunks(idx_all, ATTACK_CHUNK))
+    on_dask = PAR.lazy(src.matrix)
+
+    def per_chunk(n_chunk: int, idx: np.ndarray) -> tuple[Any, ...]:
+        # zero masks that come from adata.raw or a counts layer (when X holds the model input)
+        # are read here; from counts or log-normalised rows they are computed with the rows
+        zeros = None
+        if keep_zeros and on_dask and src.kind not in ("counts", "lognorm"):
+            zeros = zero_mask(src, record["prepare"], idx, src.rows(idx), adata=adata)
+        return n_chunk, y_all[idx], zeros
+
+    options = _ChunkOptions(
+        budget=budget, target_idx=target_idx, away_from=away_from, genes=genes, clip=clip,
+        keep_zeros=keep_zeros, batch_size=int(batch_size), seed=seed, early_stop=early_stop,
+        progress=progress and not on_dask, lower=None if lower is None else np.asarray(
+            lower, dtype=np.float32), objective=objective)
+    results = PAR.map_cells(_attack_chunk, src, chunks, per_chunk=per_chunk,
+                            shared=(record, options, device, None if on_dask else adata),
+                            progress=progress and on_dask, desc=method)
+    clean_pred = np.concatenate([r.pred for r in results]) if results else np.empty(0, np.int64)
+    adv_pred = (np.concatenate([r.adv_pred for r in results], axis=1) if results
+                else np.empty((n_eps, 0), np.int64))
+    sizes = {k: (np.concatenate([r.sizes[k] for r in results], axis=1) if results
+                 else np.empty((n_eps, 0))) for k in ("linf", "l2", "genes_moved")}
+    parts = [[(idx, r.blocks[i]) for idx, r in zip(chunks, results, strict=True)]
+             for i in range(n_eps)]
+    cons_note = results[-1].note if results else {}
     if keep_zeros:
-        cons_note["zero_fraction"] = zeros / max(len(idx_all), 1)
+        zeros = sum(r.note["zero_fraction"] * len(idx)
+                    for idx, r in zip(chunks, results, strict=True))
+        cons_note = {**cons_note, "zero_fraction": zeros / max(len(idx_all), 1)}
 
     y_sel = y_all[idx_all]
     group = np.where(y_sel >= 0, y_sel, clean_pred)
@@ -314,6 +301,78 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     write_results(adata, step=f"{method} on {int(mask.sum())} cells (flip rate {rates})",
                   start=start, uns={key: rec}, obs=obs, perturbations=perturbations,
                   colors=colors)
+
+
+@dataclass(frozen=True)
+class _ChunkOptions:
+    """What every chunk of an attack shares besides the classifier's record."""
+
+    budget: Budget
+    target_idx: int | None
+    away_from: AwayFrom
+    genes: Sequence[str] | np.ndarray | None
+    clip: Clip
+    keep_zeros: bool
+    batch_size: int
+    seed: int
+    early_stop: bool
+    progress: bool
+    lower: np.ndarray | None
+    objective: Callable[[M.MLP, torch.device], E.Objective] | None
+
+
+@dataclass
+class _ChunkResult:
+    pred: np.ndarray  # (n,) clean prediction
+    adv_pred: np.ndarray  # (n_eps, n)
+    sizes: dict[str, np.ndarray]  # linf, l2, genes_moved: (n_eps, n)
+    blocks: list[sparse.csr_matrix | np.ndarray]  # per budget: each cell's change (n × genes)
+    note: dict[str, Any]  # the constraints as recorded
+
+
+def _attack_chunk(src: R.Source, idx: np.ndarray, n_chunk: int, y_true: np.ndarray,
+                  zeros: np.ndarray | None, record: Mapping[str, Any], opt: _ChunkOptions,
+                  device: D.Device, adata: AnnData | None) -> _ChunkResult:
+    """Attack one chunk of cells (positions ``idx`` of ``src``): a task of
+    :func:`scadv._parallel.map_cells`. Its random starts are seeded by the chunk's number."""
+    dev = D.resolve(device)
+    net = M.from_record(record, dev)
+    built = None if opt.objective is None else opt.objective(net, dev)
+    x0 = src.rows(idx)
+    _, clean_logits = M.infer(net, x0, device=dev)
+    pred = clean_logits.argmax(axis=1)
+    if opt.target_idx is not None:
+        y_attack = np.full(len(x0), opt.target_idx)
+    elif opt.away_from == "label":
+        y_attack = np.where(y_true >= 0, y_true, pred)
+    else:
+        y_attack = pred
+    cons, note = constraints(src, record, idx, x0, genes=opt.genes, clip=opt.clip,
+                             keep_zeros=opt.keep_zeros and zeros is None, adata=adata)
+    if zeros is not None:  # read where the AnnData is (see attack())
+        cons.keep_zeros = zeros
+        floor = np.asarray(record["prepare"]["zero_level"], dtype=np.float32)
+        cons.lower = floor if cons.lower is None else np.maximum(cons.lower, floor)
+        note = {**note, "keep_zeros": True, "zero_fraction": float(zeros.mean())}
+    if opt.lower is not None:
+        cons.lower = opt.lower if cons.lower is None else np.maximum(cons.lower, opt.lower)
+    adv, _ = E.run(net, x0, y_attack, opt.budget, cons, targeted=opt.target_idx is not None,
+                   device=dev, seed=opt.seed + 1_000_003 * n_chunk, batch_size=opt.batch_size,
+                   progress=opt.progress, early_stop=opt.early_stop, objective=built)
+    n_eps = len(opt.budget.eps)
+    adv_pred = np.empty((n_eps, len(x0)), dtype=np.int64)
+    sizes = {k: np.empty((n_eps, len(x0))) for k in ("linf", "l2", "genes_moved")}
+    blocks = []
+    for i in range(n_eps):
+        delta = adv[i] - x0
+        # what is stored (clean + delta) is what is evaluated, to the last bit
+        _, logits = M.infer(net, x0 + delta, device=dev)
+        adv_pred[i] = logits.argmax(axis=1)
+        sizes["linf"][i] = np.abs(delta).max(axis=1)
+        sizes["l2"][i] = np.linalg.norm(delta, axis=1)
+        sizes["genes_moved"][i] = (np.abs(delta) > 1e-6).sum(axis=1)
+        blocks.append(ST.compact(delta))
+    return _ChunkResult(pred, adv_pred, sizes, blocks, note)
 
 
 def _obs_columns(n_obs: int, mask: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray,

@@ -4,7 +4,8 @@ the evaluation on the test split."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,8 +16,10 @@ from anndata import AnnData
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ... import _detector as DT
+from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _recipe as R
 from ... import _records as REC
 from ... import _rows as RW
@@ -119,7 +122,8 @@ def detector_fingerprint(record: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def detector_record(adata: AnnData, key: str, source: AnnData | Mapping[str, Any] | None = None
+def detector_record(adata: AnnData, key: str,
+                    source: AnnData | Mapping[str, Any] | str | os.PathLike | None = None
                     ) -> Mapping[str, Any]:
     """The stored detector ``key`` of ``source`` (default ``adata``), with a clear error."""
     record = source if isinstance(source, Mapping) else C.stored_record(
@@ -275,7 +279,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def load(adata: AnnData, key: str, *, source: AnnData | None, device: torch.device) -> Loaded:
+def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
+         device: torch.device) -> Loaded:
     """The stored detector and its classifier (both from ``source`` when given)."""
     record = detector_record(adata, key, source)
     model = REC.fields(record, {"model": REC.Field("str")}, what="meta-detector",
@@ -540,26 +545,19 @@ def flag_column(flag: np.ndarray, where: np.ndarray | None = None) -> pd.Categor
     return pd.Categorical.from_codes(codes, categories=[False, True])
 
 
-def score_cells(det: Loaded, batches: Iterable[np.ndarray], *, progress: bool = False
-                ) -> MethodScores:
-    """Scores of the detector and every baseline for cells given batch by batch (model
-    input)."""
-    parts = [method_scores(det, det.features(xb, progress=progress), xb) for xb in batches]
-    if not parts:
-        return MethodScores({}, np.empty(0, dtype=np.int64))
-    return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
-                        np.concatenate([p.pred for p in parts]))
-
-
 def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[LayerInfo],
-                src: R.Source, test: np.ndarray | None, progress: bool
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+                src: R.Source, test: np.ndarray | None, progress: bool,
+                device: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score every cell of ``adata`` (model input from ``src``) and every perturbation's cells;
-    evaluate on ``test`` cells. Cells are read and scored a batch at a time.
+    evaluate on ``test`` cells. Cells are read and scored a batch at a time, one task per batch
+    (in this process, or on Dask when the cells' matrix is a dask array: see
+    :mod:`scadv._parallel`; tasks there resolve ``device``, default the detector's).
 
     Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
     """
-    clean = score_cells(det, (xb for _, xb in src.batches()), progress=progress)
+    spec = (det.record, det.classifier, det.device if device is None else device)
+    clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, progress=progress,
+                   desc="meta-scores")
     score = clean.scores["detector"]
     obs: dict[str, Any] = {K.meta_score(key): score,
                            K.meta_flag(key): flag_column(score >= det.threshold)}
@@ -567,9 +565,9 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
     evaluation: dict[str, Any] = {}
     for info in layers:
         idx = np.flatnonzero(info.changed)
-        batches = (ST.model_rows(adata, info.layer, chunk, src)
-                   for chunk in RW.chunks(idx, RW.BATCH))
-        adv = score_cells(det, batches, progress=progress)
+        layer_src, change = ST.plan(adata, info.layer, src)
+        adv = _score(layer_src, change, idx, spec, progress=progress,
+                     desc=f"meta-scores of {info.layer}")
         layer_score = np.full(adata.n_obs, np.nan)
         flag = np.zeros(adata.n_obs, dtype=bool)
         if len(idx):
@@ -580,3 +578,29 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
         if test is not None and test[idx].any():
             evaluation[info.layer] = evaluate_layer(info, idx, test, clean, adv, thr)
     return obs, evaluation
+
+
+def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], Any], *, progress: bool,
+           desc: str) -> MethodScores:
+    """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
+    batch of :data:`scadv._rows.BATCH` cells."""
+    chunks = list(RW.chunks(idx, RW.BATCH))
+    on_dask = PAR.lazy(src.matrix)
+    parts = PAR.map_cells(_score_chunk, src, chunks, per_chunk=lambda i, c: (change(c),),
+                          shared=(*spec, progress and not on_dask),
+                          progress=progress and on_dask, desc=desc)
+    if not parts:
+        return MethodScores({}, np.empty(0, dtype=np.int64))
+    return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+                        np.concatenate([p.pred for p in parts]))
+
+
+def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
+                 record: Mapping[str, Any], classifier: Mapping[str, Any], device: Any,
+                 progress: bool) -> MethodScores:
+    """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
+    baseline on one batch of cells."""
+    det = Loaded.build(record, classifier, D.resolve(device))
+    xb = ST.rows_of(src, cells, change)
+    return method_scores(det, det.features(xb, progress=progress), xb)

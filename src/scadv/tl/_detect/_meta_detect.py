@@ -15,8 +15,10 @@ from ... import _detector as DT
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _rows as RW
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
@@ -205,7 +207,6 @@ def meta_detect(
 
     dev = D.resolve(device)
     src = R.source(adata, record["prepare"], what="adata")
-    net = M.from_record(record, dev)
     gate = B.gate_arrays(adata, record["prepare"])
 
     # 1. adversarial examples of training and validation cells, reduced to what the detector
@@ -213,8 +214,8 @@ def meta_detect(
     logg.info(f"    attacking {int(train.sum())} training and {int(val.sum())} validation "
               f"cells ({attack}, ε = {', '.join(K.format_eps(e) for e in eps_t)})")
     cells = train | val
-    got = _collect(src, record, net, np.flatnonzero(cells), groups, gate, attack=attack,
-                   eps=eps_t, steps=int(steps), seed=seed, device=dev, progress=progress)
+    got = _collect(src, record, np.flatnonzero(cells), groups, gate, attack=attack,
+                   eps=eps_t, steps=int(steps), seed=seed, device=device, progress=progress)
     flipped = got.flipped
     local_train = train[cells]
     take = flipped if positives == "flipped" else np.ones_like(flipped)
@@ -295,7 +296,8 @@ def meta_detect(
     # 6. score everything, evaluate on the test split
     det = MC.Loaded.build(det_record, record, dev)
     obs, evaluation = MC.score_adata(adata, det, key=key_added, layers=score_layers, src=src,
-                                     test=split == K.SPLIT_TEST, progress=progress)
+                                     test=split == K.SPLIT_TEST, progress=progress,
+                                     device=device)
     det_record["evaluation"] = evaluation
     det_record["table"] = MC.table(evaluation)
     n_flag = int(np.asarray(obs[K.meta_flag(key_added)] == True).sum())  # noqa: E712
@@ -355,9 +357,9 @@ class _Collected:
     viol_adv: np.ndarray  # (n_eps, n) and of the adversarial versions
 
 
-def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.ndarray,
+def _collect(src: R.Source, record: Mapping[str, Any], cells: np.ndarray,
              groups: tuple[str, ...], gate: Mapping[str, Any], *, attack: str,
-             eps: tuple[float, ...], steps: int, seed: int, device: torch.device, progress: bool
+             eps: tuple[float, ...], steps: int, seed: int, device: D.Device, progress: bool
              ) -> _Collected:
     """Attack the cells at positions ``cells`` at every budget and keep, per cell and version,
     only the meta-features and realism-gate counts (never the adversarial matrices of all
@@ -368,28 +370,39 @@ def _collect(src: R.Source, record: Mapping[str, Any], net: M.MLP, cells: np.nda
     else:
         budget = A.Budget(eps=eps, norm="linf", alpha=tuple(2.5 * e / steps for e in eps),
                           steps=steps, random_start=False, n_restarts=1, loss="margin")
-    realistic = attack == "pgd_realistic"
-    parts: list[tuple[np.ndarray, ...]] = []
-    for n_chunk, lo in enumerate(range(0, len(cells), A.ATTACK_CHUNK)):
-        idx = cells[lo:lo + A.ATTACK_CHUNK]
-        x0 = src.rows(idx)
-        f_clean, logits, emb = MF.compute(net, x0, groups, device=device, progress=progress)
-        pred = logits.argmax(axis=1)
-        cons, _ = A.constraints(src, record, idx, x0, genes=None,
-                                clip="observed" if realistic else None, keep_zeros=realistic)
-        adv, adv_logits = E.run(net, x0, pred, budget, cons, targeted=False, device=device,
-                                seed=seed + 1_000_003 * n_chunk, batch_size=256,
-                                progress=progress)
-        f_adv = np.stack([MF.compute(net, a, groups, device=device)[0] for a in adv])
-        parts.append((f_clean, emb, f_adv, adv_logits.argmax(axis=-1) != pred[None, :],
-                      B.violations(gate, x0), np.stack([B.violations(gate, a) for a in adv])))
-        del adv, x0
+    chunks = list(RW.chunks(cells, A.ATTACK_CHUNK))
+    on_dask = PAR.lazy(src.matrix)
+    parts = PAR.map_cells(
+        _collect_chunk, src, chunks, per_chunk=lambda n_chunk, idx: (n_chunk,),
+        shared=(record, groups, gate, budget, attack == "pgd_realistic", seed, device,
+                progress and not on_dask),
+        progress=progress and on_dask, desc="attacking")
     return _Collected(
         f_clean=np.concatenate([p[0] for p in parts]), emb=np.concatenate([p[1] for p in parts]),
         f_adv=np.concatenate([p[2] for p in parts], axis=1),
         flipped=np.concatenate([p[3] for p in parts], axis=1),
         viol_clean=np.concatenate([p[4] for p in parts]),
         viol_adv=np.concatenate([p[5] for p in parts], axis=1))
+
+
+def _collect_chunk(src: R.Source, idx: np.ndarray, n_chunk: int, record: Mapping[str, Any],
+                   groups: tuple[str, ...], gate: Mapping[str, Any], budget: A.Budget,
+                   realistic: bool, seed: int, device: D.Device, progress: bool
+                   ) -> tuple[np.ndarray, ...]:
+    """One task of :func:`_collect`: attack a chunk of cells, keep meta-features and gate
+    counts (a task of :func:`scadv._parallel.map_cells`)."""
+    dev = D.resolve(device)
+    net = M.from_record(record, dev)
+    x0 = src.rows(idx)
+    f_clean, logits, emb = MF.compute(net, x0, groups, device=dev, progress=progress)
+    pred = logits.argmax(axis=1)
+    cons, _ = A.constraints(src, record, idx, x0, genes=None,
+                            clip="observed" if realistic else None, keep_zeros=realistic)
+    adv, adv_logits = E.run(net, x0, pred, budget, cons, targeted=False, device=dev,
+                            seed=seed + 1_000_003 * n_chunk, batch_size=256, progress=progress)
+    f_adv = np.stack([MF.compute(net, a, groups, device=dev)[0] for a in adv])
+    return (f_clean, emb, f_adv, adv_logits.argmax(axis=-1) != pred[None, :],
+            B.violations(gate, x0), np.stack([B.violations(gate, a) for a in adv]))
 
 
 def _fit_baselines(groups: tuple[str, ...], fc: np.ndarray, cls: np.ndarray, fa: np.ndarray,

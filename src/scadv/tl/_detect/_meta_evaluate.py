@@ -76,7 +76,8 @@ def meta_evaluate(
         )
     src = R.source(adata, det.classifier["prepare"], what="adata")
     obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, src=src,
-                                     test=split == K.SPLIT_TEST, progress=progress)
+                                     test=split == K.SPLIT_TEST, progress=progress,
+                                     device=device)
     record = dict(det.record)
     if layers is not None:
         evaluation = {**dict(record.get("evaluation") or {}), **evaluation}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ def meta_score(
     adata: AnnData,
     *,
     key: str = K.DEFAULT_DETECTOR,
-    source: AnnData | None = None,
+    source: AnnData | str | os.PathLike | None = None,
     layer: str | None = None,
     layers: Sequence[str] | None = (),
     missing_genes: R.MissingGenes = "error",
@@ -49,8 +50,9 @@ def meta_score(
     key
         Key of the stored detector (``uns['scadv'][key]``).
     source
-        AnnData holding the detector and its classifier; default ``adata``. Both records are
-        copied into ``adata.uns['scadv']`` so later calls find them.
+        AnnData holding the detector and its classifier; default ``adata``. Or the path of an
+        ``.h5ad`` file: only the two records are read from it, never its cells. Both records
+        are copied into ``adata.uns['scadv']`` so later calls find them.
     layer
         Score ``adata.layers[layer]`` instead of ``X`` / ``.raw`` (counts, log-normalised or
         model-space values).
@@ -90,7 +92,8 @@ def meta_score(
                               f"{type(source).__name__}.")
     start = logg.info(f"scoring with scadv meta-detector {key!r}")
     params = P.call_params(locals(), meta_score)
-    params["source"] = "None" if source is None else "AnnData"
+    params["source"] = ("None" if source is None else "AnnData" if isinstance(source, AnnData)
+                        else os.fspath(source))
     adata = V.start(adata, copy=copy)
     dev = D.resolve(device)
     det = MC.load(adata, key, source=source, device=dev)
@@ -100,7 +103,7 @@ def meta_score(
                    missing_genes=missing_genes)
     infos = MC.find_layers(adata, model, None if layers is None else list(layers))
     obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, src=src, test=None,
-                            progress=progress)
+                            progress=progress, device=device)
     uns: dict[str, Mapping[str, Any]] = {}
     if source is not None:
         _check_no_conflict(adata, key, det.record, model, det.classifier)

@@ -17,6 +17,7 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _rows as RW
 from ... import _store as ST
 from ... import _validate as V
 from ..._errors import ScadvInputError
@@ -205,6 +206,10 @@ def attribute(
                               "target='prediction' or select labelled cells.")
     mask[np.flatnonzero(mask)[~keep]] = False
     targets = targets[keep]
+    # the cells' input and attributions, and with per_cell every cell's row
+    RW.check_fits((2 * int(mask.sum()) + (adata.n_obs if per_cell else 0))
+                  * len(setup.genes) * 4, what=f"attributions of {int(mask.sum())} cells",
+                  hint="Explain fewer cells (cells=... a subsample), or per_cell=False.")
     x = setup.x[mask]
     attr, delta = setup.explainer(x, targets, progress=progress)
     scores, counts = X.class_scores(attr, targets, len(setup.classes))
@@ -320,7 +325,11 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
             x = ST.reader(adata, prepared)
             genes = np.asarray(prepared["genes"]).astype(str)
         else:
-            x = np.ascontiguousarray(V.dense(V.matrix(adata, layer)), dtype=np.float32)
+            matrix = V.matrix(adata, layer)
+            RW.check_fits(int(np.prod(matrix.shape)) * 4, what="the explained matrix (dense)",
+                          hint="Prepare the data (scadv.pp.prepare) so that only the model "
+                               "genes are read, or explain a subset of the cells.")
+            x = np.ascontiguousarray(V.dense(matrix), dtype=np.float32)
             V.check_finite(x, what="the explained matrix")
             genes = np.asarray(adata.var_names).astype(str)
         if isinstance(model, nn.Module):

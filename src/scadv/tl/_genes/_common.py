@@ -15,6 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from ... import _keys as K
+from ... import _parallel as PAR
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _store as ST
@@ -53,6 +54,8 @@ class Setup:
     matrix_name: str = "X"
     counter: E.Counter = field(default_factory=E.Counter)
     started: float = field(default_factory=time.perf_counter)
+    #: Whether the attacked matrix is a dask array: per-cluster scans then run on Dask.
+    lazy: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -60,6 +63,22 @@ class Setup:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def scan(self) -> Scan:
+        """What a per-cluster task needs of this setup (no AnnData, no matrix)."""
+        return Scan(clf=self.clf, var_names=self.var_names, classes=self.classes)
+
+
+@dataclass
+class Scan:
+    """The part of a :class:`Setup` a per-cluster scan needs: the bound classifier and the
+    names of genes and classes. Small and picklable: a task on a Dask worker gets this, the
+    cluster's rows and its new values (see :func:`scadv._parallel.run`)."""
+
+    clf: CL.Classifier
+    var_names: np.ndarray
+    classes: list[str]
+    counter: E.Counter = field(default_factory=E.Counter)
 
 
 def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | None,
@@ -96,9 +115,11 @@ def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | Non
         var_names = np.asarray(adata.var_names).astype(str)
         space_of = None
     bound = clf.bind(var_names)
+    lazy = any(PAR.lazy(m) for m in (adata.X, adata.layers.get(layer) if layer else None,
+                                     None if adata.raw is None else adata.raw.X))
     return Setup(adata=adata, x=x, source=source, var_names=var_names, clf=bound,
                  clusters=clusters, cluster_key=cluster_key, model_key=model_key,
-                 space_of=space_of, matrix_name="X" if layer is None else layer)
+                 space_of=space_of, matrix_name="X" if layer is None else layer, lazy=lazy)
 
 
 def cluster_mask(s: Setup, target: Any) -> np.ndarray:
@@ -156,7 +177,7 @@ def gene_index(s: Setup, genes: Genes, *, what: str = "genes") -> np.ndarray:
     return np.asarray(idx, dtype=np.int64)
 
 
-def _input_cols(s: Setup) -> np.ndarray:
+def _input_cols(s: Setup | Scan) -> np.ndarray:
     """Positions among the attacked genes of the classifier's input columns."""
     if s.clf.cols is None:  # setup() binds the classifier, which sets them
         raise ValueError("the classifier is not bound to the attacked genes.")
@@ -180,8 +201,8 @@ def block(s: Setup, mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(s.x.rows(np.flatnonzero(mask)), dtype=np.float32)
 
 
-def evaluator(s: Setup, cluster_block: np.ndarray, *, batch_rows: int, fast: bool = True
-              ) -> E.Evaluator:
+def evaluator(s: Setup | Scan, cluster_block: np.ndarray, *, batch_rows: int,
+              fast: bool = True) -> E.Evaluator:
     """The fastest exact evaluator for the cluster (the classifier's columns of its block)."""
     return E.evaluator(s.clf, cluster_block[:, _input_cols(s)], counter=s.counter,
                        batch_rows=batch_rows, fast=fast)
@@ -225,7 +246,7 @@ def base_record(s: Setup, *, method: str, params: Mapping[str, Any], seed: int |
     }
 
 
-def label_names(s: Setup, labels: np.ndarray) -> np.ndarray:
+def label_names(s: Setup | Scan, labels: np.ndarray) -> np.ndarray:
     return np.asarray(s.classes, dtype=object)[np.asarray(labels, dtype=np.int64)].astype(str)
 
 

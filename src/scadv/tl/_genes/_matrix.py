@@ -45,6 +45,8 @@ class AttackedMatrix:
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Dense float32 rows of the cells at positions ``idx``."""
+        RW.check_fits(len(idx) * self.n_genes * 4, what=f"{len(idx)} cells of {self.label}",
+                      hint="Attack a smaller cluster, or subsample its cells.")
         out = np.empty((len(idx), self.n_genes), dtype=np.float32)
         for lo in range(0, len(idx), RW.BATCH):
             part = idx[lo:lo + RW.BATCH]

@@ -34,6 +34,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ... import _rows as RW
 from ..._errors import ScadvInputError
 from ._matrix import AttackedMatrix
 
@@ -190,6 +191,10 @@ def new_values(mods: Sequence[Modification], x: AttackedMatrix, cols: np.ndarray
     modifications get all genes at once.
     """
     n_c = int(cluster.sum())
+    RW.check_fits(len(mods) * n_c * len(cols) * 4,
+                  what=f"the new values of {len(cols)} genes in {n_c} cells", hint=(
+                      "Attack a smaller cluster, fewer genes (genes=...) or fewer "
+                      "modifications at a time."))
     out = np.empty((len(mods), n_c, len(cols)), dtype=np.float32)
     step = len(cols) if any(m.kind == "function" for m in mods) else min(
         chunk, x.column_step(len(cols)))

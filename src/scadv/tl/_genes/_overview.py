@@ -3,7 +3,7 @@ stay."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import scanpy.logging as logg
 from anndata import AnnData
 
 from ... import _device as D
+from ... import _parallel as PAR
 from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
@@ -108,36 +109,23 @@ def overview(
     cols = G.classifier_cols(s, idx)
     live = np.flatnonzero(cols >= 0)
     names = s.var_names[idx]
-    rows = []
-    with PB.bar(total=len(targets) * len(mods), desc="overview", unit="cluster×modification",
-              progress=progress) as bar:
+    scan = s.scan()
+
+    def jobs() -> Iterator[tuple[Any, ...]]:
+        # each cluster's rows and new values are read here; the scans are tasks
         for t, mask in zip(targets, masks, strict=True):
-            blk = G.block(s, mask)
-            values = G.values_for(s, mods, idx, mask, seed, str(t))
-            ev = G.evaluator(s, blk, batch_rows=batch_rows)
-            decided, base_score = E.decide_proba(ev.proba)
-            base_label = int(decided)
-            counts, sums, _ = E.single_gene_scan(ev, cols[live], values[:, :, live],
-                                                 labels_only=not signature)
-            labels, _ = E.decide(counts, sums)
-            for mi, mod in enumerate(mods):
-                flips = names[live[labels[mi] != base_label]]
-                row = {
-                    "cluster": str(t), "modification": mod.name,
-                    "original_label": s.classes[base_label], "original_score": float(base_score),
-                    "n_cells": int(mask.sum()), "n_genes": len(idx),
-                    "n_flip_genes": len(flips), "n_signature_genes": -1,
-                    "flip_genes": ";".join(flips), "signature_genes": "",
-                }
-                if signature:
-                    sub = G.evaluator(s, blk, batch_rows=batch_rows)
-                    grown = grow(sub, cols[live], values[mi][:, live], base_label,
-                                 G.rng_for(seed, "max_change", str(t)),
-                                 alone=(counts[mi], sums[mi]))
-                    sig = names[live[~grown.accepted]]
-                    row.update(n_signature_genes=len(sig), signature_genes=";".join(sig))
-                rows.append(row)
-                bar.update(1)
+            yield t, G.block(s, mask), G.values_for(s, mods, idx, mask, seed, str(t))
+
+    with PB.bar(total=len(targets) * len(mods), desc="overview", unit="cluster×modification",
+                progress=progress) as bar:
+        results = PAR.run(_overview_cluster, jobs(), n_jobs=len(targets),
+                          shared=(scan, mods, names, cols, live, bool(signature), seed,
+                                  int(batch_rows)),
+                          on_dask=s.lazy, done=lambda i, r: bar.update(len(mods)))
+    rows = [row for r in results for row in r[0]]
+    for r in results:
+        s.counter.calls += r[1].calls
+        s.counter.rows += r[1].rows
     table = pd.DataFrame(rows)
     key = key_added or G.default_key("overview", s)
     rec = {
@@ -150,3 +138,39 @@ def overview(
     G.write(s, step=f"gene-attack overview ({len(targets)} clusters × {len(mods)} "
             "modifications)", start=start, key=key, rec=rec)
     return adata if copy else None
+
+
+def _overview_cluster(target: str, blk: np.ndarray, values: np.ndarray, scan: G.Scan,
+                      mods: list[MOD.Modification], names: np.ndarray, cols: np.ndarray,
+                      live: np.ndarray, signature: bool, seed: int, batch_rows: int
+                      ) -> tuple[list[dict[str, Any]], E.Counter]:
+    """One cluster's rows of the overview (a task of :func:`scadv._parallel.run`) and the
+    classifier calls it made."""
+    counter = E.Counter()
+    local = G.Scan(clf=scan.clf, var_names=scan.var_names, classes=scan.classes,
+                   counter=counter)
+    ev = G.evaluator(local, blk, batch_rows=batch_rows)
+    decided, base_score = E.decide_proba(ev.proba)
+    base_label = int(decided)
+    counts, sums, _ = E.single_gene_scan(ev, cols[live], values[:, :, live],
+                                         labels_only=not signature)
+    labels, _ = E.decide(counts, sums)
+    rows = []
+    for mi, mod in enumerate(mods):
+        flips = names[live[labels[mi] != base_label]]
+        row = {
+            "cluster": str(target), "modification": mod.name,
+            "original_label": scan.classes[base_label], "original_score": float(base_score),
+            "n_cells": len(blk), "n_genes": len(names),
+            "n_flip_genes": len(flips), "n_signature_genes": -1,
+            "flip_genes": ";".join(flips), "signature_genes": "",
+        }
+        if signature:
+            sub = G.evaluator(local, blk, batch_rows=batch_rows)
+            grown = grow(sub, cols[live], values[mi][:, live], base_label,
+                         G.rng_for(seed, "max_change", str(target)),
+                         alone=(counts[mi], sums[mi]))
+            sig = names[live[~grown.accepted]]
+            row.update(n_signature_genes=len(sig), signature_genes=";".join(sig))
+        rows.append(row)
+    return rows, counter

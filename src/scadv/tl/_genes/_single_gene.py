@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -12,6 +12,7 @@ from anndata import AnnData
 from tqdm import tqdm
 
 from ... import _device as D
+from ... import _parallel as PAR
 from ... import _progress as PB
 from ... import _provenance as P
 from ... import _validate as V
@@ -141,30 +142,26 @@ def single_gene(
     idx = G.gene_index(s, genes)
     cols = G.classifier_cols(s, idx)
 
-    tables, summaries = [], []
     total = len(targets) * len(mods) * len(idx)
-    with PB.bar(total=total, desc="single-gene scan", unit="variant", progress=progress) as bar:
+    scan = s.scan()
+
+    def jobs() -> Iterator[tuple[Any, ...]]:
+        # each cluster's rows and new values are read here; the scan itself is a task
         for t, mask in zip(targets, masks, strict=True):
-            blk = G.block(s, mask)
-            ev = G.evaluator(s, blk, batch_rows=batch_rows)
-            values = G.values_for(s, mods, idx, mask, seed, str(t))
-            decided, base_score = E.decide_proba(ev.proba)
-            base_label = int(decided)
-            if search == "exhaustive":
-                table = _exhaustive(s, ev, t, mods, idx, cols, values, blk[:, idx],
-                                    base_label, bar)
-            else:
-                table = _dichotomy(s, ev, t, mods, idx, cols, values, base_label,
-                                   int(first_split), bar)
-            tables.append(table)
-            for m in mods:
-                flips = table[(table["modification"] == m.name) & table["flipped"]]
-                summaries.append({
-                    "cluster": str(t), "modification": m.name,
-                    "original_label": s.classes[base_label], "original_score": float(base_score),
-                    "n_cells": int(mask.sum()), "n_genes": len(idx),
-                    "n_flip_genes": len(flips),
-                })
+            yield t, G.block(s, mask), G.values_for(s, mods, idx, mask, seed, str(t))
+
+    with PB.bar(total=total, desc="single-gene scan", unit="variant", progress=progress) as bar:
+        results = PAR.run(
+            _scan_cluster, jobs(), n_jobs=len(targets),
+            shared=(scan, mods, idx, cols, search, int(first_split), int(batch_rows),
+                    None if s.lazy else bar),
+            on_dask=s.lazy, done=(lambda i, r: bar.update(len(mods) * len(idx))) if s.lazy
+            else None)
+    tables = [r[0] for r in results]
+    summaries = [row for r in results for row in r[1]]
+    for r in results:
+        s.counter.calls += r[2].calls
+        s.counter.rows += r[2].rows
     table = pd.concat(tables, ignore_index=True)
     summary = pd.DataFrame(summaries)
     key = key_added or G.default_key("single_gene", s)
@@ -182,7 +179,39 @@ def single_gene(
     return adata if copy else None
 
 
-def _table(s: G.Setup, target: str, mod_names: np.ndarray, genes: np.ndarray,
+def _scan_cluster(target: str, blk: np.ndarray, values: np.ndarray, scan: G.Scan,
+                  mods: list[MOD.Modification], idx: np.ndarray, cols: np.ndarray, search: str,
+                  first_split: int, batch_rows: int, bar: tqdm | None
+                  ) -> tuple[pd.DataFrame, list[dict[str, Any]], E.Counter]:
+    """One cluster's scan (a task of :func:`scadv._parallel.run`): its table, its summary rows
+    and the classifier calls it made. ``blk``: the cluster's rows (cells × attacked genes);
+    ``values``: the new values of the scanned genes (modifications × cells × genes)."""
+    counter = E.Counter()
+    local = G.Scan(clf=scan.clf, var_names=scan.var_names, classes=scan.classes,
+                   counter=counter)
+    ev = G.evaluator(local, blk, batch_rows=batch_rows)
+    decided, base_score = E.decide_proba(ev.proba)
+    base_label = int(decided)
+    tick = bar if bar is not None else PB.bar(progress=False)
+    if search == "exhaustive":
+        table = _exhaustive(local, ev, target, mods, idx, cols, values, blk[:, idx],
+                            base_label, tick)
+    else:
+        table = _dichotomy(local, ev, target, mods, idx, cols, values, base_label,
+                           first_split, tick)
+    summaries = []
+    for m in mods:
+        flips = table[(table["modification"] == m.name) & table["flipped"]]
+        summaries.append({
+            "cluster": str(target), "modification": m.name,
+            "original_label": scan.classes[base_label], "original_score": float(base_score),
+            "n_cells": len(blk), "n_genes": len(idx),
+            "n_flip_genes": len(flips),
+        })
+    return table, summaries, counter
+
+
+def _table(s: G.Setup | G.Scan, target: str, mod_names: np.ndarray, genes: np.ndarray,
            counts: np.ndarray, sums: np.ndarray, n_changed: np.ndarray, base_label: int
            ) -> pd.DataFrame:
     labels, scores = E.decide(counts, sums)
@@ -200,7 +229,7 @@ def _table(s: G.Setup, target: str, mod_names: np.ndarray, genes: np.ndarray,
     })
 
 
-def _exhaustive(s: G.Setup, ev: E.Evaluator, target: str, mods: list[MOD.Modification],
+def _exhaustive(s: G.Setup | G.Scan, ev: E.Evaluator, target: str, mods: list[MOD.Modification],
                 idx: np.ndarray, cols: np.ndarray, values: np.ndarray, current: np.ndarray,
                 base_label: int, bar: tqdm) -> pd.DataFrame:
     """Every (modification, gene) variant, exactly. ``current``: the cluster's values of the
@@ -213,7 +242,7 @@ def _exhaustive(s: G.Setup, ev: E.Evaluator, target: str, mods: list[MOD.Modific
                   sums.reshape(-1, sums.shape[-1]), n_changed.reshape(-1), base_label)
 
 
-def _dichotomy(s: G.Setup, ev: E.Evaluator, target: str, mods: list[MOD.Modification],
+def _dichotomy(s: G.Setup | G.Scan, ev: E.Evaluator, target: str, mods: list[MOD.Modification],
                idx: np.ndarray, cols: np.ndarray, values: np.ndarray, base_label: int,
                first_split: int, bar: tqdm) -> pd.DataFrame:
     """adverSCarial's bucket dichotomy, one batched call per level and modification."""

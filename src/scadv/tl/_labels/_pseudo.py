@@ -93,7 +93,10 @@ def pseudo_labels(
     if recipe is None:
         raise ScadvInputError("pseudo-labels are computed on the model input: run "
                               "scadv.pp.prepare(adata) first.")
-    x = R.model_input(adata, recipe).x
+    x = R.source(adata, recipe).dense(
+        what="clustering every cell's model input",
+        hint="Cluster a subsample (adata[sample].copy()) and predict the rest with a classifier "
+             "trained on it, or cluster with scanpy and pass the clusters as labels.")
     n_comps = max(1, min(int(n_pcs), x.shape[0] - 1, x.shape[1] - 1))
     pcs = PCA(n_components=n_comps, svd_solver="randomized",
               random_state=int(seed)).fit_transform(x).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ def predict(
     adata: AnnData,
     *,
     model: str = K.DEFAULT_MODEL,
-    source: AnnData | Mapping[str, Any] | None = None,
+    source: AnnData | Mapping[str, Any] | str | os.PathLike | None = None,
     layer: str | None = None,
     missing_genes: R.MissingGenes = "error",
     key_added: str | None = None,
@@ -52,8 +53,10 @@ def predict(
     model
         Key of the stored classifier (``uns['scadv'][model]``).
     source
-        AnnData (or model record) holding the classifier; default ``adata``. The record is
-        copied into ``adata.uns['scadv'][key_added]`` so later scadv calls on ``adata`` find it.
+        AnnData (or model record) holding the classifier; default ``adata``. Or the path of an
+        ``.h5ad`` file: only the classifier's record (``uns['scadv'][model]``) is read from it,
+        never its cells, however large the atlas. The record is copied into
+        ``adata.uns['scadv'][key_added]`` so later scadv calls on ``adata`` find it.
     layer
         Read the expression from ``adata.layers[layer]``, or predict the cells of a stored
         perturbation of that name (e.g. ``'scadv_pgd_eps0.1'``, see
@@ -96,16 +99,18 @@ def predict(
     record = C.model_record(adata, model, source)
     key_added = key_added or model
     dev = D.resolve(device)
+    change = None
     if layer is not None and ST.entry(adata, layer) is not None:
         # a stored perturbation (e.g. an adversarial version of the cells)
-        src: R.Source | ST.LazyRows = ST.reader(adata, record["prepare"], layer=layer,
-                                                missing_genes=missing_genes)
+        clean = R.source(adata, record["prepare"], missing_genes=missing_genes)
+        src, change = ST.plan(adata, layer, clean)
         label = f"perturbation {layer!r}"
     else:
         src = R.source(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
         label = src.label
     net = M.from_record(record, dev)
-    emb, logits = T.predict_all(net, src, device=dev, progress=progress, batch_size=batch_size)
+    emb, logits = T.predict_all(net, src, device=device, progress=progress,
+                                batch_size=batch_size, change=change)
     classes = [str(c) for c in np.asarray(record["classes"])]
     pred = logits.argmax(axis=1)
     label_key = str(record.get("label_key", ""))

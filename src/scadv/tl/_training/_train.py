@@ -16,6 +16,7 @@ from torch import nn
 from ... import _device as D
 from ... import _keys as K
 from ... import _model as M
+from ... import _parallel as PAR
 from ... import _progress as PB
 from ... import _provenance as P
 from ... import _recipe as R
@@ -26,6 +27,7 @@ from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
 from .. import _common as C
+from . import _ddp as DDP
 
 MIN_CELLS_PER_CLASS = 3
 
@@ -57,6 +59,7 @@ def train_classifier(
     key_added: str = K.DEFAULT_MODEL,
     seed: int = 42,
     device: D.Device = "auto",
+    distributed: bool = False,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -110,6 +113,15 @@ def train_classifier(
         the same device).
     device
         ``'auto'`` (CUDA when available), ``'cpu'`` or ``'cuda'``.
+    distributed
+        Train data-parallel in a :mod:`torch.distributed` process group: start the script
+        with ``torchrun --nproc-per-node=N script.py`` (the group is then initialised here,
+        gloo on the CPU, NCCL on CUDA; or initialise it yourself first). Every rank must call
+        this on the same AnnData with the same options; the ranks share every minibatch and
+        the passes over the cells, and every rank ends with the same model and writes the
+        same results into its AnnData (save the file from one rank,
+        ``torch.distributed.get_rank() == 0``). The model equals the single-process one up
+        to floating-point summation order (see the docs' scale page).
     progress
         Show a progress bar over epochs.
     copy
@@ -161,15 +173,21 @@ def train_classifier(
     split = _split(adata, y, classes, split_key=split_key, test_size=test_size,
                    val_size=val_size, seed=seed)
     dev = D.resolve(device)
+    group = DDP.join(distributed, dev)
+    DDP.check_same(group, "their data or options", (
+        adata.n_obs, src.n_genes, list(classes), int(y.sum()),
+        int((split == K.SPLIT_TRAIN).sum()), seed, batch_size, max_epochs, float(lr),
+        input_rank, freeze_input))
 
     model, history = _fit(
         src, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
         input_rank=input_rank, freeze_input=freeze_input, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=max_epochs, patience=patience,
         label_smoothing=label_smoothing, input_noise=input_noise, class_weight=class_weight,
-        seed=seed, device=dev, progress=progress,
+        seed=seed, device=dev, progress=progress and (group is None or group.rank == 0),
+        group=group,
     )
-    emb, logits = predict_all(model, src, device=dev, progress=progress)
+    emb, logits = predict_all(model, src, device=dev, progress=progress, group=group)
     pred = logits.argmax(axis=1)
     scores = {name: C.metrics(y[split == name], pred[split == name], len(classes))
               for name in (K.SPLIT_TEST, K.SPLIT_VAL)}
@@ -277,19 +295,33 @@ def architecture(model: M.MLP, n_genes: int, n_classes: int, hidden: Sequence[in
                           tuple(float(p) for p in dropout), int(rank))
 
 
-def predict_all(model: M.MLP, src: R.Source | ST.LazyRows, *, device: torch.device,
-                progress: bool,
-                batch_size: int = RW.BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Embedding and logits of every cell of ``src``, batch by batch."""
-    embs, logits = [], []
-    bar = PB.bar(total=src.n_obs, desc="predicting", unit="cell", progress=progress)
-    for idx, xb in src.batches(batch_size=batch_size):
-        emb, logit = M.infer(model, xb, device=device)
-        embs.append(emb)
-        logits.append(logit)
-        bar.update(len(idx))
-    bar.close()
-    return np.concatenate(embs), np.concatenate(logits)
+def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool,
+                batch_size: int = RW.BATCH,
+                change: Callable[[np.ndarray], ST.Change] | None = None,
+                group: DDP.Group | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding and logits of every cell of ``src`` (with a stored perturbation's ``change``
+    per chunk, see :func:`scadv._store.plan`), a batch of cells per task: in this process, or
+    on Dask when the cells' matrix is a dask array (:mod:`scadv._parallel`); with a process
+    ``group``, the batches are shared out between its ranks and gathered by all."""
+    chunks = list(RW.chunks(np.arange(src.n_obs), batch_size))
+    fetch = change or (lambda idx: None)
+    if group is not None:
+        parts = list(DDP.ordered(group, len(chunks), lambda i: _infer_chunk(
+            src, chunks[i], fetch(chunks[i]), model, device)))
+    else:
+        parts = PAR.map_cells(_infer_chunk, src, chunks, per_chunk=lambda i, c: (fetch(c),),
+                              shared=(model, device), progress=progress, desc="predicting")
+    if not parts:
+        return (np.empty((0, model.head.in_features), np.float32),
+                np.empty((0, model.head.out_features), np.float32))
+    return (np.concatenate([e for e, _ in parts]), np.concatenate([lg for _, lg in parts]))
+
+
+def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: M.MLP,
+                 device: D.Device) -> tuple[np.ndarray, np.ndarray]:
+    """One task of :func:`predict_all`: ``(embedding, logits)`` of a chunk of cells."""
+    dev = D.resolve(device)
+    return M.infer(model.to(dev), ST.rows_of(src, cells, change), device=dev)
 
 
 #: Training and validation inputs up to this size are read once and kept in memory; larger
@@ -321,19 +353,25 @@ class _Rows:
             yield pos, self.take(pos)
 
 
-def _pca_projection(data: _Rows, rank: int, *, batch_size: int = RW.BATCH
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _pca_projection(data: _Rows, rank: int, *, batch_size: int = RW.BATCH,
+                    group: DDP.Group | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top principal axes (rank × genes) of the cells in ``data`` and the matching bias
     (−axes · mean), from their covariance matrix accumulated batch by batch (exact PCA, as
     :func:`scanpy.pp.pca` computes it up to the axes' signs, which are fixed here so that the
-    result does not depend on the solver)."""
+    result does not depend on the solver). With a process group, the batches are shared out
+    between the ranks and their sums added in batch order (the same result)."""
     n = len(data)
     d = data.src.n_genes
     total = np.zeros(d)
     gram = np.zeros((d, d))
-    for _, xb in data.windows(np.arange(n), batch_size):
-        total += xb.sum(axis=0, dtype=np.float64)
-        gram += (xb.T @ xb).astype(np.float64)
+
+    def moments(i: int) -> tuple[np.ndarray, np.ndarray]:
+        xb = data.take(np.arange(i * batch_size, min((i + 1) * batch_size, n)))
+        return xb.sum(axis=0, dtype=np.float64), (xb.T @ xb).astype(np.float64)
+
+    for s1, s2 in DDP.ordered(group, -(-n // batch_size), moments):
+        total += s1
+        gram += s2
     mean = total / n
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
     # only the top ``rank`` eigenvectors (LAPACK's syevr computes just those)
@@ -360,7 +398,8 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
          seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
-         validate: Validate | None = None) -> tuple[M.MLP, dict[str, np.ndarray]]:
+         validate: Validate | None = None, group: DDP.Group | None = None
+         ) -> tuple[M.MLP, dict[str, np.ndarray]]:
     """Train with early stopping on the validation loss; returns the best model and history.
 
     The cells' model input comes from ``src`` (kept in memory when it fits, else read in
@@ -375,24 +414,38 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
     ``'val_loss'``, the early-stopping criterion (lower is better). With hooks, the training
     and validation inputs must fit in memory.
+
+    With a process ``group`` (plain training only), the ranks share every minibatch and the
+    one-off passes over the cells (see :mod:`._ddp`); every rank returns the same model.
     """
     train_cells = np.flatnonzero(split == K.SPLIT_TRAIN)
     val_cells = np.flatnonzero(split == K.SPLIT_VAL)
     hooks = batch_loss is not None or validate is not None
-    fits = (len(train_cells) + len(val_cells)) * src.n_genes * 4 <= CACHE_BYTES
+    if hooks and group is not None:
+        raise ScadvInputError("distributed training is available for plain training "
+                              "(scadv.tl.train_classifier) only.")
+    size = (len(train_cells) + len(val_cells)) * src.n_genes * 4
+    fits = size <= CACHE_BYTES and RW.fits(size)
     if hooks and not fits:
-        RW.check_fits(CACHE_BYTES + 1, what="adversarial training on this many cells",
-                      hint="Train on a subsample of the cells.")
-    train = _Rows(src, train_cells, cache=fits)
-    val = _Rows(src, val_cells, cache=fits)
+        limit = min(CACHE_BYTES, RW.physical_memory() // 2 or CACHE_BYTES)
+        raise ScadvInputError(
+            f"adversarial training keeps the model input of its {len(train_cells)} training and "
+            f"{len(val_cells)} validation cells in memory: {RW.size(size)}, more than its "
+            f"limit of {RW.size(limit)} on this machine. Train on a subsample of the cells "
+            "(e.g. adata[sample].copy()).")
     rank = _effective_rank(input_rank, len(train_cells), src.n_genes)
     project = bool(rank) and freeze_input and input_noise == 0 and not hooks
+    # with a process group, the one-off passes of a projected model are shared out: each rank
+    # reads only its batches, so the cells are not cached whole
+    cache = fits and not (group is not None and project)
+    train = _Rows(src, train_cells, cache=cache)
+    val = _Rows(src, val_cells, cache=cache)
     cuda_ids = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_ids):
         torch.manual_seed(seed)
         model = M.MLP(src.n_genes, n_classes, hidden, dropout, rank).to(device)
         if rank:
-            axes, bias = _pca_projection(train, rank)
+            axes, bias = _pca_projection(train, rank, group=group)
             projection = model.input
             if not isinstance(projection, nn.Linear):
                 raise RuntimeError("internal: an input rank without a linear input layer")
@@ -404,8 +457,8 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         if project:
             # train the layers after the fixed projection on the projected cells
             net = nn.Sequential(model.body, model.head)
-            train = _Projected(train, model, device)
-            val = _Projected(val, model, device)
+            train = _Projected(train, model, device, group)
+            val = _Projected(val, model, device, group)
         gen = D.generator(seed, device)
         y_train = torch.as_tensor(y[train_cells], device=device)
         y_val = torch.as_tensor(y[val_cells], device=device)
@@ -417,51 +470,70 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
         loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=weight_decay)
+        step: _Step = _plain_step if group is None else _SharedStep(
+            net, group, device, weight=weight, label_smoothing=label_smoothing)
         history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         best_state: dict[str, torch.Tensor] | None = None
         best_loss, best_epoch, bad = float("inf"), 0, 0
         window = max(batch_size, (RW.BATCH // batch_size) * batch_size)
         bar = PB.bar(range(max_epochs), desc="training", unit="epoch", progress=progress)
-        for epoch in bar:
-            model.train()
-            order = torch.randperm(len(train_cells), generator=gen, device=device).cpu().numpy()
-            total = 0.0
-            for pos, xw in train.windows(order, window):
-                xw_t = torch.as_tensor(xw, device=device)
-                for lo in range(0, len(pos), batch_size):
-                    xb = xw_t[lo:lo + batch_size]
-                    yb = y_train[torch.as_tensor(pos[lo:lo + batch_size], device=device)]
-                    if input_noise > 0:
-                        xb = xb + input_noise * torch.randn(xb.shape, generator=gen,
-                                                            device=device)
-                    opt.zero_grad(set_to_none=True)
-                    if batch_loss is None:
-                        loss = loss_fn(net(xb), yb)
-                    else:
-                        loss = batch_loss(model, xb, yb, loss_fn)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(yb)
-            model.eval()
-            if validate is None:
-                scores = _validation(net, val, y_val, device=device)
-            else:
-                xv = torch.as_tensor(val.take(np.arange(len(val))), device=device)
-                scores = validate(model, xv, y_val)
+        try:
+            for epoch in bar:
+                model.train()
+                order = torch.randperm(len(train_cells), generator=gen,
+                                       device=device).cpu().numpy()
+                total = 0.0
+                for lo_w in range(0, len(order), window):
+                    pos = order[lo_w:lo_w + window]
+                    mine = np.arange(len(pos)) if group is None else DDP.rows_of(
+                        len(pos), batch_size, group)
+                    xw_t = torch.as_tensor(train.take(pos[mine]), device=device)
+                    at = 0
+                    for lo in range(0, len(pos), batch_size):
+                        n_b = min(batch_size, len(pos) - lo)
+                        part = slice(None) if group is None else group.slice(n_b)
+                        k = len(range(n_b)[part])
+                        xb = xw_t[at:at + k]
+                        at += k
+                        yb = y_train[torch.as_tensor(pos[lo:lo + n_b], device=device)]
+                        if input_noise > 0:
+                            noise = torch.randn((n_b, *xw_t.shape[1:]), generator=gen,
+                                                device=device)
+                            xb = xb + input_noise * noise[part]
+                        opt.zero_grad(set_to_none=True)
+                        if batch_loss is not None:
+                            loss = batch_loss(model, xb, yb, loss_fn)
+                            loss.backward()
+                            batch_total = loss.item() * len(yb)
+                        else:
+                            batch_total = step(net, xb, yb, part, loss_fn)
+                        opt.step()
+                        total += batch_total
+                total = DDP.all_sum(group, total)
                 model.eval()
-            val_loss = float(scores["val_loss"])
-            history["train_loss"].append(total / len(train_cells))
-            for name, value in scores.items():
-                history.setdefault(name, []).append(float(value))
-            bar.set_postfix({k.replace("accuracy", "acc"): f"{v:.3f}" for k, v in scores.items()})
-            if val_loss < best_loss - 1e-4:
-                best_loss, best_epoch, bad = val_loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        bar.close()
+                if validate is None:
+                    scores = _validation(net, val, y_val, device=device)
+                else:
+                    xv = torch.as_tensor(val.take(np.arange(len(val))), device=device)
+                    scores = validate(model, xv, y_val)
+                    model.eval()
+                val_loss = float(scores["val_loss"])
+                history["train_loss"].append(total / len(train_cells))
+                for name, value in scores.items():
+                    history.setdefault(name, []).append(float(value))
+                bar.set_postfix({k.replace("accuracy", "acc"): f"{v:.3f}"
+                                 for k, v in scores.items()})
+                if val_loss < best_loss - 1e-4:
+                    best_loss, best_epoch, bad = val_loss, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+        finally:
+            bar.close()
+            if isinstance(step, _SharedStep):
+                step.close()
     if best_state is None:
         raise ScadvInputError(
             "training diverged: the validation loss was not finite in any epoch. Check the "
@@ -474,15 +546,62 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     return model, out
 
 
-class _Projected(_Rows):
-    """Cells through the model's fixed input projection, computed once (in batches)."""
+#: ``step(net, xb, yb, rows, loss_fn) -> loss × rows of the global minibatch``: forward and
+#: backward of one minibatch (``xb``, ``rows``: this process's part of it).
+_Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, slice, nn.Module], float]
 
-    def __init__(self, rows: _Rows, model: M.MLP, device: torch.device) -> None:
+
+def _plain_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, rows: slice,
+                loss_fn: nn.Module) -> float:
+    loss = loss_fn(net(xb), yb)
+    loss.backward()
+    return loss.item() * len(yb)
+
+
+class _SharedStep:
+    """A minibatch shared between the ranks of a process group: this rank's rows through
+    DistributedDataParallel (gradients averaged over the ranks), its loss the share of the
+    minibatch's mean loss that its rows make up, dropout masks sliced from the whole
+    minibatch's (see :mod:`._ddp`)."""
+
+    def __init__(self, net: nn.Module, group: DDP.Group, device: torch.device, *,
+                 weight: torch.Tensor | None, label_smoothing: float) -> None:
+        self.group = group
+        self.state: dict[str, Any] = {"rows": slice(None), "n": 0}
+        self.swapped = DDP.slice_dropout(net, self.state)
+        self.ddp = DDP.wrap(net, device)
+        self.weight = weight
+        self.per_row = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing,
+                                           reduction="none")
+
+    def __call__(self, net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, rows: slice,
+                 loss_fn: nn.Module) -> float:
+        self.state.update(rows=rows, n=len(yb))
+        # the mean over the whole minibatch divides by its size (or its summed class weights)
+        denom = float(len(yb)) if self.weight is None else float(self.weight[yb].sum())
+        loss = self.per_row(self.ddp(xb), yb[rows]).sum() * (self.group.world / denom)
+        loss.backward()  # DistributedDataParallel averages the gradients over the ranks
+        return loss.item() / self.group.world * len(yb)
+
+    def close(self) -> None:
+        DDP.restore(self.swapped)
+
+
+class _Projected(_Rows):
+    """Cells through the model's fixed input projection, computed once (in batches; with a
+    process group, shared out between the ranks and gathered in order)."""
+
+    def __init__(self, rows: _Rows, model: M.MLP, device: torch.device,
+                 group: DDP.Group | None = None) -> None:
         self.src, self.cells = rows.src, rows.cells
-        parts = []
-        with torch.no_grad():
-            for _, xb in rows.windows(np.arange(len(rows)), RW.BATCH):
-                parts.append(model.input(torch.as_tensor(xb, device=device)).cpu().numpy())
+        n = len(rows)
+
+        @torch.no_grad()
+        def project(i: int) -> np.ndarray:
+            xb = rows.take(np.arange(i * RW.BATCH, min((i + 1) * RW.BATCH, n)))
+            return model.input(torch.as_tensor(xb, device=device)).cpu().numpy()
+
+        parts = list(DDP.ordered(group, -(-n // RW.BATCH), project))
         width = model.input.out_features if isinstance(model.input, nn.Linear) else 0
         self.x = np.concatenate(parts) if parts else np.empty((0, width), np.float32)
 
