@@ -165,6 +165,16 @@ def adversarial_train(
         ``robust_eps``, ``robust_accuracy``, ``robust_accuracy_per_class`` under PGD away
         from the true label), ``adversarial_training`` (the method and its parameters) and
         ``provenance``.
+
+    Notes
+    -----
+    Results are reproducible for a given seed, device and CPU thread count. With several CPU
+    threads the last bits of matrix products depend on the thread count, and adversarial
+    training can turn that into a different result for a few cells (measured on PBMC3k:
+    identical at 1, 2 and 4 threads; at 8 threads 0.4% of the attacked cells moved by up to
+    0.05). Fix the count (``torch.set_num_threads``) for bit-identical reruns; each step records
+    it in its ``provenance`` (``cpu_threads``). See the usage page, "Safety and
+    reproducibility".
     """
     V.options(locals())
     V.name("label_key", label_key)
