@@ -64,7 +64,7 @@ def meta_confusion(
         if not adversarial:
             raise ScadvInputError(f"detector {key!r} has no evaluated adversarial layer.")
         layer = adversarial[0]
-    if layer not in evaluation or "detector" not in evaluation[layer]:
+    if layer not in adversarial or "detector" not in evaluation[layer]:
         raise ScadvInputError(f"layer {layer!r} is not among the layers detector {key!r} was "
                               f"evaluated on ({adversarial}); run scadv.tl.meta_evaluate.")
     model = str(rec["model"])
