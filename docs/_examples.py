@@ -99,10 +99,25 @@ def _simulated():
     return sim
 
 
+@functools.cache
+def _counts():
+    # pbmc68k_reduced has no raw counts: the count attack runs on simulated UMI counts
+    sim = scadv.datasets.simulate(n_cells=600, n_genes=500, n_types=4, markers_per_type=25,
+                                  genes_per_lineage=25, genes_per_activity_program=25, seed=0)
+    scadv.pp.prepare(sim, n_top_genes=300)
+    scadv.tl.train_classifier(sim, "cell_type", max_epochs=20, progress=False)
+    scadv.tl.count_attack(sim, budgets=(1, 2, 5, 10, 20, 50), progress=False)
+    scadv.tl.adversarial_train(sim, "cell_type", space="counts", umis=10, max_epochs=10,
+                               split_key="scadv_split", progress=False)
+    scadv.tl.count_attack(sim, model="robust", budgets=(1, 2, 5, 10, 20, 50), progress=False)
+    scadv.tl.fragility(sim, progress=False)
+    return sim
+
+
 def data(kind: str):
     """A fresh copy of the example AnnData ``kind``."""
     make = {"attack": _base, "detector": _detector, "genes": _genes, "robust": _robust,
-            "attributions": _attributions, "simulated": _simulated}[kind]
+            "attributions": _attributions, "simulated": _simulated, "counts": _counts}[kind]
     return make().copy()
 
 
@@ -155,6 +170,18 @@ SNIPPETS = {
         "attributions",
         'scadv.pl.enrichment(adata, key="attr_integrated_gradients_enrichment")',
         "gene sets: each class's top markers"),
+    "scadv.pl.count_attack": _snippet(
+        "counts", 'scadv.pl.count_attack(adata, key=["count_attack", "count_attack_robust"])',
+        "simulated counts; tl.count_attack on a plain and a count-trained model"),
+    "scadv.pl.count_genes": _snippet("counts", "scadv.pl.count_genes(adata)",
+                                     "simulated counts; tl.count_attack"),
+    "scadv.pl.fragility": _snippet(
+        "counts", "import matplotlib.pyplot as plt, scanpy as sc\n"
+        "sc.pp.pca(adata); sc.pp.neighbors(adata); sc.tl.umap(adata)\n"
+        "fig, axs = plt.subplots(1, 2, figsize=(11, 4), layout='constrained')\n"
+        "sc.pl.umap(adata, color='scadv_min_umis_bin', ax=axs[0], show=False)\n"
+        "scadv.pl.fragility(adata, ax=axs[1])",
+        "simulated counts; tl.count_attack, tl.fragility"),
     "scadv.pl.attribution_truth": _snippet(
         "simulated", "scadv.pl.attribution_truth(adata)",
         "scadv.datasets.simulate: known markers, tl.score_attributions"),

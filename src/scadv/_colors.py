@@ -93,3 +93,14 @@ def series_colors(n: int) -> list[str]:
 
     cmap = colormaps["tab10"] if n <= 10 else colormaps["tab20"]
     return [to_hex(cmap(i % cmap.N)) for i in range(n)]
+
+
+def fragility_colors(n: int) -> list[str]:
+    """``n`` colours for ordered fragility bins (fewest UMIs or smallest ε first): from red
+    (fragile: flipped by little) through yellow to blue (robust; the last bin, "not
+    flipped", is the darkest blue)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["RdYlBu"]
+    return [to_hex(cmap(v)) for v in np.linspace(0.0, 1.0, max(n, 1))][:n]

@@ -191,3 +191,58 @@ def sim_theta() -> str:
 #: Default ``key_added`` of :func:`scadv.tl.pseudo_labels`: the ``obs`` column of the clusters
 #: and, under the same name, their record in ``uns['scadv']``.
 PSEUDO_LABEL = f"{PREFIX}_pseudo_label"
+
+
+# ---- count-space attacks and per-cell fragility (scadv.tl.count_attack / fragility) ---------
+
+#: Default ``key_added`` of :func:`scadv.tl.count_attack` (``'count_attack_<model>'`` for
+#: other models, as :func:`default_attack_key` makes it).
+COUNT_ATTACK = "count_attack"
+#: Default ``key_added`` of :func:`scadv.tl.fragility`.
+FRAGILITY = "fragility"
+
+
+def count_layer(attack_key: str, umis: int) -> str:
+    """Name of the count-space perturbation of one UMI budget, e.g.
+    ``scadv_count_attack_umis10`` (integer count changes of the model genes, compact in
+    ``obsm[name]``)."""
+    return f"{PREFIX}_{attack_key}_umis{int(umis)}"
+
+
+def count_pred(attack_key: str, umis: int) -> str:
+    """``obs`` column with the class predicted for the attacked counts (NaN: not attacked)."""
+    return f"{count_layer(attack_key, umis)}_pred"
+
+
+def count_flipped(attack_key: str, umis: int) -> str:
+    """``obs`` column, categorical ``False``/``True``: did the predicted class change."""
+    return f"{count_layer(attack_key, umis)}_flipped"
+
+
+def count_flipped_to(attack_key: str, umis: int) -> str:
+    """``obs`` column for colouring a UMAP: the new class, ``'unchanged'``, or NaN."""
+    return f"{count_layer(attack_key, umis)}_flipped_to"
+
+
+def _named(key: str, default: str, what: str) -> str:
+    return f"{PREFIX}_{what}" if key == default else f"{PREFIX}_{key}_{what}"
+
+
+def min_umis(attack_key: str) -> str:
+    """``obs`` column with the fewest UMIs found that flip each cell: ``scadv_min_umis`` for
+    the default run, ``scadv_<key>_min_umis`` otherwise (NaN: not attacked; ``inf``: not
+    flipped within the largest budget)."""
+    return _named(attack_key, COUNT_ATTACK, "min_umis")
+
+
+def min_umis_bin(attack_key: str) -> str:
+    """Categorical companion of :func:`min_umis` for colouring a UMAP (``'1'``, ``'2'``,
+    ``'3–5'``, ..., ``'> 50'``)."""
+    return f"{min_umis(attack_key)}_bin"
+
+
+def min_eps(fragility_key: str) -> str:
+    """``obs`` column with the smallest L∞ ε found that flips each cell: ``scadv_min_eps`` for
+    the default run, ``scadv_<key>_min_eps`` otherwise (NaN: not attacked; ``inf``: no flip up
+    to the largest ε)."""
+    return _named(fragility_key, FRAGILITY, "min_eps")

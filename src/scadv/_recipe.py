@@ -24,6 +24,19 @@ Keys
     Per gene, the model-space value of zero expression (for "keep zeros at zero" attacks).
 ``x_min``, ``x_max``
     Per gene, the observed range in model space over the prepared cells.
+``std_floor``, ``min_detection``, ``zscore``
+    Robust preprocessing options of :func:`scadv.pp.prepare` (absent in older recipes: no
+    floor, no detection threshold, z-scored). They change only the stored statistics: the
+    floor is already applied to ``std``; with ``zscore=False`` ``mean`` and ``std`` are 0 and
+    1. :func:`lognorm_to_model` is the same function for every option.
+``lognorm_mean``, ``lognorm_std``
+    The genes' log-normalised mean and standard deviation as measured (before any floor;
+    equal to ``mean`` / ``std`` for the default options). Absent in older recipes.
+``detection``
+    Per model gene, the fraction of the prepared cells with a value > 0.
+``library_min``, ``library_max``, ``library_median``
+    The observed range and median of the library sizes of the prepared cells (counts input;
+    the default library-size range of :func:`scadv.tl.count_attack`).
 ``layer``
     The matrix :func:`scadv.pp.prepare` read (``'None'``: ``X``); the model input of the
     prepared AnnData itself is computed from it.
@@ -118,6 +131,12 @@ def zero_level(recipe: Mapping[str, Any]) -> np.ndarray:
     return np.clip(z, -max_value, max_value) if max_value > 0 else z
 
 
+def fill_value(recipe: Mapping[str, Any]) -> np.ndarray:
+    """Per model gene, the log-normalised value that stands for a missing gene: its training
+    mean (``lognorm_mean``; ``mean`` in recipes without it)."""
+    return np.asarray(recipe.get("lognorm_mean", recipe["mean"]), dtype=np.float32)
+
+
 def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     """Whether two recipes transform data identically."""
     if a is None or b is None:
@@ -128,6 +147,7 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     return (np.allclose(np.asarray(a["mean"]), np.asarray(b["mean"]))
             and np.allclose(np.asarray(a["std"]), np.asarray(b["std"]))
             and float(a["max_value"]) == float(b["max_value"])
+            and float(a.get("target_sum", 1e4)) == float(b.get("target_sum", 1e4))
             and str(a["input_kind"]) == str(b["input_kind"]))
 
 
@@ -211,7 +231,7 @@ class Source:
         self.label = label
         self.obs_names = obs_names
         self._library_size = library_size
-        self._mean = np.asarray(recipe["mean"], dtype=np.float32)
+        self._mean = fill_value(recipe)
 
     @property
     def n_obs(self) -> int:

@@ -65,13 +65,14 @@ class Perturbation:
     space: Space
     model: str
     run: str
-    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name).
+    #: For ``space='var'``: the matrix it changes (``'X'`` or a layer name); for
+    #: ``space='counts'``: the matrix the clean counts were read from.
     matrix: str = "X"
 
     def storage(self, adata: AnnData) -> tuple[dict[str, Any], sparse.csr_matrix | None]:
         """``(registry entry, obsm matrix or None)`` in the more compact format."""
         ent: dict[str, Any] = {"space": self.space, "model": self.model, "run": self.run}
-        if self.space == "var":
+        if self.space in ("var", "counts"):
             ent["matrix"] = self.matrix
         n_cells, n_genes = self.rows.shape
         if isinstance(self.rows, np.ndarray):
@@ -266,23 +267,57 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
         raise ScadvInputError(
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
-    return apply(str(ent["space"]), src, idx, _delta(adata, name, idx, src.n_genes))
+    space = str(ent["space"])
+    if space == "counts":
+        src = count_source(adata, ent, src)
+    return apply(space, src, idx, _delta(adata, name, idx, src.n_genes))
 
 
 def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray) -> np.ndarray:
     """The perturbed model input of cells ``idx`` of ``src`` from their stored change
     ``delta`` (dense float32, cells × model genes) of a ``'model'`` or ``'counts'``
     perturbation: what :func:`model_rows` returns, computed from the change alone (e.g. on a
-    Dask worker that holds the cells' rows)."""
+    Dask worker that holds the cells' rows). For ``'counts'``, ``src`` holds the clean counts
+    the change was made on (:func:`count_source`)."""
     if space == "model":
         return src.rows(idx) + delta
-    counts, lib = _apply_counts(src, idx, delta)
+    counts, lib = add_counts(*src.counts(idx), delta)
+    if counts.nnz and counts.data.min() < 0:
+        raise ScadvInputError(
+            "a stored count-space perturbation makes counts negative: it was changed or damaged "
+            "after scadv wrote it, or belongs to other data. Delete it (adata.uns['scadv']"
+            "['perturbations'] and adata.obsm) and run the attack again.")
+    return counts_model_input(counts, lib, src)
+
+
+def counts_model_input(counts: sparse.csr_matrix, library_size: np.ndarray, src: R.Source
+                       ) -> np.ndarray:
+    """The model input of (perturbed) counts of the model genes with the given library
+    sizes: the recipe of ``src``, exactly as :func:`model_rows` rebuilds count-space
+    perturbations (and as :func:`scadv.tl.count_attack` evaluates them)."""
     lognorm = R.lognormalize(counts, target_sum=float(src.recipe["target_sum"]),
-                             library_size=lib)
+                             library_size=library_size)
     dense = V.dense(lognorm)
     if src.missing.any():
-        dense[:, src.missing] = np.asarray(src.recipe["mean"], np.float32)[src.missing]
+        dense[:, src.missing] = R.fill_value(src.recipe)[src.missing]
     return R.lognorm_to_model(dense, src.recipe)
+
+
+def add_counts(counts: sparse.csr_matrix, library_size: np.ndarray, delta: np.ndarray
+               ) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Counts plus a (dense) change of them, and the library sizes that change with them."""
+    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
+    adv.eliminate_zeros()
+    return adv, library_size + delta.sum(axis=1, dtype=np.float64)
+
+
+def count_source(adata: AnnData, ent: Mapping[str, Any], src: R.Source) -> R.Source:
+    """The source of the clean counts a count-space perturbation was made on: ``src``, or the
+    layer its counts were read from (``ent['matrix']``)."""
+    which = str(ent.get("matrix", "X"))
+    if which == "X":
+        return src
+    return R.source(adata, src.recipe, layer=which, what="adata")
 
 
 #: A chunk's stored change, for :func:`rows_of`: ``(space, delta)``, or None for clean rows.
@@ -305,7 +340,10 @@ def plan(adata: AnnData, name: str | None, src: R.Source
             f"{name!r} changed adata's own matrix ({ent.get('matrix', 'X')}), not a "
             "classifier's model input; read it with scadv.get.perturbed(adata, name).")
     space = str(ent["space"])
-    return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
+    if space == "counts":
+        src = count_source(adata, ent, src)
+    return src, lambda idx: (space, REC.finite_change(
+        name, _delta(adata, name, idx, src.n_genes), counts=space == "counts"))
 
 
 def rows_of(src: R.Source, idx: np.ndarray | slice, change: Change) -> np.ndarray:
@@ -334,8 +372,9 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
+    src = count_source(adata, ent, src)
     delta = REC.finite_change(name, _delta(adata, name, idx, src.n_genes), counts=True)
-    adv, lib = _apply_counts(src, idx, delta)
+    adv, lib = add_counts(*src.counts(idx), delta)
     if adv.nnz and adv.data.min() < 0:
         raise REC.malformed(f"perturbation {name!r}", "its change of counts",
                             "makes counts negative",
@@ -343,14 +382,6 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
                             f"adata.obsm.pop({name!r}, None)) and run the step that made it "
                             "again.")
     return adv, lib
-
-
-def _apply_counts(src: R.Source, idx: np.ndarray | slice, delta: np.ndarray
-                  ) -> tuple[sparse.csr_matrix, np.ndarray]:
-    counts, lib = src.counts(idx)
-    adv = sparse.csr_matrix(counts.toarray() + delta, dtype=np.float32)
-    adv.eliminate_zeros()
-    return adv, lib + delta.sum(axis=1, dtype=np.float64)
 
 
 class LazyRows:

@@ -241,6 +241,19 @@ CALLS: list[Call] = [
     Call("pl.report", "meta", kwargs={"save": lambda a: _report_path()}, options={
         "title": [3, "", ["x"]], "notes": [3, [3], [None], {"a": 1}],
         "only": [3, ["nope"], [3], []], "show": SHOW, "save": [3, ["a.png"], False]}),
+    Call("tl.count_attack", "trained", kwargs={"budgets": (1, 2), "progress": False}, options={
+        "budgets": [[], [0], [1.5], ["a"], [1, 1], nan], "beam": POS_INT, "top_k": POS_INT,
+        "cap_add": NONNEG_INT, "cap_remove": NONNEG_INT, "detected_only": FLAG,
+        "target": [3, "", "nope"], "model": [*NAME, "nope"], "cells": CELLS[:4],
+        **_common()}),
+    Call("tl.fragility", "trained", kwargs={"steps": 2, "progress": False}, options={
+        "eps_min": POS, "eps_max": POS, "tol": [0.0, 1.0, nan, "x"], "steps": POS_INT,
+        "keep_zeros": FLAG, "clip": CLIP[:4], "target": [3, "", "nope"],
+        "model": [*NAME, "nope"], "cells": CELLS[:4], **_common()}),
+    Call("pl.count_attack", "trained", options=_plot(key=[7, "", [], "nope"],
+                                                     labels=[3, [3]], per_class=FLAG)),
+    Call("pl.count_genes", "trained", options=_plot(top=POS_INT)),
+    Call("pl.fragility", "trained", options=_plot(groupby=[3, ""])),
     Call("pl.flip_rate", "meta", options=_plot(key=[*NAME, "nope", "classifier"])),
     Call("pl.robustness_curve", "trained", options=_plot(key=[*NAME, "nope"])),
     Call("pl.meta_scores", "meta", options=_plot(layers=[["nope"], 3], bins=POS_INT)),

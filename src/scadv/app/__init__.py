@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ScadvInputError
-from . import _genes  # noqa: F401  (registers the gene-level attack)
+from . import (
+    _counts,  # noqa: F401  (registers the count attack)
+    _genes,  # noqa: F401  (registers the gene-level attack)
+)
 from ._session import ATTACKS, AttackSpec, CellResult, Option, Session, load, register
 
 __all__ = ["ATTACKS", "AttackSpec", "CellResult", "Option", "Session", "load", "make_app",

@@ -9,6 +9,7 @@ from ._attributions import (
     top_genes,
 )
 from ._cgd import cgd
+from ._count_attack import count_attack, count_genes, fragility
 from ._flip_rate import flip_rate
 from ._meta_cell import meta_cell
 from ._meta_confusion import meta_confusion
@@ -25,8 +26,11 @@ __all__ = [
     "attribution_stability",
     "attribution_truth",
     "cgd",
+    "count_attack",
+    "count_genes",
     "enrichment",
     "flip_rate",
+    "fragility",
     "marker_overlap",
     "meta_cell",
     "meta_confusion",

@@ -83,7 +83,8 @@ def top_genes(
     _heatmap(ax, vals, list(genes[rows]), shown, cmap="RdBu_r" if signed else "Reds",
              vmin=-1 if signed else 0, vmax=1, label="mean attribution (÷ column max)",
              annotate=False)
-    U.set_title(ax, f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
+    model = rec.get("model", "the model")  # optional in attribution records
+    U.set_title(ax, f"{rec['method']} on {model!s}: top {n_genes} genes per class")
     return U.finish(ax, show=show, save=save, name="top_genes")
 
 

@@ -30,6 +30,9 @@ def prepare(
     n_top_genes: int = 2000,
     target_sum: float = 1e4,
     max_value: float = 10.0,
+    std_floor: float | None = None,
+    min_detection: float = 0.0,
+    zscore: bool = True,
     flavor: Flavor | None = None,
     include_genes: Sequence[str] = (),
     expect: Literal["auto", "counts", "lognorm", "scaled"] = "auto",
@@ -71,7 +74,24 @@ def prepare(
     target_sum
         Library size each cell is normalised to (counts input).
     max_value
-        Z-scores are clipped to ``[-max_value, max_value]``; 0 disables clipping.
+        Z-scores are clipped to ``[-max_value, max_value]``; 0 disables clipping. A smaller
+        clip (e.g. 3) bounds how far any gene can move, which makes count-space attacks
+        need more UMIs (see *How many molecules does it take?* in the documentation).
+    std_floor
+        Robust preprocessing against count-space attacks (counts input): a floor on each
+        gene's standard deviation, so that one UMI switching on an undetected gene in a cell
+        of the median library size moves its z-score by at most ``std_floor`` SD
+        (floor ``= log1p(target_sum / median library size) / std_floor``). Without it, rarely
+        detected genes have tiny standard deviations and one UMI moves them by ~9 SD on
+        PBMC3k. ``None`` (default): no floor.
+    min_detection
+        Leave out genes detected (count > 0) in fewer than this fraction of the cells
+        (``include_genes`` are kept regardless); 0 (default): only genes detected in fewer than
+        3 cells are left out.
+    zscore
+        ``False``: the model input is the clipped ``log1p`` of the normalised values, without
+        centring and scaling (the recipe's ``mean`` and ``std`` are then 0 and 1; the
+        per-gene statistics are kept in ``lognorm_mean`` / ``lognorm_std``).
     flavor
         Gene selection method of :func:`scanpy.pp.highly_variable_genes` (computed here from
         streamed statistics, with the same result). ``None`` (default) picks ``'seurat_v3'``
@@ -103,8 +123,10 @@ def prepare(
 
     ``adata.uns['scadv']['prepare']``
         The recipe (genes, means, standard deviations, target sum, clip, zero levels, observed
-        ranges, gene selection, the matrix it was computed from) and its provenance; see
-        :func:`scadv.pp.transform`.
+        ranges, gene selection, the matrix it was computed from, the robust options
+        ``std_floor`` / ``min_detection`` / ``zscore``, each model gene's detection rate and,
+        for counts, the observed library-size range ``library_min`` / ``library_max``) and its
+        provenance; see :func:`scadv.pp.transform`.
     ``adata.obs['scadv_library_size']``
         Total counts per cell over all genes (counts input).
 
@@ -123,7 +145,7 @@ def prepare(
     start = logg.info("preparing data for scadv")
     params = P.call_params(locals(), prepare)
     _check_options(n_top_genes=n_top_genes, target_sum=target_sum, max_value=max_value,
-                   expect=expect)
+                   expect=expect, std_floor=std_floor, min_detection=min_detection)
     adata = V.start(adata, copy=copy)
     ns = adata.uns.get(K.UNS)
     if ns is not None and not isinstance(ns, Mapping):
@@ -165,6 +187,15 @@ def prepare(
             "this AnnData is backed on disk or lazy. Use the default subset=False (every scadv "
             "tool reads the model input batch by batch), or load it first: adata.to_memory().")
 
+    if kind != "counts" and std_floor is not None:
+        raise ScadvInputError(
+            f"std_floor bounds the z-score change of one UMI, so it needs raw counts, but "
+            f"{where} looks like {_KIND_TEXT[kind].split(':')[0]}. Pass the raw counts "
+            "(layer=...), or leave std_floor=None.")
+    if kind == "scaled" and (min_detection > 0 or not zscore):
+        raise ScadvInputError(
+            "min_detection and zscore=False need counts or log-normalised data; this input is "
+            "already scaled and is used unchanged. Pass the counts (layer=...).")
     if kind == "scaled":
         scaled = _recipe_for_scaled(adata, x, max_value=max_value)
         scaled.update(flavor="none", n_top_genes=adata.n_vars, include_genes=list(include_genes),
@@ -194,16 +225,39 @@ def prepare(
     flavor = _choose_flavor(flavor, counts_x)
     selected, flavor = _select_genes(adata.var_names, stats, counts_stats, counts_x,
                                      n_top_genes=n_top_genes, flavor=flavor, auto=auto,
-                                     include_genes=include_genes, progress=progress)
+                                     include_genes=include_genes, progress=progress,
+                                     min_detection=min_detection)
     genes = adata.var_names[selected]
     mean, var = stats.lognorm.mean_var(stats.n_obs)
     std = np.sqrt(np.maximum(var[selected], 0.0))
     std[std == 0] = 1.0
+    lognorm_mean, lognorm_std = mean[selected].astype(np.float32), std.astype(np.float32)
+    robust: dict[str, Any] = {"std_floor": 0.0 if std_floor is None else float(std_floor),
+                              "min_detection": float(min_detection), "zscore": bool(zscore),
+                              "lognorm_mean": lognorm_mean, "lognorm_std": lognorm_std,
+                              "detection": (stats.detected[selected] / stats.n_obs
+                                            ).astype(np.float32)}
+    if stats.library_size is not None:
+        lib = stats.library_size
+        robust.update(library_min=float(lib.min()), library_max=float(lib.max()),
+                      library_median=float(np.median(lib)))
+    if std_floor is not None and stats.library_size is not None:
+        floor = np.float32(np.log1p(target_sum / float(np.median(stats.library_size)))
+                           / float(std_floor))
+        robust["std_floor_value"] = float(floor)
+        std = np.maximum(std, floor)
+        logg.info(f"    std floor {float(floor):.3g} (one UMI at the median library moves a "
+                  f"gene by at most {float(std_floor):g} SD): raised the SD of "
+                  f"{int((lognorm_std < floor).sum())} of {len(genes)} genes")
+    center = mean[selected].astype(np.float32)
+    if not zscore:
+        center, std = np.zeros_like(center), np.ones_like(std)
     recipe: dict[str, Any] = {
         "input_kind": kind,
         "genes": np.asarray(genes, dtype=str),
-        "mean": mean[selected].astype(np.float32),
+        "mean": center,
         "std": std.astype(np.float32),
+        **robust,
         "has_stats": True,
         "max_value": float(max_value),
         "target_sum": float(target_sum),
@@ -262,7 +316,8 @@ _KIND_TEXT = {
 }
 
 
-def _check_options(*, n_top_genes: int, target_sum: float, max_value: float, expect: str) -> None:
+def _check_options(*, n_top_genes: int, target_sum: float, max_value: float, expect: str,
+                   std_floor: float | None = None, min_detection: float = 0.0) -> None:
     if expect not in ("auto", "counts", "lognorm", "scaled"):
         raise ScadvInputError(
             f"expect must be 'auto', 'counts', 'lognorm' or 'scaled', got {expect!r}.")
@@ -272,6 +327,12 @@ def _check_options(*, n_top_genes: int, target_sum: float, max_value: float, exp
         raise ScadvInputError(f"target_sum must be positive, got {target_sum}.")
     if max_value < 0:
         raise ScadvInputError(f"max_value must be ≥ 0 (0 disables clipping), got {max_value}.")
+    if std_floor is not None and not (np.isfinite(std_floor) and std_floor > 0):
+        raise ScadvInputError(
+            f"std_floor must be a positive number of SD per UMI (or None), got {std_floor!r}.")
+    if not 0.0 <= float(min_detection) < 1.0:
+        raise ScadvInputError(
+            f"min_detection is a fraction of cells in [0, 1), got {min_detection!r}.")
 
 
 def _counts_layer(adata: AnnData) -> sparse.spmatrix | np.ndarray | None:
@@ -334,16 +395,18 @@ def _block_check(adata: AnnData, *, kind: str, where: str, strict: bool
 
 def _select_genes(var_names: pd.Index, stats: S.Pass1, counts_stats: S.Pass1, counts_x: Any, *,
                   n_top_genes: int, flavor: Flavor, auto: bool, include_genes: Sequence[str],
-                  progress: bool) -> tuple[np.ndarray, Flavor]:
+                  progress: bool, min_detection: float = 0.0) -> tuple[np.ndarray, Flavor]:
     """Boolean mask of the model genes (highly variable genes plus ``include_genes``) and the
     flavour actually used."""
     n_vars = len(var_names)
-    detected = stats.detected >= MIN_CELLS_PER_GENE
+    min_cells = max(MIN_CELLS_PER_GENE, int(np.ceil(float(min_detection) * stats.n_obs)))
+    detected = stats.detected >= min_cells
     if not detected.any() and not include_genes:
         raise ScadvInputError(
-            f"no gene is detected in at least {MIN_CELLS_PER_GENE} of the {stats.n_obs} cells, "
+            f"no gene is detected in at least {min_cells} of the {stats.n_obs} cells, "
             "so there is nothing to select model genes from. scadv needs more cells (a "
-            "classifier needs at least three per class) with real expression data.")
+            "classifier needs at least three per class) with real expression data"
+            + (", or a smaller min_detection." if min_detection > 0 else "."))
     if n_top_genes >= detected.sum():
         logg.info(f"    n_top_genes={n_top_genes} ≥ {int(detected.sum())} detected genes: "
                   "all detected genes are used")

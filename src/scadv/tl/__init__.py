@@ -1,8 +1,10 @@
 """Tools: train, apply, attack and explain classifiers, detect manipulated cells (``scadv.tl``)."""
 
 from ._attacks._fgsm import fgsm
+from ._attacks._fragility import fragility
 from ._attacks._pgd import pgd
 from ._attacks._robustness import robust_accuracy
+from ._counts._count_attack import count_attack
 from ._detect._adaptive import adaptive_pgd
 from ._detect._benign import benign_perturb
 from ._detect._meta_detect import meta_detect
@@ -31,7 +33,9 @@ __all__ = [
     "attribution_stability",
     "benign_perturb",
     "cgd",
+    "count_attack",
     "fgsm",
+    "fragility",
     "gene_set_enrichment",
     "grid",
     "marker_overlap",

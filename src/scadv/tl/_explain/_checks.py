@@ -370,7 +370,7 @@ def attribution_agreement(
     rec = {
         "keys": keys,
         "methods": [str(r["method"]) for r in recs],
-        "models": [str(r["model"]) for r in recs],
+        "models": [str(r.get("model", "")) for r in recs],  # optional in old records
         "classes": classes,
         "k": k,
         "jaccard": jac,

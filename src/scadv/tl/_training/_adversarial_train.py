@@ -23,6 +23,9 @@ from ..._results import write_results
 from .. import _common as C
 from .._attacks import _engine as E
 from .._attacks import _robustness as RB
+from .._counts import _count_attack as CA
+from .._counts import _training as CT
+from .._counts import _transform as TC
 from . import _train as T
 
 Method = Literal["pgd", "fgsm", "trades"]
@@ -33,6 +36,7 @@ def adversarial_train(
     label_key: str,
     *,
     method: Method = "pgd",
+    space: Literal["model", "counts"] = "model",
     eps: float = 0.25,
     steps: int | None = None,
     alpha: float | None = None,
@@ -40,6 +44,9 @@ def adversarial_train(
     random_start: bool = True,
     adv_ratio: float = 0.3,
     beta: float = 6.0,
+    umis: int = 10,
+    cap_add: int = 3,
+    cap_remove: int = 3,
     eval_eps: float | Sequence[float] = (0.05, 0.1, 0.15),
     eval_steps: int = 10,
     hidden: Sequence[int] = (256, 128, 64),
@@ -78,6 +85,14 @@ def adversarial_train(
         :math:`\mathrm{CE}(f(x), y) + \beta\,\mathrm{KL}(f(x) \,\|\, f(x'))`, where
         :math:`x'` maximises the KL term (Zhang et al., 2019).
 
+    With ``space='counts'`` the adversarial versions are made in count space instead: each
+    batch's raw counts are attacked by the engine of :func:`scadv.tl.count_attack` (plain
+    gradient-guided greedy search away from the true label, at most ``umis`` UMIs, at most
+    ``cap_add`` / ``cap_remove`` UMIs per gene, library size in the reference's observed
+    range), pushed through the recipe, and the loss is the ``'pgd'`` mixture above with
+    ``adv_ratio``. This needs a recipe prepared from raw counts and the raw counts of the
+    training cells (in ``X``, a layer the recipe names, or ``.raw``).
+
     **Defaults** (chosen on validation cells only; ``benchmarks/robust_grid.py``): PGD at
     ε = 0.25 with 10 steps and 30 % adversarial loss, behind a PCA-initialised input layer
     that is *trainable* (``freeze_input=False``, unlike :func:`scadv.tl.train_classifier`): a
@@ -111,7 +126,11 @@ def adversarial_train(
     label_key
         ``obs`` column with cell types or clusters (cells with NaN are predicted, not trained on).
     method
-        ``'pgd'``, ``'fgsm'`` or ``'trades'``.
+        ``'pgd'``, ``'fgsm'`` or ``'trades'`` (``space='counts'``: ``'pgd'``, the mixture).
+    space
+        ``'model'`` (default): attacks on the model input (ε, steps, alpha, norm,
+        random_start, beta apply). ``'counts'``: attacks on the raw counts (umis, cap_add,
+        cap_remove apply).
     eps
         Training budget in z-score units (L∞ by default; the L2 radius with ``norm='l2'``).
         The default 0.25 is for robustness at ε ≈ 0.1 (see above).
@@ -129,6 +148,10 @@ def adversarial_train(
         Weight :math:`r` of the adversarial term for ``'pgd'``/``'fgsm'``, in (0, 1].
     beta
         Weight :math:`\beta` of the KL term for ``'trades'``.
+    umis
+        ``space='counts'``: the training attack's UMI budget per cell.
+    cap_add, cap_remove
+        ``space='counts'``: most UMIs the training attack adds to / removes from one gene.
     eval_eps, eval_steps
         Budgets and PGD steps of the robust accuracy reported in ``metrics``.
     freeze_input
@@ -163,7 +186,9 @@ def adversarial_train(
         ``val_robust_accuracy`` at the training budget), ``metrics`` (``test`` and ``val``:
         clean accuracy, balanced and per-class accuracy, confusion matrix, and
         ``robust_eps``, ``robust_accuracy``, ``robust_accuracy_per_class`` under PGD away
-        from the true label), ``adversarial_training`` (the method and its parameters) and
+        from the true label; with ``space='counts'`` also ``count_umis``,
+        ``count_robust_accuracy`` and ``count_robust_accuracy_per_class`` under the training's
+        count attack), ``adversarial_training`` (the method and its parameters) and
         ``provenance``.
 
     Notes
@@ -199,6 +224,17 @@ def adversarial_train(
                      batch_size=batch_size, max_epochs=max_epochs, patience=patience,
                      test_size=test_size, val_size=val_size, label_smoothing=label_smoothing,
                      class_weight=class_weight, input_noise=0.0)
+    if space not in ("model", "counts"):
+        raise ScadvInputError(f"space must be 'model' or 'counts', got {space!r}.")
+    if space == "counts":
+        if method != "pgd":
+            raise ScadvInputError(
+                f"space='counts' trains on the count attack's cells mixed with clean ones "
+                f"(method='pgd'); method={method!r} is for model-space attacks.")
+        CA._check_options(budgets=(umis,), beam=1, top_k=1, cap_add=cap_add,
+                          cap_remove=cap_remove, batch_size=1)
+        if not 0 < adv_ratio <= 1:
+            raise ScadvInputError(f"adv_ratio must be in (0, 1], got {adv_ratio}.")
     cfg = _attack_config(method=method, eps=eps, steps=steps, alpha=alpha, norm=norm,
                          random_start=random_start, adv_ratio=adv_ratio, beta=beta)
     eval_eps_t = RB.check_eps_grid(eval_eps, what="eval_eps")
@@ -218,13 +254,25 @@ def adversarial_train(
                      val_size=val_size, seed=seed)
     dev = D.resolve(device)
 
-    batch_loss, validate = _hooks(cfg, device=dev, seed=seed)
+    cell_loss: T.CellBatchLoss | None = None
+    if space == "counts":
+        TC.check_recipe(recipe)
+        CA.counts_source(adata, recipe, layer=None)
+        lib_range, lib_from = CA.library_range(adata, "observed", recipe, {}, key_added)
+        cfg = CT.config(umis=umis, adv_ratio=adv_ratio, cap_add=cap_add, cap_remove=cap_remove,
+                        library=lib_range, library_from=lib_from)
+        cell_loss, validate = CT.hooks(cfg, src=src, split=split, recipe=recipe, device=dev,
+                                       seed=seed)
+        batch_loss = None
+    else:
+        batch_loss, validate = _hooks(cfg, device=dev, seed=seed)
     model, history = T._fit(
         src, y, split, n_classes=len(classes), hidden=hidden, dropout=dropout,
         input_rank=input_rank, freeze_input=freeze_input, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=max_epochs, patience=patience,
         label_smoothing=label_smoothing, input_noise=0.0, class_weight=class_weight,
         seed=seed, device=dev, progress=progress, batch_loss=batch_loss, validate=validate,
+        cell_batch_loss=cell_loss,
     )
     emb, logits = T.predict_all(model, src, device=dev, progress=progress)
     pred = logits.argmax(axis=1)
@@ -238,6 +286,10 @@ def adversarial_train(
                           progress=progress)
         scores[name].update(robust_eps=rob["eps"], robust_accuracy=rob["accuracy"],
                             robust_accuracy_per_class=rob["accuracy_per_class"])
+        if space == "counts":
+            scores[name].update(CT.robust_accuracy(
+                model, src, np.flatnonzero(cells), y[cells], len(classes), cfg, recipe,
+                device=dev, seed=seed))
     arch = T.architecture(model, src.n_genes, len(classes), hidden, dropout)
     split_col = split_key or K.split(key_added)
     record = M.to_record(

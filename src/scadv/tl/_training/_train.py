@@ -33,6 +33,10 @@ MIN_CELLS_PER_CLASS = 3
 
 #: ``batch_loss(model, xb, yb, loss_fn) -> loss`` of one training batch (see :func:`_fit`).
 BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
+#: ``cell_batch_loss(model, xb, yb, loss_fn, cells) -> loss``: as :data:`BatchLoss`, also told
+#: the batch's cells (positions in the source), e.g. to attack their raw counts.
+CellBatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module, np.ndarray],
+                         torch.Tensor]
 #: ``validate(model, xv, yv) -> {'val_loss': …, …}`` once per epoch (see :func:`_fit`).
 Validate = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
 
@@ -407,7 +411,8 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
          freeze_input: bool, lr: float, weight_decay: float, batch_size: int, max_epochs: int,
          patience: int, label_smoothing: float, input_noise: float, class_weight: str | None,
          seed: int, device: torch.device, progress: bool, batch_loss: BatchLoss | None = None,
-         validate: Validate | None = None, group: DDP.Group | None = None
+         validate: Validate | None = None, group: DDP.Group | None = None,
+         cell_batch_loss: CellBatchLoss | None = None
          ) -> tuple[M.MLP, dict[str, np.ndarray]]:
     """Train with early stopping on the validation loss; returns the best model and history.
 
@@ -422,14 +427,16 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
     and adversarial versions of it; the model is in train mode and must be left so), and
     ``validate(model, xv, yv)`` returns the epoch's validation entries, among them
     ``'val_loss'``, the early-stopping criterion (lower is better). With hooks, the training
-    and validation inputs must fit in memory.
+    and validation inputs must fit in memory. ``cell_batch_loss`` replaces ``batch_loss`` when
+    the loss needs to know which cells the batch holds (their positions in ``src``; the
+    validation cells reach ``validate`` in ascending position order).
 
     With a process ``group`` (plain training only), the ranks share every minibatch and the
     one-off passes over the cells (see :mod:`._ddp`); every rank returns the same model.
     """
     train_cells = np.flatnonzero(split == K.SPLIT_TRAIN)
     val_cells = np.flatnonzero(split == K.SPLIT_VAL)
-    hooks = batch_loss is not None or validate is not None
+    hooks = batch_loss is not None or validate is not None or cell_batch_loss is not None
     if hooks and group is not None:
         raise ScadvInputError("distributed training is available for plain training "
                               "(scadv.tl.train_classifier) only.")
@@ -510,7 +517,12 @@ def _fit(src: R.Source, y: np.ndarray, split: np.ndarray, *, n_classes: int,
                                                 device=device)
                             xb = xb + input_noise * noise[part]
                         opt.zero_grad(set_to_none=True)
-                        if batch_loss is not None:
+                        if cell_batch_loss is not None:
+                            loss = cell_batch_loss(model, xb, yb, loss_fn,
+                                                   train_cells[pos[lo:lo + n_b]])
+                            loss.backward()
+                            batch_total = loss.item() * len(yb)
+                        elif batch_loss is not None:
                             loss = batch_loss(model, xb, yb, loss_fn)
                             loss.backward()
                             batch_total = loss.item() * len(yb)
