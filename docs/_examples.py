@@ -100,6 +100,24 @@ def _simulated():
 
 
 @functools.cache
+def _models():
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    adata = _base().copy()
+    genes = [str(g) for g in adata.uns["scadv"]["prepare"]["genes"]]
+    x = pd.DataFrame(adata[:, genes].X.toarray(), columns=genes)  # log-normalised values
+    y = adata.obs[LABELS].astype(str).to_numpy()
+    logreg = scadv.models.from_sklearn(LogisticRegression(max_iter=300).fit(x, y))
+    forest = RandomForestClassifier(n_estimators=50, random_state=0).fit(x, y)
+    scadv.tl.compare_models(adata, {"scadv MLP": "classifier", "logistic regression": logreg,
+                                    "random forest": forest}, label_key=LABELS,
+                            eps=(0.05, 0.1, 0.2, 0.5), genes=genes[:40], progress=False)
+    return adata
+
+
+@functools.cache
 def _counts():
     # pbmc68k_reduced has no raw counts: the count attack runs on simulated UMI counts
     sim = scadv.datasets.simulate(n_cells=600, n_genes=500, n_types=4, markers_per_type=25,
@@ -117,7 +135,8 @@ def _counts():
 def data(kind: str):
     """A fresh copy of the example AnnData ``kind``."""
     make = {"attack": _base, "detector": _detector, "genes": _genes, "robust": _robust,
-            "attributions": _attributions, "simulated": _simulated, "counts": _counts}[kind]
+            "attributions": _attributions, "simulated": _simulated, "models": _models,
+            "counts": _counts}[kind]
     return make().copy()
 
 
@@ -170,6 +189,9 @@ SNIPPETS = {
         "attributions",
         'scadv.pl.enrichment(adata, key="attr_integrated_gradients_enrichment")',
         "gene sets: each class's top markers"),
+    "scadv.pl.compare_models": _snippet(
+        "models", "scadv.pl.compare_models(adata)",
+        "tl.compare_models: scadv's MLP, a logistic regression, a random forest"),
     "scadv.pl.count_attack": _snippet(
         "counts", 'scadv.pl.count_attack(adata, key=["count_attack", "count_attack_robust"])',
         "simulated counts; tl.count_attack on a plain and a count-trained model"),

@@ -18,6 +18,9 @@ Keys
     from; such a model can only be applied to data scaled the same way.
 ``max_value``
     Clip of the z-scores to ``[-max_value, max_value]`` (0: no clip).
+``clip``
+    Optional: ``'both'`` (default when absent) clips to ``[-max_value, max_value]``;
+    ``'upper'`` only caps at ``max_value``, as CellTypist does.
 ``target_sum``
     Library size each cell is normalised to before ``log1p`` (counts input).
 ``zero_level``
@@ -104,8 +107,16 @@ def lognorm_to_model(lognorm: np.ndarray | sparse.spmatrix, recipe: Mapping[str,
     x /= std
     max_value = float(recipe["max_value"])
     if max_value > 0:
-        np.clip(x, -max_value, max_value, out=x)
+        if clip_mode(recipe) == "upper":
+            np.minimum(x, max_value, out=x)
+        else:
+            np.clip(x, -max_value, max_value, out=x)
     return x
+
+
+def clip_mode(recipe: Mapping[str, Any]) -> str:
+    """``'both'`` (clip to ``±max_value``; the default) or ``'upper'`` (cap at ``max_value``)."""
+    return str(recipe.get("clip", "both"))
 
 
 def zscore_stats(lognorm: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +139,10 @@ def zero_level(recipe: Mapping[str, Any]) -> np.ndarray:
     """Model-space value of zero expression per gene."""
     z = -np.asarray(recipe["mean"], dtype=np.float32) / np.asarray(recipe["std"], dtype=np.float32)
     max_value = float(recipe["max_value"])
-    return np.clip(z, -max_value, max_value) if max_value > 0 else z
+    if max_value <= 0:
+        return z
+    return np.minimum(z, max_value) if clip_mode(recipe) == "upper" else np.clip(
+        z, -max_value, max_value)
 
 
 def fill_value(recipe: Mapping[str, Any]) -> np.ndarray:
@@ -147,6 +161,7 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     return (np.allclose(np.asarray(a["mean"]), np.asarray(b["mean"]))
             and np.allclose(np.asarray(a["std"]), np.asarray(b["std"]))
             and float(a["max_value"]) == float(b["max_value"])
+            and clip_mode(a) == clip_mode(b)
             and float(a.get("target_sum", 1e4)) == float(b.get("target_sum", 1e4))
             and str(a["input_kind"]) == str(b["input_kind"]))
 

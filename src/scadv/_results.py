@@ -263,14 +263,14 @@ def _describe_record(rec: Mapping[str, Any]) -> str:
     return f"{kind} record" + (f" (made {when})" if when else "")
 def _keep_classifiers(adata: AnnData, uns: Mapping[str, Any] | None) -> None:
     """Raise if a result would overwrite a stored classifier with something else."""
-    from ._model import MODEL_KIND
+    from ._model import MODEL_KINDS
 
     ns = adata.uns.get(K.UNS)
     if not uns or not isinstance(ns, Mapping):
         return
     for key, value in uns.items():
         old, new = ns.get(key), value
-        is_model = [isinstance(r, Mapping) and str(r.get("kind", "")) == MODEL_KIND
+        is_model = [isinstance(r, Mapping) and str(r.get("kind", "")) in MODEL_KINDS
                     for r in (old, new)]
         if is_model[0] and not is_model[1]:
             raise ScadvInputError(

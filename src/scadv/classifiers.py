@@ -4,7 +4,12 @@ A classifier here is anything that maps an expression matrix (cells × genes, in
 attack modifies: the prepared model input, or the layer passed with ``layer=``) to class
 probabilities, one row per cell. The attacks accept:
 
-* ``None`` or the key of a classifier stored by :func:`scadv.tl.train_classifier` (scadv's MLP);
+* ``None`` or the key of a classifier stored by :func:`scadv.tl.train_classifier` (scadv's MLP)
+  or :func:`scadv.tl.add_model` (CellTypist and scikit-learn models), wrapped in
+  :class:`StoredModel`;
+* a :class:`scadv.models.Model` or a CellTypist ``Model`` object, wrapped in
+  :class:`ModelClassifier`, which applies the model's own preprocessing to raw counts or
+  log-normalised data (or reads its model input directly);
 * any fitted scikit-learn estimator with ``predict_proba`` (random forest, logistic
   regression, ``SVC(probability=True)``, pipelines …), wrapped in :class:`SklearnClassifier`;
 * a plain callable ``f(x) -> probabilities`` (an array with one column per class, or a
@@ -13,8 +18,9 @@ probabilities, one row per cell. The attacks accept:
 * an instance of any of these classes, or of a subclass of :class:`Classifier`.
 
 A cluster's *decision* is the majority of its cells' predicted labels (ties go to the label
-with the higher mean probability); its *score* is the mean probability of that label over the
-cluster's cells.
+with the higher mean probability), which is CellTypist's majority voting with the attacked
+clusters as its over-clustering; its *score* is the mean probability of that label over the
+cluster's cells (each model's own probabilities: CellTypist's are per-class sigmoids).
 
 Classifiers are assumed to classify each cell on its own (``rowwise=True``), which is true of
 all of the above: the attacks then only re-classify the cells a modification actually changes,
@@ -33,10 +39,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from anndata import AnnData
+from torch import nn
 
 from . import _device as D
 from . import _keys as K
 from . import _model as M
+from . import _recipe as R
+from . import _validate as V
+from . import models as MD
 from ._errors import ScadvInputError
 
 __all__ = [
@@ -44,8 +55,10 @@ __all__ = [
     "Classifier",
     "FunctionClassifier",
     "MarkerClassifier",
+    "ModelClassifier",
     "SklearnClassifier",
     "StoredMLP",
+    "StoredModel",
     "marker_genes",
 ]
 
@@ -86,18 +99,24 @@ class Classifier:
 
     # ---- binding to an AnnData ---------------------------------------------------------------
 
-    def bind(self, var_names: Sequence[str] | np.ndarray) -> Classifier:
-        """A copy whose :attr:`cols` point at its input genes among ``var_names``."""
+    def bind(self, var_names: Sequence[str] | np.ndarray, *, adata: AnnData | None = None,
+             layer: str | None = None) -> Classifier:
+        """A copy whose :attr:`cols` point at its input genes among ``var_names``.
+
+        ``adata`` and ``layer`` say where the attacked matrix comes from, for classifiers
+        whose input depends on it (:class:`ModelClassifier`); the others ignore them.
+        """
         names = pd.Index(np.asarray(var_names).astype(str))
         bound = copy.copy(self)
-        if self.genes is None:
+        bound._attach(adata, layer)
+        if bound.genes is None:
             bound.cols = np.arange(len(names))
         else:
-            pos = names.get_indexer(np.asarray(self.genes).astype(str))
+            pos = names.get_indexer(np.asarray(bound.genes).astype(str))
             if (pos < 0).any():
-                missing = np.asarray(self.genes)[pos < 0]
+                missing = np.asarray(bound.genes)[pos < 0]
                 raise ScadvInputError(
-                    f"{int((pos < 0).sum())} of the {len(self.genes)} genes {self.describe()} "
+                    f"{int((pos < 0).sum())} of the {len(bound.genes)} genes {self.describe()} "
                     f"reads are not in adata.var_names (e.g. {missing[:6].tolist()}). Attack the "
                     "AnnData the classifier was trained on, or one brought into the same genes "
                     "(scadv.pp.transform)."
@@ -109,11 +128,20 @@ class Classifier:
     def _bound(self, genes: pd.Index) -> None:
         """Hook: called on the bound copy with the names of its input columns."""
 
+    def _attach(self, adata: AnnData | None, layer: str | None) -> None:
+        """Hook: called on the bound copy, before its columns are matched, with the attacked
+        AnnData and layer (``None`` when the caller did not pass them)."""
+
     # ---- hooks the batched attack engine uses when present -----------------------------------
 
     def _mlp(self) -> tuple[M.MLP, torch.device] | None:
         """scadv's MLP and its device (rank-one fast path and true gradients)."""
         return None
+
+    def _output(self) -> str:
+        """How the logits of :meth:`_mlp` / :meth:`_linear` become the probabilities of
+        :meth:`predict_proba` (:func:`scadv._model.probabilities`)."""
+        return "softmax"
 
     def _linear(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         """``(W, b, temperature)`` when probabilities are ``softmax((x W^T + b) / temperature)``."""
@@ -128,8 +156,144 @@ class Classifier:
         return None
 
 
-class StoredMLP(Classifier):
-    """The MLP stored by :func:`scadv.tl.train_classifier`, rebuilt from its plain arrays.
+class ModelClassifier(Classifier):
+    """A :class:`scadv.models.Model` (CellTypist, scikit-learn, PyTorch), with its own
+    preprocessing.
+
+    What it reads depends on the attacked matrix (decided when the attack binds it):
+
+    * the model's own input (an AnnData prepared or transformed with the model's recipe, or a
+      layer of such values): the network is applied directly, and linear models and ReLU
+      networks get the exact rank-one fast path of the gene-level engine;
+    * raw counts of all genes: each cell is normalised by its own library size over all the
+      attacked genes (so changing any gene's count changes it, as in the model's own
+      preprocessing), then ``log1p``, scaled and clipped as the model does;
+    * log-normalised values: scaled and clipped as the model does.
+
+    Scaled values of another recipe (e.g. data prepared by :func:`scadv.pp.prepare` for
+    scadv's MLP) are refused: they cannot be turned back into expression exactly.
+
+    Parameters
+    ----------
+    model
+        The model (or a CellTypist ``Model``, converted by
+        :func:`scadv.models.from_celltypist`).
+    device
+        ``'auto'``, ``'cpu'`` or ``'cuda'``.
+    """
+
+    #: ``'model'``, ``'counts'`` or ``'lognorm'``: what the attacked matrix holds.
+    mode: str = "model"
+    _pos: np.ndarray | None = None
+
+    def __init__(self, model: MD.Model | Any, *, device: D.Device = "auto") -> None:
+        converted = MD.as_model(model)
+        if converted is None:
+            raise ScadvInputError(
+                f"ModelClassifier needs a scadv.models.Model or a CellTypist Model, got "
+                f"{type(model).__name__}.")
+        self.model = converted
+        self.device = D.resolve(device)
+        self.model.module.to(self.device).eval()
+        self._classes = list(self.model.classes)
+        self.genes = self.model.genes
+
+    def describe(self) -> str:
+        return self.model.name
+
+    def _attach(self, adata: AnnData | None, layer: str | None) -> None:
+        if adata is None:
+            return
+        recipe = self.model.preprocessing
+        x = V.matrix(adata, layer)
+        source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        kind = V.detect_kind(x, what=source)
+        if kind == "scaled":
+            if R.same(R.stored(adata), recipe):
+                self.mode = "model"
+                return
+            raise ScadvInputError(
+                f"{source} holds scaled values of another preprocessing (e.g. scadv.pp.prepare's "
+                f"for scadv's MLP), but {self.describe()} needs its own, and scaled values "
+                "cannot be turned back into expression exactly. Attack raw counts or "
+                "log-normalised data (layer=... naming them, or the AnnData as read from "
+                "disk), or a copy brought into the model's own input space: "
+                "scadv.pp.transform(adata_copy, model.preprocessing)."
+            )
+        self.mode = kind
+        if kind == "counts":
+            self.genes = None  # every gene counts towards the library size
+            if K.LIBRARY_SIZE in adata.obs:
+                total = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+                known = adata.obs[K.LIBRARY_SIZE].to_numpy(dtype=np.float64)
+                if not np.allclose(total, known, rtol=1e-3):
+                    raise ScadvInputError(
+                        f"{source} holds counts of only some genes (its cell totals are not "
+                        f"the library sizes in obs[{K.LIBRARY_SIZE!r}]), so "
+                        f"{self.describe()} cannot normalise cells as its own preprocessing "
+                        "does. Attack the counts of all genes (e.g. the AnnData as read from "
+                        "disk)."
+                    )
+
+    def _bound(self, genes: pd.Index) -> None:
+        if self.mode == "counts":
+            pos = genes.get_indexer(self.model.genes)
+            if (pos < 0).any():
+                missing = self.model.genes[pos < 0]
+                raise ScadvInputError(
+                    f"{int((pos < 0).sum())} of the {len(self.model.genes)} genes "
+                    f"{self.describe()} reads are not in adata.var_names (e.g. "
+                    f"{missing[:6].tolist()}). Attack data that measured them, named the same "
+                    "way."
+                )
+            self._pos = pos
+
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """The model input of rows of the attacked matrix (the model's own preprocessing)."""
+        recipe = self.model.preprocessing
+        if self.mode == "model":
+            return np.asarray(x, dtype=np.float32)
+        if self.mode == "counts":
+            if self._pos is None:
+                raise ScadvInputError(f"bind {self.describe()} to an AnnData's genes first.")
+            counts = np.asarray(x, dtype=np.float32)
+            library = counts.sum(axis=1, dtype=np.float64)
+            lognorm = R.lognormalize(counts[:, self._pos],
+                                     target_sum=float(recipe["target_sum"]),
+                                     library_size=library)
+            return R.lognorm_to_model(lognorm, recipe)
+        return R.lognorm_to_model(np.asarray(x, dtype=np.float32), recipe)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits of rows of the attacked matrix."""
+        return M.infer(self.model.module, self.model_input(x), device=self.device)[1]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return M.probabilities(self.logits(x), self.model.output)
+
+    def _output(self) -> str:
+        return self.model.output
+
+    def _mlp(self) -> tuple[M.MLP, torch.device] | None:
+        net = self.model.module
+        if self.mode == "model" and isinstance(net, M.MLP):
+            return net, self.device
+        return None
+
+    def _linear(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        wb = M.linear_weights(self.model.module) if self.mode == "model" else None
+        if wb is None:
+            return None
+        w, b = wb
+        return (w.detach().cpu().numpy().astype(np.float32),
+                b.detach().cpu().numpy().astype(np.float32), 1.0)
+
+
+class StoredModel(ModelClassifier):
+    """A classifier stored in the AnnData (:func:`scadv.tl.train_classifier`: scadv's MLP;
+    :func:`scadv.tl.add_model`: CellTypist and scikit-learn models), rebuilt from its plain
+    arrays. It reads the model's input space (the AnnData prepared or transformed with its
+    recipe), as every ``model=<key>`` tool does.
 
     Parameters
     ----------
@@ -143,22 +307,22 @@ class StoredMLP(Classifier):
 
     def __init__(self, record: Mapping[str, Any], *, key: str = K.DEFAULT_MODEL,
                  device: D.Device = "auto") -> None:
+        super().__init__(MD.from_record(record), device=device)
         self.record = record
         self.key = key
-        self.device = D.resolve(device)
-        self.net = M.from_record(record, self.device)
-        self._classes = [str(c) for c in np.asarray(record["classes"])]
-        self.genes = np.asarray(record["genes"]).astype(str)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        _, logits = M.infer(self.net, x, device=self.device)
-        return M.softmax(logits)
+        self.net = self.model.module
 
     def describe(self) -> str:
-        return f"scadv MLP {self.key!r}"
+        if str(self.record.get("kind")) == M.MODEL_KIND:
+            return f"scadv MLP {self.key!r}"
+        return f"{self.model.name} {self.key!r}"
 
-    def _mlp(self) -> tuple[M.MLP, torch.device]:
-        return self.net, self.device
+    def _attach(self, adata: AnnData | None, layer: str | None) -> None:
+        """Always the model's input space (the attack checks the AnnData is in it)."""
+
+
+#: The former name of :class:`StoredModel` (scadv's MLP was the only stored kind).
+StoredMLP = StoredModel
 
 
 class SklearnClassifier(Classifier):
@@ -189,6 +353,14 @@ class SklearnClassifier(Classifier):
         if not hasattr(estimator, "classes_"):
             raise ScadvInputError(
                 f"the {type(estimator).__name__} has no classes_: fit it before attacking it."
+            )
+        if hasattr(estimator, "features") and hasattr(estimator, "coef_"):
+            raise ScadvInputError(
+                f"this {type(estimator).__name__} is the inner classifier of a CellTypist model "
+                "(it carries CellTypist's .features): alone it skips the model's normalisation, "
+                "scaler and clip, so scadv would attack another model than the one you run. "
+                "Pass the CellTypist Model itself (classifier=model), or "
+                "scadv.models.from_celltypist(model)."
             )
         self.estimator = estimator
         self._classes = [str(c) for c in np.asarray(estimator.classes_)]
@@ -407,9 +579,17 @@ def resolve(classifier: Any, adata: Any, *, device: D.Device = "auto") -> Classi
     if classifier is None or isinstance(classifier, str):
         key = K.DEFAULT_MODEL if classifier is None else classifier
         record = C.model_record(adata, key)
-        return StoredMLP(record, key=key, device=device)
+        return StoredModel(record, key=key, device=device)
     if isinstance(classifier, Classifier):
         return classifier
+    if (model := MD.as_model(classifier)) is not None:
+        return ModelClassifier(model, device=device)
+    if isinstance(classifier, nn.Module):
+        raise ScadvInputError(
+            f"a bare torch module ({type(classifier).__name__}) does not say which genes it "
+            "reads, nor how its input is preprocessed. Wrap it: scadv.models.from_torch(module, "
+            "genes=[...], classes=[...], preprocessing=...)."
+        )
     if hasattr(classifier, "fit") or hasattr(classifier, "classes_"):
         return SklearnClassifier(classifier)
     if hasattr(classifier, "predict_proba"):
@@ -418,6 +598,7 @@ def resolve(classifier: Any, adata: Any, *, device: D.Device = "auto") -> Classi
         return FunctionClassifier(classifier)
     raise ScadvInputError(
         f"classifier must be None (the stored scadv MLP), the key of a stored classifier, a "
-        f"fitted scikit-learn estimator with predict_proba, a callable returning class "
-        f"probabilities, or a scadv.classifiers.Classifier; got {type(classifier).__name__}."
+        f"scadv.models.Model, a CellTypist Model, a fitted scikit-learn estimator with "
+        f"predict_proba, a callable returning class probabilities, or a "
+        f"scadv.classifiers.Classifier; got {type(classifier).__name__}."
     )

@@ -75,14 +75,22 @@ CALLS: dict[str, Callable[[ad.AnnData], Any]] = {
     "overview": lambda b: TL.overview(b, cluster_key="cell_type", genes=_genes(b),
                                       progress=False),
     "pseudo_labels": lambda b: TL.pseudo_labels(b, n_clusters=3, n_pcs=10),
+    "add_model": lambda b: TL.add_model(
+        b, scadv.models.from_record(b.uns["scadv"]["classifier"]), key_added="copy"),
+    "count_attack": lambda b: TL.count_attack(b, budgets=(1, 3), key_added="c2",
+                                              progress=False),
+    "fragility": lambda b: TL.fragility(b, key_added="fr2", progress=False),
+    "compare_models": lambda b: TL.compare_models(
+        b, ["classifier"], eps=(0.3,), genes=_genes(b), n_boot=5, progress=False),
 }
 #: Functions that stream their cells: they work whatever the memory.
 STREAMING = ("train_classifier", "predict", "pgd", "fgsm", "meta_detect", "meta_score",
-             "meta_evaluate", "benign_perturb", "adaptive_pgd")
+             "meta_evaluate", "benign_perturb", "adaptive_pgd", "add_model", "count_attack",
+             "fragility")
 #: Functions that hold a cell-proportional dense matrix, and say so when it would not fit.
 IN_MEMORY = ("adversarial_train", "robust_accuracy", "attribute", "attribution_stability",
              "single_gene", "max_change", "cgd", "grid", "random_walk", "overview",
-             "pseudo_labels")
+             "pseudo_labels", "compare_models")
 #: Functions that read only stored results, never the matrix.
 RECORDS_ONLY = ("attribution_agreement", "marker_overlap", "gene_set_enrichment",
                 "score_attributions")

@@ -9,6 +9,7 @@ from ._attributions import (
     top_genes,
 )
 from ._cgd import cgd
+from ._compare_models import compare_models
 from ._count_attack import count_attack, count_genes, fragility
 from ._flip_rate import flip_rate
 from ._meta_cell import meta_cell
@@ -26,6 +27,7 @@ __all__ = [
     "attribution_stability",
     "attribution_truth",
     "cgd",
+    "compare_models",
     "count_attack",
     "count_genes",
     "enrichment",

@@ -21,18 +21,22 @@ from ._genes._overview import overview
 from ._genes._random_walk import random_walk
 from ._genes._single_gene import single_gene
 from ._labels._pseudo import pseudo_labels
+from ._models._add_model import add_model
+from ._models._compare import compare_models
 from ._training._adversarial_train import adversarial_train
 from ._training._predict import predict
 from ._training._train import train_classifier
 
 __all__ = [
     "adaptive_pgd",
+    "add_model",
     "adversarial_train",
     "attribute",
     "attribution_agreement",
     "attribution_stability",
     "benign_perturb",
     "cgd",
+    "compare_models",
     "count_attack",
     "fgsm",
     "fragility",

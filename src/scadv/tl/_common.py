@@ -26,18 +26,19 @@ def model_record(adata: AnnData, model: str = K.DEFAULT_MODEL,
     """The stored classifier ``model`` of ``source`` (default: ``adata``; a path: the
     ``.h5ad`` file's record alone, see :func:`file_records`), validated."""
     if isinstance(source, Mapping):
-        M.architecture(source)
+        M.check_record(source)
         return source
     record = stored_record(
-        adata, model, source, kind=M.MODEL_KIND, noun="classifier", plural="classifiers",
-        hint="Train one with scadv.tl.train_classifier(adata, label_key), or pass "
-             "model=<key of a stored classifier>.")
-    M.architecture(record)
+        adata, model, source, kind=M.MODEL_KINDS, noun="classifier", plural="classifiers",
+        hint="Train one with scadv.tl.train_classifier(adata, label_key), store one with "
+             "scadv.tl.add_model, or pass model=<key of a stored classifier>.")
+    M.check_record(record)
     return record
 
 
 def stored_record(adata: AnnData, key: str, source: AnnData | str | os.PathLike | None, *,
-                  kind: str, noun: str, plural: str, hint: str) -> Mapping[str, Any]:
+                  kind: str | tuple[str, ...], noun: str, plural: str, hint: str
+                  ) -> Mapping[str, Any]:
     """``uns['scadv'][key]`` of ``source`` (default ``adata``; a path: that ``.h5ad`` file's
     records, read alone); if absent, an error that lists the stored records of that ``kind``
     and says how to make one (``hint``)."""
@@ -49,8 +50,9 @@ def stored_record(adata: AnnData, key: str, source: AnnData | str | os.PathLike 
     ns = ns if isinstance(ns, Mapping) else {}
     record = ns.get(key)
     if record is None:
+        kinds = (kind,) if isinstance(kind, str) else kind
         known = sorted(k for k, v in ns.items()
-                       if isinstance(v, Mapping) and str(v.get("kind", "")) == kind)
+                       if isinstance(v, Mapping) and str(v.get("kind", "")) in kinds)
         where = ("adata" if source is None else "the source AnnData"
                  if isinstance(source, AnnData) else f"the file {os.fspath(source)!r}")
         raise ScadvInputError(f"no scadv {noun} {key!r} in {where}.uns['scadv'] (stored "

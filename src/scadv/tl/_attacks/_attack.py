@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scipy import sparse
+from torch import nn
 
 from ... import _device as D
 from ... import _keys as K
@@ -28,6 +29,7 @@ from ..._errors import ScadvInputError
 from ..._results import write_results
 from ..._store import Perturbation
 from .. import _common as C
+from .._models import _resolve as RS
 from . import _engine as E
 
 Norm = E.Norm
@@ -192,7 +194,7 @@ ATTACK_CHUNK = 8192
 def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, Any],
            budget: Budget, target: str | None, away_from: AwayFrom,
            genes: Sequence[str] | np.ndarray | None, clip: Clip, keep_zeros: bool,
-           cells: C.Cells, model: str, key_added: str | None, batch_size: int, seed: int,
+           cells: C.Cells, model: Any, key_added: str | None, batch_size: int, seed: int,
            device: D.Device, progress: bool, early_stop: bool = True,
            objective: Callable[[M.MLP, torch.device], E.Objective] | None = None,
            lower: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> None:
@@ -202,7 +204,9 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     (e.g. an adaptive attacker's); ``lower`` raises the per-gene lower bound further;
     ``extra`` entries are added to the run's record.
     """
-    record = C.model_record(adata, model)
+    dev = D.resolve(device)
+    resolved = RS.resolve(adata, model, dev)
+    record, model = resolved.record, resolved.key
     key = key_added or K.default_attack_key(method, model)
     if int(batch_size) < 1:
         raise ScadvInputError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -217,7 +221,6 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
 
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = R.source(adata, record["prepare"], what="adata")
-    dev = D.resolve(device)
     label_key = str(record.get("label_key", ""))
     y_all = (C.class_index(V.labels(adata, label_key), classes)
              if label_key in adata.obs else np.full(adata.n_obs, -1))
@@ -240,7 +243,8 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
         progress=progress and not on_dask, lower=None if lower is None else np.asarray(
             lower, dtype=np.float32), objective=objective)
     results = PAR.map_cells(_attack_chunk, src, chunks, per_chunk=per_chunk,
-                            shared=(record, options, device, None if on_dask else adata),
+                            shared=(record, resolved.module, options, device,
+                                    None if on_dask else adata),
                             progress=progress and on_dask, desc=method)
     clean_pred = np.concatenate([r.pred for r in results]) if results else np.empty(0, np.int64)
     adv_pred = (np.concatenate([r.adv_pred for r in results], axis=1) if results
@@ -331,13 +335,17 @@ class _ChunkResult:
 
 
 def _attack_chunk(src: R.Source, idx: np.ndarray, n_chunk: int, y_true: np.ndarray,
-                  zeros: np.ndarray | None, record: Mapping[str, Any], opt: _ChunkOptions,
-                  device: D.Device, adata: AnnData | None) -> _ChunkResult:
+                  zeros: np.ndarray | None, record: Mapping[str, Any],
+                  module: nn.Module | None, opt: _ChunkOptions, device: D.Device,
+                  adata: AnnData | None) -> _ChunkResult:
     """Attack one chunk of cells (positions ``idx`` of ``src``): a task of
-    :func:`scadv._parallel.map_cells`. Its random starts are seeded by the chunk's number."""
+    :func:`scadv._parallel.map_cells`. Its random starts are seeded by the chunk's number.
+    The classifier is rebuilt from ``record``, or is ``module`` (a torch module held in
+    memory, see :func:`scadv._model.network`)."""
     dev = D.resolve(device)
-    net = M.from_record(record, dev)
-    built = None if opt.objective is None else opt.objective(net, dev)
+    net = M.network(record, dev, module)
+    built = None if opt.objective is None else opt.objective(
+        M.require_mlp(net, action="an adaptive attack"), dev)
     x0 = src.rows(idx)
     _, clean_logits = M.infer(net, x0, device=dev)
     pred = clean_logits.argmax(axis=1)

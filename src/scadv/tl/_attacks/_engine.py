@@ -11,8 +11,10 @@ Design, for speed on a CPU as on a GPU:
   quarter of the batch has finished, finished rows are compacted away, so later steps only
   compute the rows still standing. A success is never lost.
 * **Exact input gradient without autograd** for scadv's own :class:`~scadv._model.MLP`
-  (a chain of linear layers and ReLUs), written straight into the gradient buffer. Any other
-  ``nn.Module``, or a custom objective, goes through autograd.
+  (a chain of linear layers and ReLUs) and for linear classifiers (CellTypist, scikit-learn
+  linear models: the gradient is ``(d score / d logits) W``), written straight into the
+  gradient buffer (:func:`exact_backward`). Any other ``nn.Module``, or a custom objective,
+  goes through autograd.
 * **Shared first step.** Without a random start every budget starts at the clean cell, so the
   first gradient is computed once per cell.
 """
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from functools import partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -144,6 +147,39 @@ def mlp_backward(model: M.MLP, x: torch.Tensor, score_fn: ScoreFn, *,
         return logits, score, success, grad_out
 
 
+def linear_backward(model: nn.Module, x: torch.Tensor, score_fn: ScoreFn, *,
+                    grad_out: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`mlp_backward` for a linear classifier (logits ``x W^T + b``, see
+    :func:`scadv._model.linear_weights`): the input gradient is ``(d score / d logits) W``,
+    one matrix product, no autograd."""
+    wb = M.linear_weights(model)
+    if wb is None:
+        raise ValueError("internal: linear_backward on a model that is not linear")
+    w, b = wb
+    with torch.no_grad():
+        logits = torch.addmm(b, x, w.t())
+        score, success, dlogits = score_fn(logits)
+        if grad_out is not None:
+            torch.mm(dlogits, w, out=grad_out)
+        return logits, score, success, grad_out
+
+
+#: ``backward(x, score_fn, grad_out=...) -> (logits, score, success, grad)``: an exact forward
+#: and input-gradient pass without autograd.
+Backward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def exact_backward(model: nn.Module) -> Backward | None:
+    """The hand-derived forward/backward of ``model`` when it has one (scadv's MLP, linear
+    classifiers), else ``None`` (autograd)."""
+    if isinstance(model, M.MLP):
+        return partial(mlp_backward, model)
+    if M.linear_weights(model) is not None:
+        return partial(linear_backward, model)
+    return None
+
+
 def autograd_input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: Loss,
                         targeted: bool, grad_out: torch.Tensor | None,
                         objective: Objective | None = None
@@ -195,15 +231,14 @@ def run(model: nn.Module, x0: np.ndarray, y: np.ndarray, budget: Budget, constra
     params = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    mlp = model if isinstance(model, M.MLP) and objective is None else None
-    fast = mlp is not None
-    n_classes = mlp.head.out_features if mlp is not None else _n_out(model, d, device)
+    backward = exact_backward(model) if objective is None else None
+    n_classes = _n_out(model, d, device)
     ws = _Workspace(min(batch_size, n) * n_eps, d, device, budget=budget,
                     box=budget.norm == "linf" or constraints.lower is not None
                     or constraints.upper is not None,
                     per_row_mask=constraints.keep_zeros is not None)
     shared = _Shared(
-        model=model, budget=budget, targeted=targeted, early_stop=early_stop, fast=fast,
+        model=model, budget=budget, targeted=targeted, early_stop=early_stop, backward=backward,
         objective=objective, gen=D.generator(seed, device),
         counts=stats if stats is not None else {},
         eps=torch.tensor(budget.eps, dtype=torch.float32, device=device),
@@ -266,8 +301,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: f
     Parameters
     ----------
     model
-        scadv's :class:`~scadv._model.MLP` (exact gradient without autograd) or any
-        differentiable module returning logits (autograd).
+        scadv's :class:`~scadv._model.MLP` or a linear classifier (exact gradient without
+        autograd) or any differentiable module returning logits (autograd).
     x, y
         Clean batch and the classes to push away from (``loss='ce'`` / ``'margin'``).
     eps, alpha, steps, norm
@@ -313,10 +348,10 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: f
         elif loss == "kl":
             adv.add_(0.001 * torch.randn(x.shape, generator=gen, device=x.device))
         grad = torch.empty_like(x)
-        mlp = model if isinstance(model, M.MLP) else None
+        backward = exact_backward(model)
         for _ in range(int(steps)):
-            if mlp is not None:
-                mlp_backward(mlp, adv, score_fn, grad_out=grad)
+            if backward is not None:
+                backward(adv, score_fn, grad_out=grad)
             else:
                 with torch.enable_grad():
                     xg = adv.detach().requires_grad_(True)
@@ -364,7 +399,7 @@ class _Shared:
     budget: Budget
     targeted: bool
     early_stop: bool
-    fast: bool
+    backward: Backward | None  # exact forward/backward without autograd, if the model has one
     objective: Objective | None
     gen: torch.Generator
     counts: dict[str, int]
@@ -527,10 +562,11 @@ class _Batch:
         s, ws = self.s, self.ws
         m = n // blocks
         grad_out = ws.G[:m] if need_grad else None
-        if s.fast:
-            logits, _, success, _ = mlp_input_grad(cast(M.MLP, s.model), ws.X[:m], self.y[:m],
-                                                   loss=s.budget.loss, targeted=s.targeted,
-                                                   grad_out=grad_out)
+        if s.backward is not None:
+            y, loss, targeted = self.y[:m], s.budget.loss, s.targeted
+            logits, _, success, _ = s.backward(
+                ws.X[:m], lambda z: objective_and_grad(z, y, loss=loss, targeted=targeted),
+                grad_out=grad_out)
         else:
             logits, _, success, _ = autograd_input_grad(
                 s.model, ws.X[:m], self.y[:m], loss=s.budget.loss, targeted=s.targeted,

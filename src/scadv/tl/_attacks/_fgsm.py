@@ -13,6 +13,7 @@ from ... import _keys as K
 from ... import _provenance as P
 from ... import _validate as V
 from .. import _common as C
+from .._models import _resolve as RS
 from . import _attack as A
 
 
@@ -28,7 +29,7 @@ def fgsm(
     clip: A.Clip = None,
     keep_zeros: bool = False,
     cells: C.Cells = "test",
-    model: str = K.DEFAULT_MODEL,
+    model: RS.ModelSpec = K.DEFAULT_MODEL,
     key_added: str | None = None,
     batch_size: int = 256,
     device: D.Device = "auto",
@@ -63,7 +64,13 @@ def fgsm(
     cells
         ``'test'`` (default), ``'all'``, cell names or a boolean mask.
     model
-        Key of the stored classifier to attack.
+        The classifier to attack: the key of a stored classifier of any kind (scadv's MLP, or
+        one stored with :func:`scadv.tl.add_model`), or a :class:`scadv.models.Model`
+        (CellTypist, scikit-learn or your own torch module) or a CellTypist ``Model`` object.
+        The attack runs in THAT model's input space, through its own preprocessing; an object
+        is first registered under ``adata.uns['scadv'][model.default_key]`` (see
+        :func:`scadv.tl.add_model`), and ``eps`` is in its model-input units (z-scores for
+        CellTypist, log1p units for an unscaled ``'lognorm'`` model).
     key_added
         Name of this attack run; default ``'fgsm'`` (``'fgsm_<model>'`` for other models).
     batch_size

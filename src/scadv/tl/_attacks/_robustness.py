@@ -17,6 +17,7 @@ import pandas as pd
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
+from torch import nn
 
 from ... import _device as D
 from ... import _keys as K
@@ -38,7 +39,7 @@ def check_eps_grid(eps: float | Sequence[float], *, what: str = "eps") -> tuple[
     return tuple(float(v) for v in np.unique(vals))
 
 
-def evaluate(net: M.MLP, x: np.ndarray, y: np.ndarray, eps: Sequence[float], *,
+def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray, eps: Sequence[float], *,
              n_classes: int, steps: int, device: torch.device, seed: int, batch_size: int,
              progress: bool) -> dict[str, np.ndarray]:
     """Accuracy against ``y`` (all ≥ 0) under PGD away from ``y`` at each budget (0: clean).

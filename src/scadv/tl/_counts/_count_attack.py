@@ -368,7 +368,7 @@ class _Run:
         self.stats: dict[str, int] = {}
         self.disagreements = 0
 
-    def chunk(self, sl: slice, idx: np.ndarray, src: R.Source, net: M.MLP,
+    def chunk(self, sl: slice, idx: np.ndarray, src: R.Source, net: torch.nn.Module,
               transform: T.CountTransform, search: CE.Search, limits: CE.Limits, *,
               target_idx: int | None, device: torch.device, seed: int, batch_size: int,
               progress: bool) -> None:

@@ -85,6 +85,7 @@ class CountTransform:
     std: torch.Tensor  # (G,) float32
     target_sum: float
     max_value: float
+    upper_only: bool = False  # the recipe's clip='upper' (CellTypist): cap, no floor
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any], device: torch.device | str = "cpu"
@@ -93,7 +94,8 @@ class CountTransform:
         mean = np.asarray(recipe["mean"], dtype=np.float32)
         std = np.asarray(recipe["std"], dtype=np.float32)
         return cls(torch.as_tensor(mean, device=device), torch.as_tensor(std, device=device),
-                   float(recipe["target_sum"]), float(recipe["max_value"]))
+                   float(recipe["target_sum"]), float(recipe["max_value"]),
+                   R.clip_mode(recipe) == "upper")
 
     @property
     def n_genes(self) -> int:
@@ -118,7 +120,8 @@ class CountTransform:
         z = torch.log1p(counts.to(torch.float32) * scale)
         z = (z - self.mean) / self.std
         if self.max_value > 0:
-            z = z.clamp(-self.max_value, self.max_value)
+            z = (z.clamp(max=self.max_value) if self.upper_only
+                 else z.clamp(-self.max_value, self.max_value))
         return z
 
     def __call__(self, counts: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
 
 from ... import _detector as DT
 from ... import _device as D
@@ -218,7 +219,7 @@ class Loaded:
 
     record: Mapping[str, Any]
     classifier: Mapping[str, Any]
-    net: M.MLP
+    net: nn.Module
     groups: tuple[str, ...]
     nets: DT.Networks
     threshold: float
@@ -228,8 +229,8 @@ class Loaded:
 
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
-              device: torch.device) -> Loaded:
-        M.architecture(classifier)  # the classifier is valid before it is compared or built
+              device: torch.device, module: nn.Module | None = None) -> Loaded:
+        M.check_record(classifier)  # the classifier is valid before it is compared or built
         check_detector(record, classifier)
         if not same_classifier(record, classifier):
             raise ScadvInputError(
@@ -241,7 +242,8 @@ class Loaded:
         gate = record.get("gate")
         if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
             gate = None
-        return cls(record=record, classifier=classifier, net=M.from_record(classifier, device),
+        net = M.network(classifier, device, module)
+        return cls(record=record, classifier=classifier, net=net,
                    groups=groups, nets=DT.from_record(record, device),
                    threshold=float(record["threshold"]), gate=gate,
                    max_violations=float(gate["max_violations"]) if gate is not None else np.inf,
@@ -280,13 +282,32 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
-         device: torch.device) -> Loaded:
-    """The stored detector and its classifier (both from ``source`` when given)."""
+         device: torch.device, model: Any = None) -> Loaded:
+    """The stored detector and its classifier (both from ``source`` when given).
+
+    ``model``: the classifier object (a :class:`scadv.models.Model`) when the detector's
+    classifier is a torch module held in memory (a ``'scadv.torch'`` record has no network);
+    its weights must be the ones the detector was trained for.
+    """
+    from .._models import _resolve as RS
+
     record = detector_record(adata, key, source)
-    model = REC.fields(record, {"model": REC.Field("str")}, what="meta-detector",
-                       fix=DT.DETECTOR_FIX)["model"]
-    classifier = C.model_record(adata, model, source)
-    return Loaded.build(record, classifier, device)
+    model_key = REC.fields(record, {"model": REC.Field("str")}, what="meta-detector",
+                           fix=DT.DETECTOR_FIX)["model"]
+    classifier = C.model_record(adata, model_key, source)
+    module = None
+    if model is not None:
+        obj = RS.as_model_object(model)
+        if obj is None:
+            raise ScadvInputError("model= of a detector must be the classifier object (a "
+                                  "scadv.models.Model); its key is read from the detector.")
+        mine = RS.memory_record(obj) if not obj.storable else obj.to_record()
+        if fingerprint(mine) != fingerprint(classifier):
+            raise ScadvInputError(
+                f"model= is not the classifier {model_key!r} the detector was "
+                "trained for (its weights, classes or genes differ).")
+        module = obj.module
+    return Loaded.build(record, classifier, device, module)
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------
@@ -555,7 +576,10 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
 
     Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
     """
-    spec = (det.record, det.classifier, det.device if device is None else device)
+    # a torch module held in memory travels with the tasks; other classifiers are rebuilt
+    # from their plain arrays there
+    module = None if str(det.classifier["kind"]) in M.NETWORK_KINDS else det.net
+    spec = (det.record, det.classifier, module, det.device if device is None else device)
     clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, progress=progress,
                    desc="meta-scores")
     score = clean.scores["detector"]
@@ -581,7 +605,8 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
 
 
 def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
-           spec: tuple[Mapping[str, Any], Mapping[str, Any], Any], *, progress: bool,
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], nn.Module | None, Any], *,
+           progress: bool,
            desc: str) -> MethodScores:
     """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
     batch of :data:`scadv._rows.BATCH` cells."""
@@ -597,10 +622,10 @@ def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.nda
 
 
 def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
-                 record: Mapping[str, Any], classifier: Mapping[str, Any], device: Any,
-                 progress: bool) -> MethodScores:
+                 record: Mapping[str, Any], classifier: Mapping[str, Any],
+                 module: nn.Module | None, device: Any, progress: bool) -> MethodScores:
     """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
     baseline on one batch of cells."""
-    det = Loaded.build(record, classifier, D.resolve(device))
+    det = Loaded.build(record, classifier, D.resolve(device), module)
     xb = ST.rows_of(src, cells, change)
     return method_scores(det, det.features(xb, progress=progress), xb)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ... import _model as M
 from ... import _progress as PB
@@ -93,14 +94,28 @@ def _assemble(groups: Sequence[str], emb: torch.Tensor, logits: torch.Tensor,
     return torch.cat(parts, dim=1)
 
 
+def input_grad(net: nn.Module, x: torch.Tensor, pred: torch.Tensor, *,
+               grad_out: torch.Tensor) -> torch.Tensor:
+    """d CE(f(x), pred) / d x: exact without autograd for scadv's MLP and linear classifiers,
+    autograd for any other differentiable module."""
+    backward = E.exact_backward(net)
+    if backward is not None:
+        backward(x, lambda logits: E.objective_and_grad(logits, pred, loss="ce",
+                                                        targeted=False), grad_out=grad_out)
+    else:
+        E.autograd_input_grad(net, x, pred, loss="ce", targeted=False, grad_out=grad_out)
+    return grad_out
+
+
 @torch.no_grad()
-def compute(net: M.MLP, x: np.ndarray, groups: Sequence[str], *, device: torch.device,
+def compute(net: nn.Module, x: np.ndarray, groups: Sequence[str], *, device: torch.device,
             batch_size: int = 2048, progress: bool = False
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Meta-features of the rows of ``x`` (model space); returns ``(features, logits, embedding)``.
 
-    Batched, with the exact input gradient of :func:`scadv.tl._attacks._engine.mlp_input_grad` (no
-    autograd) for the predicted class.
+    ``net`` is any classifier module: the embedding is its last hidden layer where it has one
+    (scadv's MLP, a rebuilt ``MLPClassifier``), else its logits (linear models, other modules).
+    Batched, with the input gradient of :func:`input_grad` for the predicted class.
     """
     net = net.to(device).eval()
     n, d = x.shape
@@ -110,12 +125,11 @@ def compute(net: M.MLP, x: np.ndarray, groups: Sequence[str], *, device: torch.d
     for lo in PB.bar(range(0, n, batch_size), desc="meta-features", unit="batch",
                      progress=progress and n > batch_size):
         xb = torch.as_tensor(np.asarray(x[lo:lo + batch_size], dtype=np.float32), device=device)
-        emb, logits = net.forward_with_embedding(xb)
+        emb, logits = M.embedding_and_logits(net, xb)
         grad = None
         if buf is not None:  # need_grad
             pred = logits.argmax(dim=1)
-            _, _, _, grad = E.mlp_input_grad(net, xb, pred, loss="ce", targeted=False,
-                                             grad_out=buf[:len(xb)])
+            grad = input_grad(net, xb, pred, grad_out=buf[:len(xb)])
         feats.append(_assemble(groups, emb, logits, grad).cpu().numpy())
         all_logits.append(logits.cpu().numpy())
         embs.append(emb.cpu().numpy())

@@ -10,6 +10,7 @@ import numpy as np
 import scanpy.logging as logg
 import torch
 from anndata import AnnData
+from torch import nn
 
 from ... import _detector as DT
 from ... import _device as D
@@ -25,6 +26,7 @@ from ..._results import write_results
 from .. import _common as C
 from .._attacks import _attack as A
 from .._attacks import _engine as E
+from .._models import _resolve as RS
 from . import _baselines as B
 from . import _common as MC
 from . import _features as MF
@@ -56,7 +58,7 @@ def meta_detect(
     batch_size: int = 64,
     lr: float = 1e-3,
     triplet_margin: float = 1.0,
-    model: str = K.DEFAULT_MODEL,
+    model: RS.ModelSpec = K.DEFAULT_MODEL,
     key_added: str = K.DEFAULT_DETECTOR,
     seed: int = 42,
     device: D.Device = "auto",
@@ -134,7 +136,11 @@ def meta_detect(
         Training of the two networks (AdamW; early stopping of the detector after
         ``patience`` epochs without a lower validation loss).
     model
-        Key of the stored classifier.
+        The classifier to protect: the key of a stored classifier of any kind, or a
+        :class:`scadv.models.Model` / CellTypist model object (registered in ``adata`` first,
+        see :func:`scadv.tl.pgd`). The features are its own: the ``embedding`` is the last
+        hidden layer of a network, the logits of a linear model. A model object needs a split
+        of its own: store it with ``scadv.tl.add_model(..., split_key=...)`` first.
     key_added
         Name of the detector; decides the keys below (``'meta'`` by default).
     seed
@@ -205,7 +211,9 @@ def meta_detect(
                               batch_size=int(batch_size), lr=float(lr))
     DT.check_options(options)
     adata = V.start(adata, copy=copy)
-    record = C.model_record(adata, model)
+    dev = D.resolve(device)
+    resolved = RS.resolve(adata, model, dev)
+    record, net, model = resolved.record, resolved.net, resolved.key
     classes = [str(c) for c in np.asarray(record["classes"])]
     split = _split(adata, record, model)
     label_key = str(record.get("label_key", ""))
@@ -215,7 +223,6 @@ def meta_detect(
     val = split == K.SPLIT_VAL
     score_layers = MC.find_layers(adata, model, layers)
 
-    dev = D.resolve(device)
     src = R.source(adata, record["prepare"], what="adata")
     gate = B.gate_arrays(adata, record["prepare"])
 
@@ -224,7 +231,8 @@ def meta_detect(
     logg.info(f"    attacking {int(train.sum())} training and {int(val.sum())} validation "
               f"cells ({attack}, ε = {', '.join(K.format_eps(e) for e in eps_t)})")
     cells = train | val
-    got = _collect(src, record, np.flatnonzero(cells), groups, gate, attack=attack,
+    got = _collect(src, record, resolved.module, np.flatnonzero(cells), groups, gate,
+                   attack=attack,
                    eps=eps_t, steps=int(steps), seed=seed, device=device, progress=progress)
     flipped = got.flipped
     local_train = train[cells]
@@ -304,7 +312,7 @@ def meta_detect(
     det_record["provenance"] = P.record(params, seed=seed, device=dev)
 
     # 6. score everything, evaluate on the test split
-    det = MC.Loaded.build(det_record, record, dev)
+    det = MC.Loaded.build(det_record, record, dev, net)
     obs, evaluation = MC.score_adata(adata, det, key=key_added, layers=score_layers, src=src,
                                      test=split == K.SPLIT_TEST, progress=progress,
                                      device=device)
@@ -367,7 +375,8 @@ class _Collected:
     viol_adv: np.ndarray  # (n_eps, n) and of the adversarial versions
 
 
-def _collect(src: R.Source, record: Mapping[str, Any], cells: np.ndarray,
+def _collect(src: R.Source, record: Mapping[str, Any], module: nn.Module | None,
+             cells: np.ndarray,
              groups: tuple[str, ...], gate: Mapping[str, Any], *, attack: str,
              eps: tuple[float, ...], steps: int, seed: int, device: D.Device, progress: bool
              ) -> _Collected:
@@ -384,7 +393,7 @@ def _collect(src: R.Source, record: Mapping[str, Any], cells: np.ndarray,
     on_dask = PAR.lazy(src.matrix)
     parts = PAR.map_cells(
         _collect_chunk, src, chunks, per_chunk=lambda n_chunk, idx: (n_chunk,),
-        shared=(record, groups, gate, budget, attack == "pgd_realistic", seed, device,
+        shared=(record, module, groups, gate, budget, attack == "pgd_realistic", seed, device,
                 progress and not on_dask),
         progress=progress and on_dask, desc="attacking")
     return _Collected(
@@ -396,13 +405,14 @@ def _collect(src: R.Source, record: Mapping[str, Any], cells: np.ndarray,
 
 
 def _collect_chunk(src: R.Source, idx: np.ndarray, n_chunk: int, record: Mapping[str, Any],
-                   groups: tuple[str, ...], gate: Mapping[str, Any], budget: A.Budget,
+                   module: nn.Module | None, groups: tuple[str, ...],
+                   gate: Mapping[str, Any], budget: A.Budget,
                    realistic: bool, seed: int, device: D.Device, progress: bool
                    ) -> tuple[np.ndarray, ...]:
     """One task of :func:`_collect`: attack a chunk of cells, keep meta-features and gate
     counts (a task of :func:`scadv._parallel.map_cells`)."""
     dev = D.resolve(device)
-    net = M.from_record(record, dev)
+    net = M.network(record, dev, module)
     x0 = src.rows(idx)
     f_clean, logits, emb = MF.compute(net, x0, groups, device=dev, progress=progress)
     pred = logits.argmax(axis=1)

@@ -30,6 +30,7 @@ def meta_score(
     layers: Sequence[str] | None = (),
     missing_genes: R.MissingGenes = "error",
     key_added: str | None = None,
+    model: Any = None,
     device: D.Device = "auto",
     progress: bool = True,
     copy: bool = False,
@@ -64,6 +65,11 @@ def meta_score(
         ``'error'`` (default) or ``'mean'`` (absent model genes set to their training mean).
     key_added
         Names the output columns; default ``key``.
+    model
+        Only for a detector of a PyTorch classifier held in memory
+        (:func:`scadv.models.from_torch`, whose network is not stored): that
+        :class:`scadv.models.Model` object. Stored classifiers of every kind are rebuilt from
+        their record.
     device
         ``'auto'``, ``'cpu'`` or ``'cuda'``.
     progress
@@ -94,9 +100,10 @@ def meta_score(
     params = P.call_params(locals(), meta_score)
     params["source"] = ("None" if source is None else "AnnData" if isinstance(source, AnnData)
                         else os.fspath(source))
+    params["model"] = "None" if model is None else repr(model)
     adata = V.start(adata, copy=copy)
     dev = D.resolve(device)
-    det = MC.load(adata, key, source=source, device=dev)
+    det = MC.load(adata, key, source=source, device=dev, model=model)
     key_added = key_added or key
     model = str(det.record["model"])
     src = R.source(adata, det.classifier["prepare"], layer=layer,

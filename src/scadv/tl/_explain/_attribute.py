@@ -14,22 +14,23 @@ from torch import nn
 
 from ... import _device as D
 from ... import _keys as K
-from ... import _model as M
 from ... import _provenance as P
 from ... import _recipe as R
 from ... import _rows as RW
 from ... import _store as ST
 from ... import _validate as V
+from ... import models as MD
 from ..._errors import ScadvInputError
 from ..._results import write_results
 from .. import _common as C
+from .._models import _resolve as RS
 from . import _engine as X
 from . import _rankings as RK
 
 Method = Literal["saliency", "grad_x_input", "integrated_gradients", "smoothgrad", "deeplift",
                  "deepshap", "occlusion", "lime"]
 Baseline = Literal["zero_expression", "mean"] | np.ndarray
-ModelArg = str | nn.Module | Callable[[np.ndarray], np.ndarray]
+ModelArg = str | MD.Model | nn.Module | Callable[[np.ndarray], np.ndarray]
 
 
 def attribute(
@@ -105,7 +106,10 @@ def attribute(
     method
         One of the methods above.
     model
-        Key of a stored scadv classifier (default), a differentiable ``torch.nn.Module``
+        Key of a stored classifier of any kind (default), a :class:`scadv.models.Model` or
+        CellTypist model object (explained in its own input space, through its own
+        preprocessing; registered in ``adata`` first, see :func:`scadv.tl.pgd`), a
+        differentiable ``torch.nn.Module``
         mapping ``adata.X`` rows to logits (any method), or a black-box callable mapping a
         numpy matrix of ``adata.X`` rows to class probabilities (``'occlusion'`` and
         ``'lime'`` only).
@@ -308,15 +312,17 @@ def prepare(adata: AnnData, *, method: str, model: ModelArg, baseline: Baseline,
     dev = D.resolve(device)
     record = None
     zero = None
-    if isinstance(model, str):
-        record = C.model_record(adata, model)
+    if isinstance(model, str) or (not isinstance(model, nn.Module)
+                                  and MD.as_model(model) is not None):
+        resolved = RS.resolve(adata, model, dev)
+        record = resolved.record
         x: np.ndarray | ST.LazyRows = ST.reader(adata, record["prepare"], layer=layer)
-        net: nn.Module | None = M.from_record(record, dev)
+        net: nn.Module | None = resolved.net
         black_box = None
         names = [str(c) for c in np.asarray(record["classes"])]
         genes = np.asarray(record["genes"]).astype(str)
         zero = R.zero_level(record["prepare"])
-        model_key, split_key = model, C.split_column(record, model)
+        model_key, split_key = resolved.key, C.split_column(record, resolved.key)
         label_key = label_key or str(record.get("label_key", ""))
     elif callable(model):
         prepared = R.stored(adata) if layer is None else None

@@ -99,8 +99,11 @@ def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | Non
                            R.zero_level(recipe), source)
         var_names = np.asarray(clf.record["genes"]).astype(str)
         space_of: str | None = clf.key
-    elif layer is None and (prepared := R.stored(adata)) is not None:
-        # prepared data: the attacks modify the model input (z-scores of the model genes)
+    elif layer is None and (prepared := R.stored(adata)) is not None and not (
+            isinstance(clf, CL.ModelClassifier)
+            and not R.same(prepared, clf.model.preprocessing)):
+        # prepared data: the attacks modify the model input (z-scores of the model genes); a
+        # model with its own preprocessing reads the AnnData's matrix instead (below)
         recipe = prepared
         rows = ST.reader(adata, recipe)
         source = "the prepared model input of adata"
@@ -114,7 +117,9 @@ def setup(adata: AnnData, *, cluster_key: str, classifier: Any, layer: str | Non
         x = MX.from_matrix(matrix, source)
         var_names = np.asarray(adata.var_names).astype(str)
         space_of = None
-    bound = clf.bind(var_names)
+    # a classifier of the AnnData's own matrix learns what that matrix holds (counts,
+    # log-normalised values, ...): a model with its own preprocessing applies it
+    bound = clf.bind(var_names, adata=adata if space_of is None else None, layer=layer)
     lazy = any(PAR.lazy(m) for m in (adata.X, adata.layers.get(layer) if layer else None,
                                      None if adata.raw is None else adata.raw.X))
     return Setup(adata=adata, x=x, source=source, var_names=var_names, clf=bound,

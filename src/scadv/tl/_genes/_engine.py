@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ... import _model as M
 from ..._errors import ScadvInputError
 from ...classifiers import Classifier
 
@@ -250,6 +251,7 @@ class AffineEvaluator(Evaluator):
         self.wa, self.ba, self.wb, self.bb = wa, ba, wb, bb
         self.layers = layers  # None: linear scorer (no ReLU)
         self.temperature = float(temperature)
+        self.output = clf._output()  # how logits become the classifier's probabilities
         # U[g] = d a / d x_g (genes × first hidden width), for the rank-one pairs
         self.u = (wb @ wa).t().contiguous() if wb is not None else wa.t().contiguous()
         self._commits = 0
@@ -302,7 +304,7 @@ class AffineEvaluator(Evaluator):
                 if i < len(self.layers) - 1:
                     h.clamp_(min=0)
             logits = h
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        return M.probabilities_torch(logits, self.output).cpu().numpy()
 
     def _t(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)

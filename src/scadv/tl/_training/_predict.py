@@ -82,9 +82,10 @@ def predict(
     ``adata.obs['<p>_pred']``
         Predicted class.
     ``adata.obsm['<p>_proba']``
-        Class probabilities (columns in the model's class order).
+        Class probabilities (columns in the model's class order), by the model's own rule
+        (``record['output']``: a softmax for scadv's MLP; CellTypist's per-class sigmoids).
     ``adata.obsm['X_<p>_emb']``
-        Cell embedding (last hidden layer).
+        Cell embedding (last hidden layer; the logits for a linear model).
     ``adata.uns['scadv'][key_added]``
         A copy of the model record when it came from ``source``.
     """
@@ -129,6 +130,7 @@ def predict(
     write_results(
         adata, step=f"prediction from {label}", start=start, uns=uns,
         obs={K.pred(key_added): pd.Categorical.from_codes(pred, categories=classes)},
-        obsm={K.proba(key_added): M.softmax(logits), K.embedding(key_added): emb},
+        obsm={K.proba(key_added): M.probabilities(logits, M.output_rule(record)),
+              K.embedding(key_added): emb},
     )
     return adata if copy else None

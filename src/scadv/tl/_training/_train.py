@@ -308,7 +308,7 @@ def architecture(model: M.MLP, n_genes: int, n_classes: int, hidden: Sequence[in
                           tuple(float(p) for p in dropout), int(rank))
 
 
-def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool,
+def predict_all(model: nn.Module, src: R.Source, *, device: D.Device, progress: bool,
                 batch_size: int = RW.BATCH,
                 change: Callable[[np.ndarray], ST.Change] | None = None,
                 group: DDP.Group | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -324,13 +324,13 @@ def predict_all(model: M.MLP, src: R.Source, *, device: D.Device, progress: bool
     else:
         parts = PAR.map_cells(_infer_chunk, src, chunks, per_chunk=lambda i, c: (fetch(c),),
                               shared=(model, device), progress=progress, desc="predicting")
-    if not parts:
-        return (np.empty((0, model.head.in_features), np.float32),
-                np.empty((0, model.head.out_features), np.float32))
+    if not parts:  # no cells: empty arrays of the model's widths (any classifier kind)
+        dev = D.resolve(device)
+        return M.infer(model.to(dev), np.empty((0, src.n_genes), np.float32), device=dev)
     return (np.concatenate([e for e, _ in parts]), np.concatenate([lg for _, lg in parts]))
 
 
-def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: M.MLP,
+def _infer_chunk(src: R.Source, cells: np.ndarray, change: ST.Change, model: nn.Module,
                  device: D.Device) -> tuple[np.ndarray, np.ndarray]:
     """One task of :func:`predict_all`: ``(embedding, logits)`` of a chunk of cells."""
     dev = D.resolve(device)

@@ -1,0 +1,1 @@
+"""Bringing other classifiers into scadv (CellTypist, scikit-learn, PyTorch)."""
