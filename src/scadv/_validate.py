@@ -425,6 +425,21 @@ def name(what: str, value: object, *, allow_none: bool = False) -> str | None:
     return value
 
 
+def model_spec(what: str, value: object) -> object:
+    """A classifier given to a tool: the key of a stored classifier (a non-empty string) or a
+    model object (:class:`scadv.models.Model`, a CellTypist model, a torch module), which the
+    tool resolves and checks itself."""
+    if isinstance(value, str):
+        return name(what, value)
+    if value is None or isinstance(value, (bool, int, float, complex, bytes, Mapping, list,
+                                           tuple, np.ndarray)):
+        raise ScadvInputError(
+            f"{what} must be the key of a stored classifier (a string) or a model object "
+            f"(scadv.models.Model, a CellTypist model), got {_got(value)} "
+            f"({type(value).__name__}).")
+    return value
+
+
 def names(what: str, value: object, *, allow_none: bool = False, allow_empty: bool = False,
           single: bool = True) -> tuple[str, ...] | None:
     """One name (unless ``single=False``) or a sequence of names (strings), e.g. layers, keys

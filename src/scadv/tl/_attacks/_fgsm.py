@@ -103,7 +103,7 @@ def fgsm(
     V.flag("keep_zeros", keep_zeros)
     V.name("target", target, allow_none=True)
     V.choice("away_from", away_from, ("prediction", "label"))
-    V.name("model", model)
+    V.model_spec("model", model)
     V.clip("clip", clip)
     start = logg.info("running FGSM attack")
     params = P.call_params(locals(), fgsm)

@@ -156,7 +156,7 @@ def pgd(
     V.flag("keep_zeros", keep_zeros)
     V.name("target", target, allow_none=True)
     V.choice("away_from", away_from, ("prediction", "label"))
-    V.name("model", model)
+    V.model_spec("model", model)
     V.clip("clip", clip)
     start = logg.info("running PGD attack")
     params = P.call_params(locals(), pgd)

@@ -153,6 +153,20 @@ _GATE = {
 }
 
 
+def _embedding_dim(classifier: Mapping[str, Any], groups: tuple[str, ...],
+                   classes: list[str], n_features: int) -> int:
+    """Width of the classifier's embedding feature: its last hidden layer (scadv's MLP, a
+    translated scikit-learn MLP), its logits (a linear model); for a torch module held in
+    memory, whose record has no architecture, what the detector's feature count leaves."""
+    arch = classifier.get("arch")
+    hidden = np.asarray(arch.get("hidden", ()) if isinstance(arch, Mapping) else ()).ravel()
+    if len(hidden):
+        return int(hidden[-1])
+    if str(classifier.get("kind", "")) != M.MEMORY_KIND or "embedding" not in groups:
+        return len(classes)
+    return max(0, n_features - len(MF.names(groups, classes, 0)))
+
+
 def check_detector(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> None:
     """Validate a stored detector against its (valid) classifier before anything is built:
     every entry scoring reads (networks, features, threshold, realism gate, baselines), their
@@ -174,7 +188,7 @@ def check_detector(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> 
     if not np.array_equal(top["classes"], classes):
         raise REC.malformed(what, "'classes'", "differ from its classifier's classes", fix)
     shape, _, _ = DT.check_record(record, what=what)
-    emb_dim = int(np.asarray(classifier["arch"]["hidden"]).ravel()[-1])
+    emb_dim = _embedding_dim(classifier, groups, classes.tolist(), shape.n_features)
     n_features = len(MF.names(groups, classes.tolist(), emb_dim))
     if shape.n_features != n_features:
         raise REC.malformed(what, "arch['n_features']", f"is {shape.n_features}, but its "

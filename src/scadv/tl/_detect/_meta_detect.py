@@ -197,7 +197,7 @@ def meta_detect(
     V.positive_int("patience", patience)
     V.positive("lr", lr)
     V.positive("triplet_margin", triplet_margin)
-    V.name("model", model)
+    V.model_spec("model", model)
     start = logg.info(f"training scadv meta-detector {key_added!r}")
     params = P.call_params(locals(), meta_detect)
     groups = MF.check_groups(features)

@@ -183,7 +183,7 @@ def attribute(
     V.flag("per_cell", per_cell)
     V.positive_int("n_top", n_top)
     if isinstance(model, str):
-        V.name("model", model)
+        V.model_spec("model", model)
         if classes is not None:
             raise ScadvInputError("classes= names the outputs of an nn.Module or callable model; "
                                   "a stored classifier has its own classes. Leave classes=None.")
