@@ -250,6 +250,20 @@ CALLS: list[Call] = [
         "eps_min": POS, "eps_max": POS, "tol": [0.0, 1.0, nan, "x"], "steps": POS_INT,
         "keep_zeros": FLAG, "clip": CLIP[:4], "target": [3, "", "nope"],
         "model": [*NAME, "nope"], "cells": CELLS[:4], **_common()}),
+    Call("tl.compare_models", "trained", args=(["classifier"],),
+         kwargs={"eps": (0.3,), "single_gene": False, "n_boot": 5, "key_added": "cmp2",
+                 "progress": False}, options={
+        "#0": [3, [], [3], ["nope"], {"a": 3}, None], "eps": [[nan], [-1.0], ["x"], []],
+        "steps": POS_INT, "n_boot": [-1, "x", nan], "n_cells": [0, -1, 2.5, "x"],
+        "label_key": [3, "", "nope"], "cells": CELLS[:4], "key_added": NAME}),
+    Call("tl.add_model", "trained",
+         args=(lambda a: __import__("scadv").models.from_record(a.uns["scadv"]["classifier"]),),
+         kwargs={"key_added": "copy2"}, options={
+        "#0": [3, None, "x", {"a": 1}, [1, 2]],
+        "key_added": [3, "", ["x"], "a/b", "prepare", "provenance"]}),
+    Call("pl.compare_models", "trained", options={
+        **_plot(key=[7, "", ["x"], "nope"]), "metric": [3, "", "nope"],
+        "group": [3, "", "nope"], "eps": [nan, -1.0, "x"]}),
     Call("pl.count_attack", "trained", options=_plot(key=[7, "", [], "nope"],
                                                      labels=[3, [3]], per_class=FLAG)),
     Call("pl.count_genes", "trained", options=_plot(top=POS_INT)),
@@ -376,6 +390,8 @@ def datasets() -> dict[str, ad.AnnData]:
         scadv.tl.cgd(trained, cluster_key="cell_type", target="type0", genes=GENES3,
                      progress=False)
         scadv.tl.robust_accuracy(trained, eps=(0.0, 0.1), steps=1, progress=False)
+        scadv.tl.compare_models(trained, ["classifier"], eps=(0.3,), single_gene=False,
+                                n_boot=5, progress=False)
         # stored perturbations in both formats: rows of changed cells (dense PGD) and a
         # sparse obsm matrix (PGD keeping zeros)
         pert = meta.copy()
