@@ -495,7 +495,7 @@ def test_stored_celltypist_model_through_model_key_tools(pbmc):
                          baselines=False, progress=False, seed=0)
     det = adata.uns["scadv"]["meta"]
     assert det["model"] == "celltypist"
-    assert 0.5 < float(det["calibration"]["auroc"]) <= 1.0
+    assert 0.5 < float(det["validation"][str(det["method"])]["auroc"]) <= 1.0
     scadv.tl.meta_score(adata, key="meta", progress=False)
     assert adata.obs["scadv_meta_score"].notna().all()
 
@@ -631,7 +631,7 @@ def test_meta_detector_of_a_torch_module_and_black_box_messages(pbmc):
                          baselines=False, progress=False, seed=0)
     det = adata.uns["scadv"]["meta"]
     assert det["model"] == "torch_model"
-    assert 0.5 < float(det["calibration"]["auroc"]) <= 1.0
+    assert 0.5 < float(det["validation"][str(det["method"])]["auroc"]) <= 1.0
     with pytest.raises(ScadvInputError, match="held in memory"):
         scadv.tl.meta_score(adata, key="meta", progress=False)
     scadv.tl.meta_score(adata, key="meta", model=model, progress=False)

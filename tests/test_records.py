@@ -181,34 +181,6 @@ def test_a_malformed_stored_recipe_is_an_error_not_ignored(small_trained: ad.Ann
 # ---- the detector ----------------------------------------------------------------------------
 
 
-def test_detector_records_are_validated_before_building(small_meta: ad.AnnData) -> None:
-    a = small_meta
-    det = a.uns["scadv"]["meta"]
-    clf = a.uns["scadv"]["classifier"]
-    MC.check_detector(det, clf)  # the real one passes
-    for mutate, message in (
-            (lambda r: r["feature_scale"].__setitem__(0, 0.0), "'feature_scale' holds zero"),
-            (lambda r: r["feature_mean"].__setitem__(0, np.nan), "NaN"),
-            (lambda r: r["triplet_weights"]["fc1.bias"].__setitem__(0, np.inf), "NaN or inf"),
-            (lambda r: r.update(threshold=np.nan), "'threshold' holds NaN"),
-            (lambda r: r.update(threshold="0.5"), "'threshold' must be a number"),
-            (lambda r: r.update(features=np.array(["logits", "pickle"])), "'features' is"),
-            (lambda r: r["arch"].update(n_features=10**7), "'n_features' holds values above"),
-            (lambda r: r["arch"].update(width=65_536, n_blocks=64), "declares"),
-            (lambda r: r["gate"].update(x_min=np.zeros(3)), "'x_min' has 3 entries"),
-            (lambda r: r["gate"].update(enabled="yes"), "'enabled' must be True or False"),
-            (lambda r: r["baselines"]["logreg"].update(coef=np.zeros(2)), "'coef' has 2"),
-            (lambda r: r["baselines"]["no_grad"].update(columns=np.array([0, 10**6])),
-             "'columns' holds values above"),
-            (lambda r: r["baselines"]["mahalanobis"].update(precision=np.eye(3)),
-             "'precision' has 3"),
-            (lambda r: r.update(classes=np.array(["x", "y", "z"])), "'classes' differ")):
-        rec = copy.deepcopy(dict(det))
-        mutate(rec)
-        with pytest.raises(ScadvInputError, match=message):
-            MC.Loaded.build(rec, clf, device=__import__("torch").device("cpu"))
-
-
 def test_fingerprint_covers_weights_and_recipe_and_accepts_old_records(
         small_meta: ad.AnnData) -> None:
     a = small_meta

@@ -30,7 +30,7 @@ from ._errors import ScadvInputError
 from ._model import weights_to_arrays
 
 DETECTOR_KIND = "scadv.meta_detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class TripletNet(nn.Module):

@@ -231,7 +231,7 @@ class Source:
 
     def __init__(self, matrix: Any, *, kind: SourceKind, recipe: Mapping[str, Any],
                  present: np.ndarray, missing: np.ndarray, label: str, obs_names: pd.Index,
-                 library_size: np.ndarray | None = None) -> None:
+                 library_size: np.ndarray | None = None, renormalise: bool = False) -> None:
         self.matrix = matrix
         #: ``'model'`` (already model input: a classic prepared ``X`` or a model-space layer),
         #: ``'counts'``, ``'lognorm'`` or ``'scaled'`` (scaled like the training data).
@@ -247,6 +247,10 @@ class Source:
         self.obs_names = obs_names
         self._library_size = library_size
         self._mean = fill_value(recipe)
+        #: Log-normalised values normalised to another total than the recipe's ``target_sum``
+        #: (CPM, scanpy's median normalisation, ...): each cell is brought to ``target_sum``
+        #: (its values over all genes of the matrix) before the recipe is applied.
+        self.renormalise = renormalise
 
     @property
     def n_obs(self) -> int:
@@ -321,6 +325,10 @@ class Source:
         if self.kind == "counts":
             sub = lognormalize(sub, target_sum=float(self.recipe["target_sum"]),
                                library_size=lib)
+        elif self.renormalise:
+            totals = lognorm_totals(block)
+            factor = float(self.recipe["target_sum"]) / np.where(totals > 0, totals, 1.0)
+            sub = renormalise_rows(sub, np.where(totals > 0, factor, 1.0))
         dense = sub.toarray() if V.is_sparse(sub) else np.array(sub, dtype=np.float32)
         dense = dense.astype(np.float32, copy=False)
         if not self.missing.any():
@@ -392,6 +400,79 @@ def _first_bad_row(block: Any) -> int:
         bad = np.flatnonzero(~np.isfinite(csr.data))[0]
         return int(np.searchsorted(csr.indptr, bad, side="right") - 1)
     return int(np.argwhere(~np.isfinite(np.asarray(block)))[0][0])
+
+
+#: Largest median relative deviation of the cells' totals from the recipe's ``target_sum`` that
+#: is still the recipe's own normalisation (float32 log1p values sum back to within 1e-4).
+TOTAL_RTOL = 0.01
+#: Spread (sd of log totals) below which cells count as normalised to one common total.
+COMMON_TOTAL_SD = 0.01
+#: Fewest genes a log-normalised matrix needs for its cells to be re-normalised over them when
+#: they were not normalised to a common total (a whole transcriptome, not a gene selection).
+RENORMALISE_MIN_GENES = 5000
+
+
+def lognorm_totals(block: Any) -> np.ndarray:
+    """Per row of log1p-normalised values, the total they were normalised to:
+    ``Σ_genes expm1(value)`` (float64)."""
+    if V.is_sparse(block):
+        csr = sparse.csr_matrix(block)
+        level = sparse.csr_matrix((np.expm1(csr.data.astype(np.float64)), csr.indices,
+                                   csr.indptr), shape=csr.shape)
+        return np.asarray(level.sum(axis=1)).ravel()
+    return np.expm1(np.asarray(block, dtype=np.float64)).sum(axis=1)
+
+
+def renormalise_rows(lognorm: Any, factor: np.ndarray) -> Any:
+    """``log1p(expm1(lognorm) · factor)`` per row (sparse in, sparse out; zeros stay zero)."""
+    factor = np.asarray(factor, dtype=np.float64)
+    if V.is_sparse(lognorm):
+        csr = sparse.csr_matrix(lognorm, dtype=np.float32, copy=True)
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        csr.data = np.log1p(np.expm1(csr.data.astype(np.float64)) * factor[rows]
+                            ).astype(np.float32)
+        return csr
+    arr = np.asarray(lognorm, dtype=np.float64)
+    return np.log1p(np.expm1(arr) * factor[:, None]).astype(np.float32)
+
+
+def _other_total(x: Any, names: Any, genes: np.ndarray, recipe: Mapping[str, Any], *,
+                 label: str) -> bool:
+    """Whether log-normalised ``x`` must be brought to the recipe's ``target_sum`` first
+    (logged), judged on :func:`probe`; a clear error when it cannot be done reliably."""
+    if str(recipe.get("input_kind")) != "counts":
+        return False  # the recipe was computed from log-normalised values as they came
+    target = float(recipe["target_sum"])
+    totals = lognorm_totals(probe(x))
+    totals = totals[totals > 0]
+    if not len(totals) or np.median(np.abs(totals / target - 1.0)) <= TOTAL_RTOL:
+        return False
+    log_sd = float(np.std(np.log(totals)))
+    typical = float(np.median(totals))
+    if log_sd <= COMMON_TOTAL_SD:
+        logg.warning(
+            f"{label} is log-normalised to about {typical:.4g} counts per cell (e.g. CPM, or "
+            f"scanpy's normalize_total without target_sum), but the classifier's recipe "
+            f"normalises to {target:.4g}: each cell is converted to {target:.4g} before the "
+            "recipe is applied. Pass raw counts to skip the conversion.")
+        return True
+    n_genes = len(np.asarray(names))
+    if n_genes >= RENORMALISE_MIN_GENES:
+        logg.warning(
+            f"{label} looks log-transformed but its cells were not normalised to one total "
+            f"(totals {np.quantile(totals, 0.05):.4g}–{np.quantile(totals, 0.95):.4g}; e.g. "
+            f"log1p of raw counts or size-factor normalisation): each cell is converted to the "
+            f"recipe's {target:.4g} counts over its {n_genes} genes before the recipe is "
+            "applied. Pass raw counts to skip the conversion.")
+        return True
+    raise ScadvInputError(
+        f"{label} looks log-normalised, but not to the classifier's {target:.4g} counts per cell "
+        f"and not to any common total over its {n_genes} genes (totals "
+        f"{np.quantile(totals, 0.05):.4g}–{np.quantile(totals, 0.95):.4g}): a selection of genes, "
+        "or values normalised another way, which scadv cannot convert reliably and would "
+        "silently mis-score. Pass the raw counts, or the log-normalised values of all genes "
+        "(e.g. adata.raw, or layer=...), normalised with sc.pp.normalize_total and "
+        "sc.pp.log1p.")
 
 
 def x_is_model_input(adata: AnnData, recipe: Mapping[str, Any]) -> bool:
@@ -474,11 +555,12 @@ def source(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = Non
     obs_names = adata.obs_names
 
     def build(matrix: Any, names: Any, kind: SourceKind, label: str,
-              library_size: np.ndarray | None = None, how: MissingGenes = missing_genes
-              ) -> Source:
+              library_size: np.ndarray | None = None, how: MissingGenes = missing_genes,
+              renorm: bool = False) -> Source:
         pos, missing = _positions(names, genes, missing_genes=how, what=label)
         return Source(matrix, kind=kind, recipe=recipe, present=pos, missing=missing,
-                      label=label, obs_names=obs_names, library_size=library_size)
+                      label=label, obs_names=obs_names, library_size=library_size,
+                      renormalise=renorm)
 
     if mine and own is not None and x_is_model_input(adata, own):
         if layer is None:
@@ -537,7 +619,8 @@ def source(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = Non
                     f"{label} has only {len(names)} genes; library sizes are computed from "
                     "these alone, which differs from normalising by all genes."
                 )
-        return build(x, names, kind, label, library_size)
+        renorm = kind == "lognorm" and _other_total(x, names, genes, recipe, label=label)
+        return build(x, names, kind, label, library_size, renorm=renorm)
     raise ScadvInputError(
         f"cannot build the model's input from {what}: {'; '.join(tried) or 'it has no X'}, and "
         "none is raw counts or log-normalised data covering the model genes. Pass counts or "

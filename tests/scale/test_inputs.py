@@ -51,6 +51,8 @@ CALLS: dict[str, Callable[[ad.AnnData], Any]] = {
     "meta_evaluate": lambda b: TL.meta_evaluate(b, progress=False),
     "benign_perturb": lambda b: TL.benign_perturb(b),
     "adaptive_pgd": lambda b: TL.adaptive_pgd(b, eps=0.3, progress=False),
+    "adaptive_count_attack": lambda b: TL.adaptive_count_attack(b, detector=None, budget=10,
+                                                                progress=False),
     "attribute": lambda b: TL.attribute(b, key_added="a2", progress=False),
     "attribution_stability": lambda b: TL.attribution_stability(b, n_repeats=1,
                                                                 progress=False),
@@ -84,13 +86,14 @@ CALLS: dict[str, Callable[[ad.AnnData], Any]] = {
         b, ["classifier"], eps=(0.3,), genes=_genes(b), n_boot=5, progress=False),
 }
 #: Functions that stream their cells: they work whatever the memory.
-STREAMING = ("train_classifier", "predict", "pgd", "fgsm", "meta_detect", "meta_score",
-             "meta_evaluate", "benign_perturb", "adaptive_pgd", "add_model", "count_attack",
-             "fragility")
+STREAMING = ("train_classifier", "predict", "pgd", "fgsm", "meta_score", "meta_evaluate",
+             "benign_perturb", "adaptive_pgd", "adaptive_count_attack", "add_model",
+             "count_attack", "fragility")
 #: Functions that hold a cell-proportional dense matrix, and say so when it would not fit.
-IN_MEMORY = ("adversarial_train", "robust_accuracy", "attribute", "attribution_stability",
-             "single_gene", "max_change", "cgd", "grid", "random_walk", "overview",
-             "pseudo_labels", "compare_models")
+#: (meta_detect: the twin and PCA fits of the consistency detector hold the training cells.)
+IN_MEMORY = ("meta_detect", "adversarial_train", "robust_accuracy", "attribute",
+             "attribution_stability", "single_gene", "max_change", "cgd", "grid",
+             "random_walk", "overview", "pseudo_labels", "compare_models")
 #: Functions that read only stored results, never the matrix.
 RECORDS_ONLY = ("attribution_agreement", "marker_overlap", "gene_set_enrichment",
                 "score_attributions")

@@ -32,10 +32,13 @@ def meta_embedding(
     show: bool | None = None,
     save: str | Path | bool | None = None,
 ) -> Axes:
-    """UMAP of the detector's 64-d triplet embedding: clean test cells and attacked ones.
+    """UMAP of what the detector sees of each cell: clean test cells and attacked ones.
 
-    Clean test cells are grey; the successful (flipped) test cells of each attack layer are
-    coloured. Where the detector separates manipulated cells, they form their own regions.
+    For the consistency detector, its three standardised views (margin, squeeze, twin); for
+    the triplet detector, its 64-d triplet embedding; for the logistic regression, the
+    standardised meta-features. Clean test cells are grey; the successful (flipped) test
+    cells of each attack are coloured. Where the detector separates manipulated cells, they
+    form their own regions.
 
     Parameters
     ----------
@@ -67,8 +70,7 @@ def meta_embedding(
         groups.append(np.full(int(c.flipped.sum()), i))
     x = np.vstack(blocks)
     group = np.concatenate(groups)
-    f = det.features(x).features
-    emb = det.nets.embed(f, device=det.device)
+    emb = det.embedding(x)
     tmp = AnnData(X=np.zeros((len(emb), 1), dtype=np.float32), obsm={"X_det": emb})
     sc.pp.neighbors(tmp, use_rep="X_det", n_neighbors=int(n_neighbors), random_state=seed)
     sc.tl.umap(tmp, random_state=seed)
@@ -87,7 +89,9 @@ def meta_embedding(
     ax.set_yticks([])
     ax.set_xlabel("UMAP1")
     ax.set_ylabel("UMAP2")
-    U.set_title(ax, f"meta-detector {key!r}: triplet embedding of test cells")
+    what = {"consistency": "views", "triplet": "triplet embedding"}.get(det.method,
+                                                                      "meta-features")
+    U.set_title(ax, f"meta-detector {key!r}: {what} of test cells")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False,
               markerscale=2)
     return U.finish(ax, show=show, save=save, name="meta_embedding")

@@ -6,6 +6,7 @@ from ._attacks._pgd import pgd
 from ._attacks._robustness import robust_accuracy
 from ._counts._count_attack import count_attack
 from ._detect._adaptive import adaptive_pgd
+from ._detect._adaptive_counts import adaptive_count_attack
 from ._detect._benign import benign_perturb
 from ._detect._meta_detect import meta_detect
 from ._detect._meta_evaluate import meta_evaluate
@@ -28,6 +29,7 @@ from ._training._predict import predict
 from ._training._train import train_classifier
 
 __all__ = [
+    "adaptive_count_attack",
     "adaptive_pgd",
     "add_model",
     "adversarial_train",

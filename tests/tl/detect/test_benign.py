@@ -1,4 +1,5 @@
-"""scadv.tl.benign_perturb: counts rebuilt exactly, re-processed with the stored recipe."""
+"""scadv.tl.benign_perturb: whole counts changed like another measurement, re-processed with the
+stored recipe."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from scipy import sparse
 import scadv
 from scadv import _recipe as R
 from scadv._errors import ScadvInputError
-from scadv.tl._detect._benign import _count_reader
+from scadv.tl._detect import _gate as G
+from scadv.tl._detect._benign import KINDS, _count_reader
 from tests.conftest import assert_unchanged, model_x, perturbed, snapshot
 
 
@@ -26,28 +28,45 @@ def test_counts_are_rebuilt_exactly_for_data_prepared_in_place(counts):
     np.testing.assert_allclose(lib, a.obs["scadv_library_size"], rtol=1e-6)
 
 
-def test_perturbations(small_trained):
+def _implied(a, layer):
+    """Per cell, the library size the perturbed model input implies (model genes' level sum)
+    relative to the clean cell's, and whether the cell is still on the count lattice."""
+    recipe = a.uns["scadv"]["prepare"]
+    gate = G.gate_arrays(recipe)
+    x = perturbed(a, layer)
+    return G.violations(gate, x) == 0, x
+
+
+def test_every_kind_is_a_cell_that_could_have_been_measured(small_trained):
     a = small_trained
-    scadv.tl.benign_perturb(a, cells="all", seed=3)
+    scadv.tl.benign_perturb(a, cells="all", seed=3, missing=20)
     rec = a.uns["scadv"]["benign"]
-    assert list(rec["kinds"]) == ["downsample", "dropout", "noise"]
+    assert tuple(rec["kinds"]) == KINDS
+    x = model_x(a)
     zero = np.asarray(a.uns["scadv"]["prepare"]["zero_level"])
-    x = scadv.get.model_input(a)
-    clean_zero = np.isclose(x, zero, atol=1e-5)
-    layers = {}
+    expressed = ~np.isclose(x, zero, atol=1e-5)
     for kind in rec["kinds"]:
-        layer = layers[kind] = scadv.get.perturbed(a, f"scadv_benign_{kind}",
-                                                    cells=a.obs_names)
-        assert layer.shape == x.shape and np.isfinite(layer).all()
-        now_zero = np.isclose(layer, zero, atol=1e-5)
-        assert (now_zero | ~clean_zero).all(), kind  # nothing unexpressed becomes expressed
+        name = f"scadv_benign_{kind}"
+        on_lattice, layer = _implied(a, name)
+        assert on_lattice.all(), kind  # whole counts: the realism gate has nothing to flag
         assert not np.allclose(layer, x), kind
-        assert a.obs[f"scadv_benign_{kind}_pred"].notna().all()
-    # dropout and down-sampling lose expressed genes, noise keeps them all
-    for kind, fewer in (("downsample", True), ("dropout", True), ("noise", False)):
-        n_zero = np.isclose(layers[kind], zero, atol=1e-5).sum()
-        assert (n_zero > clean_zero.sum()) == fewer, kind
-    # down-sampling re-processed by hand (from the raw counts in X) gives the same cells
+        assert a.obs[f"{name}_pred"].notna().all()
+        now = ~np.isclose(layer, zero, atol=1e-5)
+        if kind in ("downsample", "dropout", "noise", "batch"):
+            assert (now <= expressed | (kind == "batch")).all(), kind
+        if kind in ("ambient", "doublet"):
+            assert now.sum() >= expressed.sum(), kind  # genes only gained
+        if kind == "deeper":  # Poisson(4 × count): a gene of one count is lost with p = e^-4
+            assert 0.97 * expressed.sum() <= now.sum() <= expressed.sum(), kind
+    missing = perturbed(a, "scadv_benign_missing")
+    gone = (missing == 0).all(axis=0) & ~(x == 0).all(axis=0)
+    assert gone.sum() == rec["missing"]
+    assert 0 <= rec["pred_changed"].min() and rec["pred_changed"].max() <= 1
+
+
+def test_downsampling_by_hand(small_trained):
+    a = small_trained
+    scadv.tl.benign_perturb(a, kinds=("downsample",), cells="all", seed=3)
     raw = sparse.csr_matrix(a.X, dtype=np.float32, copy=True)
     rng = np.random.default_rng(3)
     raw.data = rng.binomial(raw.data.astype(np.int64), 0.5).astype(np.float32)
@@ -55,9 +74,25 @@ def test_perturbations(small_trained):
     recipe = a.uns["scadv"]["prepare"]
     ln = R.lognormalize(raw, target_sum=float(recipe["target_sum"]))
     aligned, _ = R.align(ln, a.var_names, recipe["genes"], missing_genes="error", what="x")
-    np.testing.assert_allclose(layers["downsample"], R.lognorm_to_model(aligned, recipe),
-                               atol=1e-5)
-    assert 0 <= rec["pred_changed"][0] <= 1
+    np.testing.assert_allclose(perturbed(a, "scadv_benign_downsample"),
+                               R.lognorm_to_model(aligned, recipe), atol=1e-5)
+
+
+def test_doublets_are_the_sum_of_two_cells_of_one_class(small_trained):
+    a = small_trained
+    scadv.tl.benign_perturb(a, kinds=("doublet",), cells="all", seed=0)
+    recipe = a.uns["scadv"]["prepare"]
+    counts = sparse.csr_matrix(a.X, dtype=np.float32)
+    pred = a.obs["scadv_pred"].astype(str).to_numpy()
+    got = perturbed(a, "scadv_benign_doublet")
+    genes = list(recipe["genes"])
+    cols = [list(a.var_names).index(g) for g in genes]
+    for i in range(0, a.n_obs, 17):
+        partners = [j for j in range(a.n_obs) if pred[j] == pred[i]]
+        match = [j for j in partners if np.allclose(R.lognorm_to_model(R.lognormalize(
+            (counts[i] + counts[j])[:, cols], target_sum=1e4, library_size=np.asarray(
+                (counts[i] + counts[j]).sum(axis=1)).ravel()), recipe), got[i], atol=1e-5)]
+        assert match, i
 
 
 def test_default_cells_are_the_test_split(small_trained):
@@ -71,7 +106,10 @@ def test_default_cells_are_the_test_split(small_trained):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"kinds": ("blur",)}, "kinds must be"), ({"downsample": 1.0}, "downsample"),
-     ({"dropout": 0.0}, "dropout"), ({"noise": -0.1}, "noise must be positive")],
+     ({"dropout": 0.0}, "dropout"), ({"noise": -0.1}, "noise must be positive"),
+     ({"depth": 1.0}, "depth must be"), ({"ambient": 1.5}, "ambient"),
+     ({"batch": 0.0}, "batch must be"), ({"missing": 0}, "missing must be"),
+     ({"kinds": ("missing",), "missing": 5000}, "fewer than the model")],
 )
 def test_bad_options(small_trained, kwargs, message):
     before = snapshot(small_trained)

@@ -20,7 +20,6 @@ from .. import _common as C
 from .._attacks import _attack as A
 from .._attacks import _engine as E
 from . import _common as MC
-from . import _features as MF
 
 
 def adaptive_pgd(
@@ -49,12 +48,15 @@ def adaptive_pgd(
     Each step follows the gradient of :math:`\min(L_\mathrm{cls}(x), \kappa) - \lambda \cdot
     \mathrm{logit}_\mathrm{det}(x)` (Carlini and Wagner's recipe against detectors): push
     the classifier away from its clean prediction until it is fooled by a margin
-    :math:`\kappa`, while keeping the detector's logit low. The detector is differentiated end
-    to end, through its meta-features including the input-gradient features (double
-    back-propagation). Every step runs and the last iterate is kept (no early stop: stopping
-    at the first flip would leave the detector term no room). With ``keep_zeros=True`` the
-    attacker also respects the detector's realism gate: expressed genes stay at least one
-    count above zero.
+    :math:`\kappa`, while keeping the detector's logit low. The detector's method is
+    differentiated end to end (the consistency detector through the classifier, its squeezed
+    copy and the twin; the triplet detector through its meta-features including the
+    input-gradient features, by double back-propagation). Every step runs and the last
+    iterate is kept (no early stop: stopping at the first flip would leave the detector term
+    no room). The realism gate is not differentiable and is not followed: every model-space
+    edit of measured counts leaves the count lattice, so the gate flags these cells whatever
+    λ is; what this attacker measures is how far the method alone holds. An attacker who
+    wants to pass the gate edits counts: :func:`scadv.tl.adaptive_count_attack`.
 
     Evaluate the result with :func:`scadv.tl.meta_evaluate`: the layers are scored like every
     other attack on the classifier.
@@ -122,9 +124,7 @@ def adaptive_pgd(
     det = MC.load(adata, detector, source=None, device=dev)
     model = str(det.record["model"])
     key = key_added or f"adaptive_lam{K.format_eps(lam)}"
-    nets, groups = det.nets, det.groups
-    for module in (nets.triplet, nets.detector):
-        module.requires_grad_(False)
+    det.freeze()
 
     def objective(net: M.MLP, device: torch.device) -> E.Objective:
         def score(x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,14 +133,9 @@ def adaptive_pgd(
                 attack_score = attack_score.clamp(max=float(kappa))
             if lam == 0:
                 return attack_score
-            feats, _ = MF.differentiable(net, x, groups)
-            return attack_score - float(lam) * nets.torch_logit(feats)
+            return attack_score - float(lam) * det.torch_logit(x)
         return score
 
-    lower = None
-    if keep_zeros and det.gate is not None:
-        lower = (np.asarray(det.gate["zero_level"], dtype=np.float32)
-                 + np.asarray(det.gate["gap"], dtype=np.float32))
     alphas = tuple(2.5 * e / int(steps) if alpha is None else float(alpha) for e in eps_t)
     budget = A.Budget(eps=eps_t, norm="linf", alpha=alphas, steps=int(steps),
                       random_start=False, n_restarts=1, loss=loss)
@@ -151,7 +146,7 @@ def adaptive_pgd(
                  target=None, away_from="prediction", genes=genes, clip=clip,
                  keep_zeros=keep_zeros, cells=cells, model=model, key_added=key,
                  batch_size=batch_size, seed=seed, device=dev, progress=progress,
-                 early_stop=False, objective=objective, lower=lower,
+                 early_stop=False, objective=objective,
                  extra={"detector": detector, "lam": float(lam),
                         "kappa": "None" if kappa is None else float(kappa)})
     return adata if copy else None

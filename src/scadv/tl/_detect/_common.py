@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scanpy.logging as logg
 import torch
 from anndata import AnnData
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from ... import _detector as DT
@@ -28,23 +30,40 @@ from ... import _store as ST
 from ..._errors import ScadvInputError
 from .. import _common as C
 from . import _baselines as B
+from . import _consistency as CO
 from . import _features as MF
+from . import _gate as G
 
-Threshold = Literal["youden", "fpr"]
+Threshold = Literal["fpr", "youden"]
 Positives = Literal["flipped", "all"]
+Method = Literal["consistency", "triplet", "logreg"]
+MAIN_METHODS: tuple[str, ...] = ("consistency", "triplet", "logreg")
 
 #: The methods of the evaluation table, in display order: key → description.
 METHODS = {
-    "detector": "triplet + residual detector with realism gate (the flag columns)",
-    "meta": "triplet + residual detector, meta-features only",
-    "no_grad": "triplet + residual detector without gradient features",
+    "detector": "the stored detector: its method's score, 1 where the realism gate fires "
+                "(the flag columns)",
+    "consistency": "consistency of the classifier with a squeezed cell and a twin on another "
+                   "view (fused by logistic regression)",
+    "triplet": "the seed study's triplet + residual networks on the meta-features",
     "logreg": "logistic regression on the raw meta-features",
-    "mahalanobis": "Mahalanobis distance on the classifier embedding",
-    "input": "input-space statistic (genes off their zero level / observed range)",
+    "margin": "the classifier's top-1 minus top-2 logit alone (low: flagged)",
+    "squeeze": "the classifier's probability of its answer on the cell clipped to ±5 z",
+    "twin": "the twin's probability of the classifier's answer",
+    "mahalanobis": "Mahalanobis distance (Ledoit–Wolf) on the classifier embedding",
+    "pca": "PCA reconstruction error of the log-normalised counts",
+    "input": "the realism gate's count of impossible values alone",
 }
-#: Attack methods whose layers the detector is evaluated on.
-ATTACK_METHODS = ("pgd", "fgsm", "adaptive_pgd")
+#: Attack methods whose perturbations the detector is evaluated on ('count_attack': issue 9's
+#: count-space attack, when present).
+ATTACK_METHODS = ("pgd", "fgsm", "adaptive_pgd", "adaptive_counts", "count_attack")
 BENIGN_METHOD = "benign"
+#: Gene-level attacks whose modified cells (``add_layer=True``) are evaluated too.
+GENE_METHODS = ("cgd", "single_gene", "max_change", "grid", "random_walk")
+#: Calibration is called unreliable when the realised false-positive rate may exceed 1.5 times
+#: the target with more than 5% probability (conformal: Beta-distributed given the cells); at
+#: a 5% target that takes about 250 validation cells.
+UNRELIABLE_FACTOR = 1.5
 
 
 #: Version of :func:`fingerprint` written into new detector records
@@ -91,10 +110,10 @@ def legacy_fingerprint(classifier: Mapping[str, Any]) -> str:
 def classifier_fingerprint(record: Any) -> str:
     """:func:`fingerprint` of ``record`` if it is a valid stored classifier, else ``''``."""
     try:
-        M.architecture(record)
-    except ScadvInputError:
+        M.check_record(record)
+        return fingerprint(record)
+    except (ScadvInputError, KeyError, TypeError, ValueError):
         return ""
-    return fingerprint(record)
 
 
 def same_classifier(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> bool:
@@ -106,20 +125,26 @@ def same_classifier(record: Mapping[str, Any], classifier: Mapping[str, Any]) ->
     return stored == legacy_fingerprint(classifier)
 
 
+def _hash_arrays(h: Any, prefix: str, obj: Any) -> None:
+    if isinstance(obj, Mapping):
+        for name in sorted(obj):
+            _hash_arrays(h, f"{prefix}/{name}", obj[name])
+        return
+    arr = np.asarray(obj)
+    h.update(prefix.encode())
+    h.update(np.ascontiguousarray(arr.astype(np.float64) if arr.dtype.kind in "fiub"
+                                  else arr.astype(str)).tobytes())
+
+
 def detector_fingerprint(record: Mapping[str, Any]) -> str:
-    """SHA-256 of a stored detector's weights and threshold ('' if it is not one)."""
+    """SHA-256 of a stored detector's fitted parts and threshold ('' if it is not one)."""
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         return ""
     h = hashlib.sha256()
-    try:
-        for part in ("triplet_weights", "detector_weights"):
-            weights = record.get(part)
-            if not isinstance(weights, Mapping):
-                return ""
-            h.update(f"{part}/{REC.weights_sha256(weights)}".encode())
-        h.update(repr(float(record.get("threshold", np.nan))).encode())
-    except (TypeError, ValueError):  # not numbers: not a detector this function can compare
-        return ""
+    for part in ("consistency", "triplet_weights", "detector_weights", "logreg_fit"):
+        if part in record:
+            _hash_arrays(h, part, record[part])
+    h.update(repr(float(record.get("threshold", np.nan))).encode())
     return h.hexdigest()
 
 
@@ -131,100 +156,22 @@ def detector_record(adata: AnnData, key: str,
         adata, key, source, kind=DT.DETECTOR_KIND, noun="meta-detector", plural="detectors",
         hint="Train one with scadv.tl.meta_detect(adata), or pass key=<key of a stored "
              "detector>.")
-    if not isinstance(record, Mapping) or str(record.get("kind", "")) != DT.DETECTOR_KIND:
+    if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
-    version = REC.fields(record, {"format_version": REC.Field("int", optional=True)},
-                         what="meta-detector", fix=DT.DETECTOR_FIX).get("format_version", -1)
+    version = int(np.asarray(record.get("format_version", -1)))
     if version > DT.FORMAT_VERSION:
         raise ScadvInputError(f"the stored detector has format version {version}, newer than "
                               f"this scadv understands ({DT.FORMAT_VERSION}). Upgrade scadv.")
     return record
 
 
-_THRESHOLD = REC.Field("float", finite="inf")
-_GATE = {
-    "check_zero": REC.Field("bool"),
-    "zero_level": REC.Field("floats", ("n_genes",)),
-    "gap": REC.Field("floats", ("n_genes",)),
-    "x_min": REC.Field("floats", ("n_genes",)),
-    "x_max": REC.Field("floats", ("n_genes",)),
-    "tol": REC.Field("float", low=0.0),
-}
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow
 
 
-def _embedding_dim(classifier: Mapping[str, Any], groups: tuple[str, ...],
-                   classes: list[str], n_features: int) -> int:
-    """Width of the classifier's embedding feature: its last hidden layer (scadv's MLP, a
-    translated scikit-learn MLP), its logits (a linear model); for a torch module held in
-    memory, whose record has no architecture, what the detector's feature count leaves."""
-    arch = classifier.get("arch")
-    hidden = np.asarray(arch.get("hidden", ()) if isinstance(arch, Mapping) else ()).ravel()
-    if len(hidden):
-        return int(hidden[-1])
-    if str(classifier.get("kind", "")) != M.MEMORY_KIND or "embedding" not in groups:
-        return len(classes)
-    return max(0, n_features - len(MF.names(groups, classes, 0)))
-
-
-def check_detector(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> None:
-    """Validate a stored detector against its (valid) classifier before anything is built:
-    every entry scoring reads (networks, features, threshold, realism gate, baselines), their
-    types, shapes and finite values, and that the feature count matches the classifier."""
-    what, fix = "meta-detector", DT.DETECTOR_FIX
-    top = REC.fields(record, {
-        "kind": REC.Field("str"), "format_version": REC.Field("int", optional=True),
-        "model": REC.Field("str"), "classifier_fingerprint": REC.Field("str"),
-        "classifier_fingerprint_version": REC.Field("int", optional=True),
-        "classes": REC.Field("strs", (None,)), "features": REC.Field("strs", (None,)),
-        "threshold": _THRESHOLD, "gate": REC.Field("map", optional=True),
-        "baselines": REC.Field("map", optional=True),
-    }, what=what, fix=fix)
-    try:
-        groups = MF.check_groups(top["features"].tolist())
-    except ScadvInputError as err:
-        raise REC.malformed(what, "'features'", f"is invalid ({err})", fix) from None
-    classes = np.asarray(classifier["classes"]).astype(str)
-    if not np.array_equal(top["classes"], classes):
-        raise REC.malformed(what, "'classes'", "differ from its classifier's classes", fix)
-    shape, _, _ = DT.check_record(record, what=what)
-    emb_dim = _embedding_dim(classifier, groups, classes.tolist(), shape.n_features)
-    n_features = len(MF.names(groups, classes.tolist(), emb_dim))
-    if shape.n_features != n_features:
-        raise REC.malformed(what, "arch['n_features']", f"is {shape.n_features}, but its "
-                            f"features {list(groups)} give {n_features} for its classifier",
-                            fix)
-    dims = {"n_genes": len(np.asarray(classifier["genes"])), "n_features": n_features,
-            "emb_dim": emb_dim}
-    gate = top.get("gate")
-    if gate is not None:
-        g = REC.fields(gate, {"enabled": REC.Field("bool"),
-                              "max_violations": REC.Field("float", low=0.0, finite="inf")},
-                       what=f"{what} realism gate", fix=fix)
-        if g["enabled"]:
-            REC.fields(gate, _GATE, what=f"{what} realism gate", fix=fix, dims=dims)
-    base = top.get("baselines") or {}
-    parts: dict[str, dict[str, REC.Field]] = {
-        "logreg": {"coef": REC.Field("floats", ("n_features",)),
-                   "intercept": REC.Field("float"), "threshold": _THRESHOLD},
-        "mahalanobis": {"means": REC.Field("floats", (None, "emb_dim")),
-                        "precision": REC.Field("floats", ("emb_dim", "emb_dim")),
-                        "threshold": _THRESHOLD},
-        "no_grad": {"columns": REC.Field("ints", (None,), low=0, high=n_features - 1),
-                    "threshold": _THRESHOLD},
-        "input": {**_GATE, "threshold": _THRESHOLD},
-    }
-    for name, schema in parts.items():
-        if name not in base:
-            continue
-        got = REC.fields(base[name], schema, what=f"{what} baseline {name!r}", fix=fix,
-                         dims=dict(dims))
-        if name == "no_grad":
-            nog, _, _ = DT.check_record(base[name], what=f"{what} baseline 'no_grad'")
-            if nog.n_features != len(got["columns"]):
-                raise REC.malformed(f"{what} baseline 'no_grad'", "'columns'",
-                                    f"select {len(got['columns'])} features; its networks "
-                                    f"take {nog.n_features}", fix)
+# ---- the stored detector, rebuilt -------------------------------------------------------------
 
 
 @dataclass
@@ -234,65 +181,157 @@ class Loaded:
     record: Mapping[str, Any]
     classifier: Mapping[str, Any]
     net: nn.Module
-    groups: tuple[str, ...]
-    nets: DT.Networks
+    method: str
     threshold: float
     gate: Mapping[str, Any] | None
-    max_violations: float
     device: torch.device
+    groups: tuple[str, ...] = ()
+    consistency: CO.Consistency | None = None
+    nets: DT.Networks | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
               device: torch.device, module: nn.Module | None = None) -> Loaded:
         M.check_record(classifier)  # the classifier is valid before it is compared or built
-        check_detector(record, classifier)
         if not same_classifier(record, classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
                 f"{str(record.get('model'))!r} (its weights, classes or genes differ): retrain the "
                 "detector with scadv.tl.meta_detect after retraining the classifier."
             )
-        groups = MF.check_groups(np.asarray(record["features"]).astype(str).tolist())
-        gate = record.get("gate")
-        if not (isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False)))):
-            gate = None
+        version = int(np.asarray(record.get("format_version", 1)))
+        method = str(record.get("method", "triplet"))  # format 1: always the triplet detector
+        if method not in MAIN_METHODS:
+            raise ScadvInputError(f"stored detector has an unknown method {method!r}.")
+        recipe = classifier["prepare"]
         net = M.network(classifier, device, module)
-        return cls(record=record, classifier=classifier, net=net,
-                   groups=groups, nets=DT.from_record(record, device),
-                   threshold=float(record["threshold"]), gate=gate,
-                   max_violations=float(gate["max_violations"]) if gate is not None else np.inf,
-                   device=device)
+        groups = MF.check_groups(np.asarray(record["features"]).astype(str).tolist()) \
+            if "features" in record else ()
+        gate = record.get("gate")
+        if isinstance(gate, Mapping) and bool(np.asarray(gate.get("enabled", False))):
+            # format 1 stored the old gate (zero level, one-count gap, observed range):
+            # it is replaced by the lattice gate of the classifier's recipe
+            gate = {**G.gate_arrays(recipe), **(dict(gate) if version >= 2 else {})}
+        else:
+            gate = None
+        consistency = None
+        if isinstance(record.get("consistency"), Mapping):
+            CO.check_record(record["consistency"], len(np.asarray(recipe["genes"])),
+                            len(np.asarray(classifier["classes"])))
+            consistency = CO.Consistency(net, recipe, record["consistency"]).to(device).eval()
+        nets = DT.from_record(record, device) if "triplet_weights" in record else None
+        if (method == "consistency" and consistency is None) or (
+                method == "triplet" and nets is None) or (
+                method == "logreg" and not isinstance(record.get("logreg_fit"), Mapping)):
+            raise ScadvInputError(f"stored detector of method {method!r} lacks its fitted "
+                                  "parts; retrain it with scadv.tl.meta_detect.")
+        thresholds = {str(k): float(v) for k, v in dict(record.get("thresholds", {})).items()}
+        thresholds.setdefault(method, float(record["threshold"]))
+        if version < 2:  # scadv 0.1: thresholds inside the baselines (the old gate's dropped)
+            for name, base in dict(record.get("baselines") or {}).items():
+                if name in ("logreg", "mahalanobis") and isinstance(base, Mapping):
+                    thresholds[str(name)] = float(base["threshold"])
+        return cls(record=record, classifier=classifier, net=net, method=method,
+                   threshold=float(record["threshold"]), gate=gate, device=device,
+                   groups=groups, consistency=consistency, nets=nets, thresholds=thresholds)
 
-    def features(self, x: np.ndarray, *, progress: bool = False) -> Scored:
-        f, logits, emb = MF.compute(self.net, x, self.groups, device=self.device,
-                                    progress=progress)
-        return Scored(features=f, logits=logits, emb=emb,
-                      meta=_sigmoid(self.nets.logit(f, device=self.device)),
-                      violations=(B.violations(self.gate, x) if self.gate is not None
-                                  else np.zeros(len(x), dtype=np.int64)))
+    def freeze(self) -> Loaded:
+        """No parameter gradients (the attackers differentiate the input only)."""
+        for module in (self.net, self.consistency,
+                       *((self.nets.triplet, self.nets.detector) if self.nets else ())):
+            if module is not None:
+                module.requires_grad_(False)
+        return self
 
-    def score(self, s: Scored) -> np.ndarray:
-        """The detector's score: the meta-detector's probability, 1 where the gate fires."""
-        return np.where(s.violations > self.max_violations, 1.0, s.meta)
+    # ---- scores ---------------------------------------------------------------------------
 
-    def flag(self, s: Scored) -> np.ndarray:
-        return self.score(s) >= self.threshold
+    def scores(self, x: np.ndarray, *, missing: np.ndarray | None = None,
+               lattice: bool | None = None) -> MethodScores:
+        """Every available method's score of the rows of ``x`` (model input), the gate's
+        counts and the classifier's predictions. Higher is more suspicious everywhere."""
+        out: dict[str, np.ndarray] = {}
+        base = dict(self.record.get("baselines") or {})
+        need_meta = self.nets is not None or "logreg_fit" in self.record or any(
+            k in base for k in ("logreg", "mahalanobis"))
+        if need_meta and self.groups:
+            f, logits, emb = MF.compute(self.net, x, self.groups, device=self.device)
+        else:
+            f, emb = None, None
+            logits = M.infer(self.net, x, device=self.device)[1]
+        if self.consistency is not None:
+            v = CO.views_np(self.consistency, x, device=self.device)
+            out["consistency"] = _sigmoid(self.consistency.fuse_np(v))
+            out["margin"], out["squeeze"], out["twin"] = -v[:, 0], v[:, 1], v[:, 2]
+        else:
+            top = np.sort(logits, axis=1)
+            out["margin"] = -(top[:, -1] - top[:, -2]).astype(np.float64)
+        if self.nets is not None and f is not None:
+            out["triplet"] = _sigmoid(self.nets.logit(f, device=self.device))
+        if f is not None and isinstance(self.record.get("logreg_fit"), Mapping):
+            out["logreg"] = B.score_logreg(self.record["logreg_fit"], f)
+        elif f is not None and isinstance(base.get("logreg"), Mapping) and self.nets is not None:
+            out["logreg"] = B.score_logreg({**base["logreg"], "mean": self.nets.mean,
+                                            "scale": self.nets.scale}, f)
+        if emb is not None and isinstance(base.get("mahalanobis"), Mapping):
+            out["mahalanobis"] = B.score_mahalanobis(base["mahalanobis"], emb)
+        if isinstance(base.get("pca"), Mapping):
+            recipe = self.classifier["prepare"]
+            lognorm = (x * np.asarray(recipe["std"], np.float32)
+                       + np.asarray(recipe["mean"], np.float32))
+            out["pca"] = B.score_pca(base["pca"], lognorm)
+        viol = np.zeros(len(x), dtype=np.int64)
+        if self.gate is not None:
+            viol = G.violations(self.gate, x, missing=missing, lattice=lattice)
+            out["input"] = viol.astype(np.float64)
+        main = out[self.method]
+        out = {"detector": np.where(viol > int(np.asarray(self.gate["max_violations"]))
+                                    if self.gate is not None else False, 1.0, main), **out}
+        return MethodScores(out, np.asarray(logits).argmax(axis=1), viol)
+
+    def torch_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """The main method's logit (higher: more suspicious), differentiable in ``x`` (for an
+        adaptive attacker; the gate is not differentiable and is left out)."""
+        if self.method == "consistency" and self.consistency is not None:
+            return self.consistency(x)
+        feats, _ = MF.differentiable(self.net, x, self.groups)
+        if self.method == "triplet" and self.nets is not None:
+            return self.nets.torch_logit(feats)
+        rec = self.record["logreg_fit"]
+        mean = torch.as_tensor(np.asarray(rec["mean"], np.float32), device=x.device)
+        scale = torch.as_tensor(np.asarray(rec["scale"], np.float32), device=x.device)
+        coef = torch.as_tensor(np.asarray(rec["coef"], np.float32), device=x.device)
+        return ((feats - mean) / scale) @ coef + float(rec["intercept"])
+
+    def threshold_logit(self) -> float:
+        """The threshold on :meth:`torch_logit`'s scale."""
+        if self.method == "logreg":
+            return float(self.threshold)
+        p = float(np.clip(self.threshold, 1e-12, 1 - 1e-12))
+        return float(np.log(p / (1 - p)))
+
+    def embedding(self, x: np.ndarray) -> np.ndarray:
+        """What the method sees of each cell: the triplet embedding, the standardised views of
+        the consistency detector, or the standardised meta-features."""
+        if self.method == "triplet" and self.nets is not None:
+            f, _, _ = MF.compute(self.net, x, self.groups, device=self.device)
+            return self.nets.embed(f, device=self.device)
+        if self.method == "consistency" and self.consistency is not None:
+            v = CO.views_np(self.consistency, x, device=self.device)
+            return self.consistency.standardised(v).astype(np.float32)
+        f, _, _ = MF.compute(self.net, x, self.groups, device=self.device)
+        rec = self.record["logreg_fit"]
+        return ((f - np.asarray(rec["mean"])) / np.asarray(rec["scale"])).astype(np.float32)
 
 
 @dataclass
-class Scored:
-    """Everything computed for a set of cells."""
+class MethodScores:
+    """Per-cell scores of every method for one set of cells, the classifier's predictions and
+    the realism gate's counts."""
 
-    features: np.ndarray
-    logits: np.ndarray
-    emb: np.ndarray
-    meta: np.ndarray  # meta-detector probability (float64)
-    violations: np.ndarray  # realism-gate count per cell
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-z))
+    scores: dict[str, np.ndarray]
+    pred: np.ndarray
+    violations: np.ndarray
 
 
 def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None,
@@ -306,9 +345,7 @@ def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None
     from .._models import _resolve as RS
 
     record = detector_record(adata, key, source)
-    model_key = REC.fields(record, {"model": REC.Field("str")}, what="meta-detector",
-                           fix=DT.DETECTOR_FIX)["model"]
-    classifier = C.model_record(adata, model_key, source)
+    classifier = C.model_record(adata, str(record["model"]), source)
     module = None
     if model is not None:
         obj = RS.as_model_object(model)
@@ -318,7 +355,7 @@ def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None
         mine = RS.memory_record(obj) if not obj.storable else obj.to_record()
         if fingerprint(mine) != fingerprint(classifier):
             raise ScadvInputError(
-                f"model= is not the classifier {model_key!r} the detector was "
+                f"model= is not the classifier {str(record['model'])!r} the detector was "
                 "trained for (its weights, classes or genes differ).")
         module = obj.module
     return Loaded.build(record, classifier, device, module)
@@ -327,25 +364,61 @@ def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None
 # ---- thresholds and metrics -------------------------------------------------------------------
 
 
+def conformal(clean: np.ndarray, alpha: float) -> dict[str, Any]:
+    """Split-conformal threshold from ``n`` clean calibration scores (flag: score ≥ threshold).
+
+    The threshold lies just above the ``k = ⌈(n + 1)(1 − α)⌉``-th smallest score, so a new clean
+    cell exchangeable with the calibration cells is flagged with probability at most
+    ``(n + 1 − k) / (n + 1) ≤ α``. Given the calibration cells, its false-positive rate is
+    Beta(n + 1 − k, k)-distributed; ``fpr_95`` is that distribution's 95% quantile, and the
+    calibration is ``reliable`` when ``k ≤ n`` and ``fpr_95 ≤ 1.5 α``.
+    """
+    s = np.sort(np.asarray(clean, dtype=np.float64))
+    n = len(s)
+    k = int(np.ceil((n + 1) * (1 - alpha)))
+    if n == 0 or k > n:
+        return {"threshold": float(np.inf), "n": n, "rank": k, "expected_fpr_bound": 0.0,
+                "fpr_95": 0.0, "reliable": False}
+    thr = float(np.nextafter(s[k - 1], np.inf))
+    fpr_95 = float(stats.beta.ppf(0.95, n + 1 - k, k))
+    return {"threshold": thr, "n": n, "rank": k,
+            "expected_fpr_bound": float((n + 1 - k) / (n + 1)), "fpr_95": fpr_95,
+            "reliable": bool(fpr_95 <= UNRELIABLE_FACTOR * alpha)}
+
+
+def youden(clean: np.ndarray, adv: np.ndarray) -> float:
+    """Threshold maximising TPR − FPR on a validation ROC (no guarantee on the FPR)."""
+    s = np.unique(np.r_[clean, adv])
+    if not len(adv) or not len(s):
+        return float(np.inf)
+    best, thr = -np.inf, float(s[-1])
+    c, a = np.sort(clean), np.sort(adv)
+    for t in s:
+        j = (1 - np.searchsorted(a, t) / len(a)) - (1 - np.searchsorted(c, t) / max(len(c), 1))
+        if j > best:
+            best, thr = j, float(t)
+    return thr
+
+
+def calibrate(clean: np.ndarray, adv: np.ndarray, *, method: Threshold, target_fpr: float
+              ) -> dict[str, Any]:
+    """Threshold (and what it promises) from clean and attacked validation scores."""
+    out = conformal(clean, target_fpr)
+    if method == "youden":
+        out.update(threshold=youden(clean, adv), expected_fpr_bound=float("nan"),
+                   fpr_95=float("nan"))
+    out["method"] = method
+    return out
+
+
 def threshold_at_fpr(clean: np.ndarray, fpr: float) -> float:
     """Smallest threshold (flag: score ≥ threshold) whose false-positive rate on ``clean`` is at
-    most ``fpr``."""
+    most ``fpr`` (used only for the secondary, test-calibrated TPR)."""
     s = np.sort(np.asarray(clean, dtype=np.float64))[::-1]
     k = int(np.floor(fpr * len(s) + 1e-9))  # false positives allowed
     if k >= len(s):
         return float(-np.inf)
     return float(np.nextafter(s[k], np.inf))
-
-
-def calibrate(clean: np.ndarray, adv: np.ndarray, *, method: Threshold, target_fpr: float
-              ) -> float:
-    """Threshold from a validation ROC: Youden's J, or the given false-positive rate."""
-    if method == "fpr":
-        return threshold_at_fpr(clean, target_fpr)
-    y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
-    fpr, tpr, thr = roc_curve(y, np.r_[clean, adv])
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thr[best], np.nextafter(np.max(np.r_[clean, adv]), np.inf)))
 
 
 def tpr_at_fpr(clean: np.ndarray, adv: np.ndarray, fpr: float) -> float:
@@ -362,8 +435,10 @@ def auroc(clean: np.ndarray, adv: np.ndarray) -> float:
 
 def detection_metrics(clean: np.ndarray, adv: np.ndarray, adv_all: np.ndarray,
                       threshold: float) -> dict[str, Any]:
-    """Threshold-free and thresholded metrics; positives are the ``adv`` rows (successful
-    attacks), ``adv_all`` every attacked cell."""
+    """Metrics at the stored threshold first (``flagged``: successful attacks flagged,
+    ``flagged_all``: all attacked cells flagged, ``clean_flagged``: clean cells flagged), then
+    threshold-free and test-calibrated ones (``test_tpr_at_*fpr``: the threshold taken from
+    these very clean test cells, which a user never has)."""
     tn = int((clean < threshold).sum())
     fp = int((clean >= threshold).sum())
     tp = int((adv >= threshold).sum())
@@ -373,17 +448,15 @@ def detection_metrics(clean: np.ndarray, adv: np.ndarray, adv_all: np.ndarray,
     f1 = (2 * precision * recall / (precision + recall)
           if tp and np.isfinite(precision) and np.isfinite(recall) else 0.0)
     return {
+        "flagged": float(recall),
+        "flagged_all": float((adv_all >= threshold).mean()) if len(adv_all) else float("nan"),
+        "clean_flagged": fp / max(tn + fp, 1),
         "auroc": auroc(clean, adv),
         "auroc_all": auroc(clean, adv_all),
-        "tpr_at_1fpr": tpr_at_fpr(clean, adv, 0.01),
-        "tpr_at_5fpr": tpr_at_fpr(clean, adv, 0.05),
+        "test_tpr_at_1fpr": tpr_at_fpr(clean, adv, 0.01),
+        "test_tpr_at_5fpr": tpr_at_fpr(clean, adv, 0.05),
         "precision": float(precision),
-        "recall": float(recall),
         "f1": float(f1),
-        "clean_detection_rate": tn / max(tn + fp, 1),
-        "adv_detection_rate": float(recall),
-        "adv_detection_rate_all": float((adv_all >= threshold).mean()) if len(adv_all)
-        else float("nan"),
         "confusion_matrix": np.array([[tn, fp], [fn, tp]], dtype=np.int64),
     }
 
@@ -393,7 +466,7 @@ def detection_metrics(clean: np.ndarray, adv: np.ndarray, adv_all: np.ndarray,
 
 @dataclass
 class LayerInfo:
-    """An adversarial or benign layer of ``adata`` and the cells it changed."""
+    """An adversarial or benign perturbation of ``adata`` and the cells it changed."""
 
     layer: str
     run: str  # uns['scadv'] key of the run that wrote it
@@ -404,32 +477,56 @@ class LayerInfo:
     changed: np.ndarray  # bool mask of cells the run perturbed
 
 
+def _label(run: str, method: str, norm: object, eps: float, model: str) -> str:
+    """What an attack run really did (its record's method, norm and budget), followed by the
+    run's key when that is not the method's own name: ``'pgd ε=0.5 (realistic)'``."""
+    if method in ("adaptive_counts", "count_attack"):
+        label = f"{method} ≤{K.format_eps(eps)} UMIs"
+    else:
+        label = f"{method}{' L2' if norm == 'l2' else ''} ε={K.format_eps(eps)}"
+    if run != K.default_attack_key(method, model):
+        label += f" ({run})"
+    return label
+
+
 def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
                 ) -> list[LayerInfo]:
-    """Adversarial layers of attacks on ``model`` and benign layers present in ``adata``.
+    """Perturbations of attacks on ``model`` and benign perturbations present in ``adata``.
 
     With ``layers`` given, exactly those (each must be one of them, or any model-space layer,
-    scored for every cell). Each layer is labelled by what its run really did (the record's
-    ``method``, norm and budget, e.g. ``'pgd ε=0.1'``), followed by the run's key when that is
-    not the method's own name (``'pgd ε=0.5 (realistic)'``). A run record that does not hold
-    what its layers need is an error, not skipped.
+    scored for every cell). Each is labelled by what its run really did (see :func:`_label`).
+    A run record that does not hold what its layers need is an error, not skipped.
     """
     ns = adata.uns.get(K.UNS)
     found: dict[str, LayerInfo] = {}
     for run, rec in (ns.items() if isinstance(ns, Mapping) else ()):
-        if not isinstance(rec, Mapping) or "layers" not in rec or "method" not in rec:
+        if not isinstance(rec, Mapping) or "method" not in rec:
             continue
         method = str(rec["method"])
+        if method in GENE_METHODS and "layer" in rec:
+            name = str(rec["layer"])
+            ent = ST.entry(adata, name)
+            if (ent is not None and str(ent["model"]) == model
+                    and str(ent["space"]) == "model" and K.layer_pred(name) in adata.obs):
+                to = f" → {rec['to']}" if "to" in rec else ""
+                found[name] = LayerInfo(name, str(run), method, "adversarial",
+                                        f"{run} ({rec.get('target', '')}{to})", float("nan"),
+                                        adata.obs[K.layer_pred(name)].notna().to_numpy())
+            continue
+        if "layers" not in rec:
+            continue
         is_attack = method in ATTACK_METHODS and str(rec.get("model", K.DEFAULT_MODEL)) == model
         if not (is_attack or method == BENIGN_METHOD):
             continue
         what, fix = (f"{method} run {run!r}",
                      f"run {'the attack' if is_attack else 'scadv.tl.benign_perturb'} again.")
+        budget_key = "eps" if "eps" in rec or "budgets" not in rec else "budgets"
         schema = {"layers": REC.Field("strs", ("n_layers",)),
-                  **({"eps": REC.Field("floats", ("n_layers",), low=0.0),
+                  **({budget_key: REC.Field("floats", ("n_layers",), low=0.0),
                       "norm": REC.Field("str", optional=True)} if is_attack
                      else {"kinds": REC.Field("strs", ("n_layers",))})}
-        got = REC.fields({k: (np.atleast_1d(np.asarray(v)) if k in ("layers", "eps", "kinds")
+        got = REC.fields({k: (np.atleast_1d(np.asarray(v)) if k in ("layers", "eps", "budgets",
+                                                                    "kinds")
                               and isinstance(v, (list, tuple, np.ndarray, float, int, str))
                               and not isinstance(v, bool) else v)
                           for k, v in rec.items() if k in schema}, schema, what=what, fix=fix)
@@ -440,16 +537,13 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
                 continue
             changed = adata.obs[pred_col].notna().to_numpy()
             if is_attack:
-                eps = float(got["eps"][i])
-                norm = " L2" if got.get("norm") == "l2" else ""
-                label = f"{method}{norm} ε={K.format_eps(eps)}"
-                own = K.default_attack_key(method, model)
+                eps = float(got[budget_key][i])
+                label = _label(str(run), method, got.get("norm"), eps, model)
             else:
                 eps = float("nan")
                 label = f"{method} {got['kinds'][i]}"
-                own = K.DEFAULT_BENIGN
-            if str(run) != own:
-                label += f" ({run})"
+                if str(run) != K.DEFAULT_BENIGN:
+                    label += f" ({run})"
             found[name] = LayerInfo(name, str(run), method,
                                     "adversarial" if is_attack else "benign", label, eps,
                                     changed)
@@ -469,52 +563,15 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
 # ---- the evaluation ---------------------------------------------------------------------------
 
 
-@dataclass
-class MethodScores:
-    """Per-cell scores of every compared method for one set of cells."""
-
-    scores: dict[str, np.ndarray]
-    pred: np.ndarray
-
-
-def method_scores(det: Loaded, s: Scored, x: np.ndarray) -> MethodScores:
-    """Scores of the detector and of every stored baseline on the same cells."""
-    base = det.record.get("baselines") or {}
-    mean, scale = det.nets.mean, det.nets.scale
-    out = {"detector": det.score(s), "meta": s.meta}
-    if isinstance(base.get("no_grad"), Mapping):
-        nog = base["no_grad"]
-        cols = np.asarray(nog["columns"], dtype=np.int64)
-        nets = DT.from_record(nog, det.device)
-        out["no_grad"] = _sigmoid(nets.logit(s.features[:, cols], device=det.device))
-    if isinstance(base.get("logreg"), Mapping):
-        out["logreg"] = B.score_logreg(base["logreg"], s.features, mean, scale)
-    if isinstance(base.get("mahalanobis"), Mapping):
-        out["mahalanobis"] = B.score_mahalanobis(base["mahalanobis"], s.emb)
-    if isinstance(base.get("input"), Mapping):
-        out["input"] = B.violations(base["input"], x).astype(np.float64)
-    return MethodScores(out, s.logits.argmax(axis=1))
-
-
-def thresholds(det: Loaded) -> dict[str, float]:
-    """Calibrated threshold of each method (``detector`` and ``meta`` share one)."""
-    base = det.record.get("baselines") or {}
-    out = {"detector": det.threshold, "meta": det.threshold}
-    for name in ("no_grad", "logreg", "mahalanobis", "input"):
-        if isinstance(base.get(name), Mapping):
-            out[name] = float(base[name]["threshold"])
-    return out
-
-
 def evaluate_layer(info: LayerInfo, idx: np.ndarray, test: np.ndarray, clean: MethodScores,
                    adv: MethodScores, thr: Mapping[str, float]) -> dict[str, Any]:
     """Metrics of every method for one layer, on the test cells the layer changed.
 
     ``clean`` holds the scores of every cell of ``adata``; ``adv`` those of the layer's
     versions of cells ``idx``. Adversarial layers: positives are the test cells whose prediction
-    the attack flipped (``auroc``, TPR, precision / recall / F1, ``adv_detection_rate``) or
-    all attacked test cells (``auroc_all``, ``adv_detection_rate_all``); negatives are all clean
-    test cells. Benign layers: ``flag_rate`` is the fraction of perturbed test cells flagged.
+    the attack flipped (``flagged``, ``auroc``, ...) or all attacked test cells (``flagged_all``,
+    ``auroc_all``); negatives are all clean test cells. Benign layers: ``flag_rate`` is the
+    fraction of perturbed test cells flagged. Every flag is at the stored threshold.
     """
     rows = test[idx]
     flipped = rows & (adv.pred != clean.pred[idx])
@@ -526,13 +583,15 @@ def evaluate_layer(info: LayerInfo, idx: np.ndarray, test: np.ndarray, clean: Me
         "flip_rate": float(flipped.sum() / max(rows.sum(), 1)),
     }
     for name, thresh in thr.items():
-        if name not in adv.scores:
+        if name not in adv.scores or name not in clean.scores:
             continue
         s0, s1 = clean.scores[name][test], adv.scores[name]
         if info.kind == "benign":
             out[name] = {"flag_rate": float((s1[rows] >= thresh).mean()) if rows.any()
                          else float("nan"),
-                         "clean_flag_rate": float((s0 >= thresh).mean()),
+                         "clean_flagged": float((s0 >= thresh).mean()),
+                         "flagged_changed": float((s1[flipped] >= thresh).mean())
+                         if flipped.any() else float("nan"),
                          "auroc": auroc(s0, s1[rows])}
         else:
             out[name] = detection_metrics(s0, s1[flipped], s1[rows], thresh)
@@ -546,13 +605,15 @@ def _order(ev: Mapping[str, Any]) -> tuple:
             0.0 if np.isnan(eps) else eps, str(ev["layer"]))
 
 
-TABLE_COLUMNS = ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "adv_detection_rate",
-                 "clean_detection_rate", "precision", "recall", "f1", "auroc_all",
-                 "flag_rate")
+TABLE_COLUMNS = ("flagged", "flagged_all", "clean_flagged", "flag_rate", "auroc", "auroc_all",
+                 "test_tpr_at_1fpr", "test_tpr_at_5fpr", "precision", "f1")
 
 
 def table(evaluation: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """The evaluation as one DataFrame: a row per (layer, method)."""
+    """The evaluation as one DataFrame: a row per (layer, method). The first numbers are at the
+    stored threshold (``flagged``: successful attacks flagged; ``flagged_all``: all attacked
+    cells; ``clean_flagged``: clean test cells; ``flag_rate``: benign perturbations); then
+    AUROC and the test-calibrated TPR (secondary: its threshold comes from the test cells)."""
     rows = []
     for ev in sorted(evaluation.values(), key=_order):
         for name in METHODS:
@@ -580,31 +641,66 @@ def flag_column(flag: np.ndarray, where: np.ndarray | None = None) -> pd.Categor
     return pd.Categorical.from_codes(codes, categories=[False, True])
 
 
+def score_cells(det: Loaded, batches: Iterable[np.ndarray], *, missing: np.ndarray | None = None,
+                lattice: bool | None = None) -> MethodScores:
+    """Scores of the detector and every baseline for cells given batch by batch (model
+    input)."""
+    parts = [det.scores(xb, missing=missing, lattice=lattice) for xb in batches]
+    if not parts:
+        return MethodScores({}, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
+                        np.concatenate([p.pred for p in parts]),
+                        np.concatenate([p.violations for p in parts]))
+
+
+def lattice_ok(det: Loaded, clean: MethodScores, label: str) -> bool | None:
+    """``None`` (use the stored choice) when the scored data's clean cells pass the gate's
+    count-lattice check; ``False`` (switch it off for this data, with a warning) when more than
+    1% of them fail it: their values were never whole counts (corrected or imputed counts)."""
+    if det.gate is None or not bool(np.asarray(det.gate.get("check_lattice", False))):
+        return None
+    failing = float((clean.violations > 0).mean()) if len(clean.violations) else 0.0
+    if failing <= 1 - G.MIN_CLEAN_PASS:
+        return None
+    logg.warning(
+        f"{failing:.0%} of the cells of {label} hold values that are not whole counts (e.g. "
+        "ambient-corrected or imputed counts): the realism gate cannot check them against the "
+        "count lattice and checks only for values below zero expression here.")
+    return False
+
+
 def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[LayerInfo],
-                src: R.Source, test: np.ndarray | None, progress: bool,
-                device: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                src: R.Source, test: np.ndarray | None, progress: bool, device: Any = None
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Score every cell of ``adata`` (model input from ``src``) and every perturbation's cells;
     evaluate on ``test`` cells. Cells are read and scored a batch at a time, one task per batch
     (in this process, or on Dask when the cells' matrix is a dask array: see
     :mod:`scadv._parallel`; tasks there resolve ``device``, default the detector's).
 
-    Returns the ``obs`` columns to write and the evaluation per layer (empty without ``test``).
+    Returns the ``obs`` columns to write, the evaluation per layer (empty without ``test``) and
+    a note on the gate (``lattice``: whether the count-lattice check was used on this data).
     """
+    missing = src.missing if src.missing.any() else None
     # a torch module held in memory travels with the tasks; other classifiers are rebuilt
     # from their plain arrays there
     module = None if str(det.classifier["kind"]) in M.NETWORK_KINDS else det.net
-    spec = (det.record, det.classifier, module, det.device if device is None else device)
-    clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, progress=progress,
-                   desc="meta-scores")
+    spec = (det.record, det.classifier, module, det.device if device is None else device,
+            missing)
+    clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, None,
+                   progress=progress, desc="meta-scores")
+    lattice = lattice_ok(det, clean, src.label)
+    if lattice is False:
+        clean = _score(src, lambda idx: None, np.arange(src.n_obs), spec, False,
+                       progress=progress, desc="meta-scores")
     score = clean.scores["detector"]
     obs: dict[str, Any] = {K.meta_score(key): score,
                            K.meta_flag(key): flag_column(score >= det.threshold)}
-    thr = thresholds(det)
+    thr = {"detector": det.threshold, **det.thresholds}
     evaluation: dict[str, Any] = {}
     for info in layers:
         idx = np.flatnonzero(info.changed)
         layer_src, change = ST.plan(adata, info.layer, src)
-        adv = _score(layer_src, change, idx, spec, progress=progress,
+        adv = _score(layer_src, change, idx, spec, lattice, progress=progress,
                      desc=f"meta-scores of {info.layer}")
         layer_score = np.full(adata.n_obs, np.nan)
         flag = np.zeros(adata.n_obs, dtype=bool)
@@ -615,31 +711,35 @@ def score_adata(adata: AnnData, det: Loaded, *, key: str, layers: Sequence[Layer
         obs[K.meta_flag(key, info.layer)] = flag_column(flag, info.changed)
         if test is not None and test[idx].any():
             evaluation[info.layer] = evaluate_layer(info, idx, test, clean, adv, thr)
-    return obs, evaluation
+    note = {"lattice": lattice is not False and det.gate is not None
+            and bool(np.asarray(det.gate.get("check_lattice", False))),
+            "source": src.label}
+    return obs, evaluation, note
 
 
 def _score(src: R.Source, change: Callable[[np.ndarray], ST.Change], idx: np.ndarray,
-           spec: tuple[Mapping[str, Any], Mapping[str, Any], nn.Module | None, Any], *,
-           progress: bool,
-           desc: str) -> MethodScores:
+           spec: tuple[Mapping[str, Any], Mapping[str, Any], nn.Module | None, Any,
+                       np.ndarray | None],
+           lattice: bool | None, *, progress: bool, desc: str) -> MethodScores:
     """Scores of the cells ``idx`` of ``src`` (with a perturbation's ``change``), a task per
-    batch of :data:`scadv._rows.BATCH` cells."""
+    batch of :data:`scadv._rows.BATCH` cells (in this process, or on Dask when the cells'
+    matrix is a dask array: see :mod:`scadv._parallel`)."""
     chunks = list(RW.chunks(idx, RW.BATCH))
     on_dask = PAR.lazy(src.matrix)
     parts = PAR.map_cells(_score_chunk, src, chunks, per_chunk=lambda i, c: (change(c),),
-                          shared=(*spec, progress and not on_dask),
-                          progress=progress and on_dask, desc=desc)
+                          shared=(*spec, lattice), progress=progress and on_dask, desc=desc)
     if not parts:
-        return MethodScores({}, np.empty(0, dtype=np.int64))
+        return MethodScores({}, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
     return MethodScores({k: np.concatenate([p.scores[k] for p in parts]) for k in parts[0].scores},
-                        np.concatenate([p.pred for p in parts]))
+                        np.concatenate([p.pred for p in parts]),
+                        np.concatenate([p.violations for p in parts]))
 
 
 def _score_chunk(src: R.Source, cells: np.ndarray, change: ST.Change,
                  record: Mapping[str, Any], classifier: Mapping[str, Any],
-                 module: nn.Module | None, device: Any, progress: bool) -> MethodScores:
+                 module: nn.Module | None, device: Any, missing: np.ndarray | None,
+                 lattice: bool | None) -> MethodScores:
     """One task of :func:`score_adata`: the detector (rebuilt from its records) and every
     baseline on one batch of cells."""
     det = Loaded.build(record, classifier, D.resolve(device), module)
-    xb = ST.rows_of(src, cells, change)
-    return method_scores(det, det.features(xb, progress=progress), xb)
+    return det.scores(ST.rows_of(src, cells, change), missing=missing, lattice=lattice)

@@ -139,13 +139,17 @@ def compute(net: nn.Module, x: np.ndarray, groups: Sequence[str], *, device: tor
             np.concatenate(embs))
 
 
-def differentiable(net: M.MLP, x: torch.Tensor, groups: Sequence[str]) -> tuple[torch.Tensor,
-                                                                                 torch.Tensor]:
+def differentiable(net: torch.nn.Module, x: torch.Tensor, groups: Sequence[str]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same features as :func:`compute`, differentiable in ``x`` (for an adaptive attacker).
 
     Returns ``(features, logits)``. The gradient feature is built with ``create_graph=True``, so
     an attacker can follow the detector through it.
     """
+    if not isinstance(net, M.MLP):
+        raise ScadvInputError("an attacker that follows the detector's meta-features needs "
+                              "scadv's own MLP as the classifier; use method='consistency' "
+                              "for other classifiers.")
     with torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)

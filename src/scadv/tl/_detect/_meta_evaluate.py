@@ -29,10 +29,12 @@ def meta_evaluate(
 ) -> AnnData | None:
     """Evaluate a stored detector again, on every adversarial and benign layer now present.
 
-    :func:`scadv.tl.meta_detect` evaluates the layers present when it runs. Attacks made
-    afterwards (another budget, :func:`scadv.tl.adaptive_pgd` against the detector itself) or
-    new :func:`scadv.tl.benign_perturb` layers are evaluated by this function, with the same
-    stored networks, threshold and baselines: nothing is retrained. Test-split cells only.
+    :func:`scadv.tl.meta_detect` evaluates the perturbations present when it runs. Attacks
+    made afterwards (another budget, :func:`scadv.tl.adaptive_pgd` or
+    :func:`scadv.tl.adaptive_count_attack` against the detector itself) or new
+    :func:`scadv.tl.benign_perturb` perturbations are evaluated by this function, with the
+    same stored detector, thresholds and baselines: nothing is retrained. Test-split cells
+    only; every flag at the stored threshold.
 
     Parameters
     ----------
@@ -55,7 +57,8 @@ def meta_evaluate(
     -------
     A copy if ``copy=True``, else ``None``. Writes the same per-cell columns as
     :func:`scadv.tl.meta_detect` (``obs['scadv_<key>_score' / '_flag']`` and
-    ``obs['<layer>_<key>_score' / '_flag']``) and updates ``evaluation`` and ``table`` in
+    ``obs['<layer>_<key>_score' / '_flag']``) and updates ``evaluation``, ``table`` and
+    ``scored`` (whether the realism gate checked the count lattice on this data) in
     ``adata.uns['scadv'][key]``.
     """
     V.options(locals())
@@ -75,14 +78,15 @@ def meta_evaluate(
             "scadv.tl.adaptive_pgd or scadv.tl.benign_perturb first."
         )
     src = R.source(adata, det.classifier["prepare"], what="adata")
-    obs, evaluation = MC.score_adata(adata, det, key=key, layers=infos, src=src,
-                                     test=split == K.SPLIT_TEST, progress=progress,
-                                     device=device)
+    obs, evaluation, note = MC.score_adata(adata, det, key=key, layers=infos, src=src,
+                                           test=split == K.SPLIT_TEST, progress=progress,
+                                           device=device)
     record = dict(det.record)
     if layers is not None:
         evaluation = {**dict(record.get("evaluation") or {}), **evaluation}
     record["evaluation"] = evaluation
     record["table"] = MC.table(evaluation)
+    record["scored"] = note
     write_results(adata, step=f"meta-detector evaluation on {len(infos)} layers", start=start,
                   uns={key: record}, obs=obs, update={key},
                   colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs

@@ -41,8 +41,12 @@ def meta_score(
     from ``source``, e.g. a colleague's ``.h5ad``); the detector refuses a classifier other
     than the one it was trained for. ``adata`` may be prepared data, raw counts or
     log-normalised values of any genes (matched by name, transformed with the classifier's
-    recipe, ``X`` untouched), exactly as for :func:`scadv.tl.predict`. No labels are read:
-    every feature comes from the model's own prediction.
+    recipe, ``X`` untouched), exactly as for :func:`scadv.tl.predict`; log-normalised data
+    normalised to another total (CPM, scanpy's median normalisation) are converted to the
+    recipe's first, with a warning. No labels are read: every feature comes from the model's
+    own prediction. When more than 1% of the scored cells hold values that are not whole counts
+    (corrected or imputed counts), the realism gate checks only for values below zero
+    expression, with a warning.
 
     Parameters
     ----------
@@ -62,7 +66,8 @@ def meta_score(
         columns; ``None`` scores every adversarial and benign layer scadv wrote for the
         detector's classifier. Default: none.
     missing_genes
-        ``'error'`` (default) or ``'mean'`` (absent model genes set to their training mean).
+        ``'error'`` (default) or ``'mean'`` (absent model genes set to their training mean;
+        the realism gate does not check them, so they raise no alarm).
     key_added
         Names the output columns; default ``key``.
     model
@@ -82,7 +87,7 @@ def meta_score(
     A copy if ``copy=True``, else ``None``. Writes (``k`` = ``key_added``):
 
     ``adata.obs['scadv_<k>_score']``, ``adata.obs['scadv_<k>_flag']``
-        Detector score (the meta-detector's probability, 1 where the realism gate fires) and
+        Detector score (the method's probability, 1 where the realism gate fires) and
         whether it reaches the stored threshold (categorical ``False`` / ``True``).
     ``adata.obs['<layer>_<k>_score']``, ``adata.obs['<layer>_<k>_flag']``
         The same for each layer in ``layers`` (NaN for cells the layer did not change).
@@ -109,8 +114,8 @@ def meta_score(
     src = R.source(adata, det.classifier["prepare"], layer=layer,
                    missing_genes=missing_genes)
     infos = MC.find_layers(adata, model, None if layers is None else list(layers))
-    obs, _ = MC.score_adata(adata, det, key=key_added, layers=infos, src=src, test=None,
-                            progress=progress, device=device)
+    obs, _, _ = MC.score_adata(adata, det, key=key_added, layers=infos, src=src, test=None,
+                               progress=progress, device=device)
     uns: dict[str, Mapping[str, Any]] = {}
     if source is not None:
         _check_no_conflict(adata, key, det.record, model, det.classifier)

@@ -477,9 +477,9 @@ def _white(adata: AnnData, entry: _Entry, idx: np.ndarray, budget: E.Budget, *,
                                 batch_size=int(batch_size), progress=False)
         adv_pred[:, sl] = adv_logits.argmax(axis=-1)
         if loaded is not None:
-            s_clean[sl] = loaded.score(loaded.features(x0))
+            s_clean[sl] = loaded.scores(x0).scores["detector"]
             for i in range(n_eps):
-                s_adv[i, sl] = loaded.score(loaded.features(adv[i]))
+                s_adv[i, sl] = loaded.scores(adv[i]).scores["detector"]
         del adv, x0
     return pred, adv_pred, (None if loaded is None else (s_clean, s_adv))
 
