@@ -140,7 +140,8 @@ CALLS: list[Call] = [
                                                   "progress": False}, options={
         "models": [[], [3], "nope", None], "eps": [nan, -0.1, "0.1", [], [0.1, "a"]],
         "steps": POS_INT, "cells": CELLS[:4], **_common()}),
-    Call("tl.meta_detect", "meta", kwargs={"eps": (0.3, 0.6, 1.0), "triplet_epochs": 1,
+    Call("tl.meta_detect", "meta", kwargs={"attack": "pgd_realistic", "eps": (0.3, 0.6, 1.0),
+                                           "triplet_epochs": 1,
                                            "detector_epochs": 1, "baselines": False,
                                            "key_added": "meta2", "progress": False}, options={
         "attack": ["cw", 3], "eps": EPS, "steps": POS_INT, "positives": ["some", 3],
@@ -246,6 +247,12 @@ CALLS: list[Call] = [
         "cap_add": NONNEG_INT, "cap_remove": NONNEG_INT, "detected_only": FLAG,
         "target": [3, "", "nope"], "model": [*NAME, "nope"], "cells": CELLS[:4],
         **_common()}),
+    Call("tl.adaptive_count_attack", "meta", kwargs={"budget": 5, "cells": "all",
+                                                      "detector": None, "progress": False},
+         options={
+        "detector": [3, "", "nope"], "lam": [-1.0, nan, "x", None], "budget": POS_INT,
+        "kappa": [-1.0, nan, "x"], "cap": POS_INT, "top_k": POS_INT,
+        "model": [*NAME, "nope"], "cells": CELLS[:4], **_common()}),
     Call("tl.fragility", "trained", kwargs={"steps": 2, "progress": False}, options={
         "eps_min": POS, "eps_max": POS, "tol": [0.0, 1.0, nan, "x"], "steps": POS_INT,
         "keep_zeros": FLAG, "clip": CLIP[:4], "target": [3, "", "nope"],

@@ -244,6 +244,11 @@ def meta_detect(
             f"attack='counts' edits raw counts, but the model input of adata comes from "
             f"{src.label} ({src.kind}). Pass the AnnData with its raw counts, or "
             "attack='pgd_realistic'.")
+    if attack == "counts" and eps is not None:
+        A.check_budget(eps, norm="linf", loss="margin", steps=steps, n_restarts=1, alpha=None)
+        logg.warning("meta_detect: eps sets the budgets of the z-space training attacks; the "
+                     f"count-space attack (attack='counts') edits up to budget={budget} UMIs "
+                     "and does not use it. Pass attack='pgd_realistic' to train on eps.")
     eps_t = (() if attack == "counts" else A.check_budget(
         DEFAULT_EPS[attack] if eps is None else eps, norm="linf", loss="margin", steps=steps,
         n_restarts=1, alpha=None))
