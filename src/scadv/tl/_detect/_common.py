@@ -159,7 +159,8 @@ def detector_record(adata: AnnData, key: str,
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
-    version = int(np.asarray(record.get("format_version", -1)))
+    version = REC.fields(record, {"format_version": REC.Field("int", optional=True)},
+                         what="meta-detector", fix=DT.DETECTOR_FIX).get("format_version", -1)
     if version > DT.FORMAT_VERSION:
         raise ScadvInputError(f"the stored detector has format version {version}, newer than "
                               f"this scadv understands ({DT.FORMAT_VERSION}). Upgrade scadv.")
@@ -358,7 +359,30 @@ def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None
                 f"model= is not the classifier {str(record['model'])!r} the detector was "
                 "trained for (its weights, classes or genes differ).")
         module = obj.module
-    return Loaded.build(record, classifier, device, module)
+    return checked(record, classifier, device, module, key=key)
+
+
+def checked(record: Mapping[str, Any], classifier: Mapping[str, Any], device: torch.device,
+            module: nn.Module | None = None, *, key: str = K.DEFAULT_DETECTOR) -> Loaded:
+    """:meth:`Loaded.build`, then one probe through every part scoring reads (the fitted
+    methods, baselines, thresholds and the realism gate), so that a damaged or tampered record
+    is a clear error here rather than a crash in the middle of scoring."""
+    try:
+        det = Loaded.build(record, classifier, device, module)
+        n_genes = len(np.asarray(classifier["genes"]))
+        probe = np.zeros((2, n_genes), dtype=np.float32)
+        for v in det.scores(probe).scores.values():
+            np.asarray(v, dtype=np.float64)
+        float(det.threshold)
+        {str(k): float(v) for k, v in det.thresholds.items()}
+    except ScadvInputError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise ScadvInputError(
+            f"the stored meta-detector {key!r} is malformed ({type(err).__name__}: {err}); it "
+            "was changed or damaged after scadv saved it. Retrain it with scadv.tl.meta_detect, "
+            "or load the original file again.") from None
+    return det
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------
