@@ -133,7 +133,8 @@ scadv.tl.adaptive_pgd(adata, lam=0.3, eps=0.5, keep_zeros=True, clip="observed",
                       progress=False)
 scadv.tl.meta_evaluate(adata, layers=["scadv_adaptive_lam0.3_eps0.5"], progress=False)
 table = adata.uns["scadv"]["meta"]["table"]
-rows = table[table.attack.isin(["realistic ε=0.5", "adaptive_lam0.3 ε=0.5"])
+rows = table[table.attack.isin(["pgd ε=0.5 (realistic)",
+                                 "adaptive_pgd ε=0.5 (adaptive_lam0.3)"])
              & (table.method == "detector")]
 rows = rows.assign(flipped_and_undetected=rows.flip_rate * (1 - rows.adv_detection_rate))
 print(rows[["attack", "flip_rate", "auroc", "adv_detection_rate",

@@ -25,8 +25,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import _progress as PB
+from . import _records as REC
 from ._errors import ScadvInputError
-from ._model import load_weights, weights_to_arrays
+from ._model import weights_to_arrays
 
 DETECTOR_KIND = "scadv.meta_detector"
 FORMAT_VERSION = 2
@@ -83,6 +84,19 @@ class Shape:
     def build(self) -> tuple[TripletNet, Detector]:
         return (TripletNet(self.n_features, self.hidden, self.embed_dim),
                 Detector(self.embed_dim, self.width, self.n_blocks))
+
+    def weight_shapes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """Name and shape of every weight of the triplet network and of the detector (their
+        ``state_dict``), computed without building them."""
+        triplet = {"fc1.weight": (self.hidden, self.n_features), "fc1.bias": (self.hidden,),
+                   "fc2.weight": (self.embed_dim, self.hidden), "fc2.bias": (self.embed_dim,)}
+        w = self.width
+        detector = {"fc_in.weight": (w, self.embed_dim), "fc_in.bias": (w,)}
+        for i in range(self.n_blocks):
+            for fc in ("fc1", "fc2"):
+                detector.update({f"blocks.{i}.{fc}.weight": (w, w), f"blocks.{i}.{fc}.bias": (w,)})
+        detector.update({"head.weight": (1, w), "head.bias": (1,)})
+        return triplet, detector
 
     def as_dict(self) -> dict[str, int]:
         return {"n_features": self.n_features, "hidden": self.hidden,
@@ -143,34 +157,61 @@ class Networks:
         return torch.as_tensor(f, device=device)
 
 
-def _int(arch: Mapping[str, Any], key: str) -> int:
-    value = np.asarray(arch.get(key, -1))
-    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 1:
-        raise ScadvInputError(f"stored detector is malformed: arch[{key!r}] must be a positive "
-                              "integer.")
-    return int(value)
+DETECTOR_FIX = "train the detector again with scadv.tl.meta_detect."
+ARCH = {
+    "n_features": REC.Field("int", low=1, high=REC.MAX_GENES),
+    "hidden": REC.Field("int", low=1, high=REC.MAX_WIDTH),
+    "embed_dim": REC.Field("int", low=1, high=REC.MAX_WIDTH),
+    "width": REC.Field("int", low=1, high=REC.MAX_WIDTH),
+    "n_blocks": REC.Field("int", low=0, high=REC.MAX_LAYERS),
+}
+
+
+def check_record(record: Mapping[str, Any], *, what: str = "meta-detector"
+                 ) -> tuple[Shape, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Validate the networks of a stored detector before anything is allocated: declared sizes
+    (against hard limits and the stored arrays), feature standardisation (finite, scale > 0)
+    and every weight (names, shapes, dtype, finite). Returns the shape and the float32 weights
+    of the triplet network and of the detector."""
+    top = REC.fields(record, {"arch": REC.Field("map"),
+                              "feature_mean": REC.Field("floats", ("n_features",)),
+                              "feature_scale": REC.Field("floats", ("n_features",)),
+                              "triplet_weights": REC.Field("map"),
+                              "detector_weights": REC.Field("map")},
+                     what=what, fix=DETECTOR_FIX)
+    a = REC.fields(top["arch"], ARCH, what=f"{what} architecture", fix=DETECTOR_FIX)
+    shape = Shape(*(a[k] for k in ("n_features", "hidden", "embed_dim", "width", "n_blocks")))
+    if len(top["feature_mean"]) != shape.n_features:
+        raise REC.malformed(what, "'feature_mean' / 'feature_scale'",
+                            f"have {len(top['feature_mean'])} entries; the architecture "
+                            f"declares {shape.n_features} features", DETECTOR_FIX)
+    scale32 = top["feature_scale"].astype(np.float32)
+    if not (np.all(scale32 > 0) and np.all(np.isfinite(scale32))):
+        raise REC.malformed(what, "'feature_scale'", "holds zero or negative values",
+                            DETECTOR_FIX)
+    t_shapes, d_shapes = shape.weight_shapes()
+    n = REC.n_parameters(t_shapes) + REC.n_parameters(d_shapes)
+    if n > REC.MAX_PARAMETERS:
+        raise REC.malformed(what, "arch", f"declares {n} weights (more than "
+                            f"{REC.MAX_PARAMETERS})", DETECTOR_FIX)
+    t = REC.weights(top["triplet_weights"], t_shapes, what=f"{what} (triplet network)",
+                    fix=DETECTOR_FIX)
+    d = REC.weights(top["detector_weights"], d_shapes, what=what, fix=DETECTOR_FIX)
+    return shape, t, d
 
 
 def from_record(record: Mapping[str, Any], device: torch.device | str = "cpu") -> Networks:
-    """Rebuild a fitted detector from the arrays :meth:`Networks.to_record` stored."""
+    """Rebuild a fitted detector from the arrays :meth:`Networks.to_record` stored (checked
+    first by :func:`check_record`)."""
     if not isinstance(record, Mapping) or "arch" not in record:
         raise ScadvInputError("stored detector is malformed: no 'arch' entry.")
-    arch = record["arch"]
-    shape = Shape(*(_int(arch, k) for k in ("n_features", "hidden", "embed_dim", "width",
-                                             "n_blocks")))
-    mean = np.asarray(record["feature_mean"])
-    scale = np.asarray(record["feature_scale"])
-    for name, arr in (("feature_mean", mean), ("feature_scale", scale)):
-        if arr.dtype.kind != "f" or arr.shape != (shape.n_features,):
-            raise ScadvInputError(f"stored detector {name} has shape {arr.shape}; expected "
-                                  f"({shape.n_features},) floats.")
-    if not np.all(np.isfinite(scale)) or (scale <= 0).any():
-        raise ScadvInputError("stored detector feature_scale must be positive and finite.")
+    shape, t, d = check_record(record)
     triplet, detector = shape.build()
-    load_weights(triplet, record["triplet_weights"], what="triplet network")
-    load_weights(detector, record["detector_weights"], what="detector")
-    return Networks(shape, mean.astype(np.float32), scale.astype(np.float32),
-                    triplet.to(device).eval(), detector.to(device).eval())
+    triplet.load_state_dict({k: torch.from_numpy(v) for k, v in t.items()})
+    detector.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})
+    mean = np.asarray(record["feature_mean"], dtype=np.float32)
+    scale = np.asarray(record["feature_scale"], dtype=np.float32)
+    return Networks(shape, mean, scale, triplet.to(device).eval(), detector.to(device).eval())
 
 
 # ---- training --------------------------------------------------------------------------------

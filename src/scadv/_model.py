@@ -37,6 +37,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
+from . import _records as REC
 from ._errors import ScadvInputError
 
 MODEL_KIND = "scadv.mlp"
@@ -119,6 +120,21 @@ class Architecture:
 
     def build(self) -> MLP:
         return MLP(self.n_input, self.n_classes, self.hidden, self.dropout, self.input_rank or None)
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every weight of :meth:`build`'s network (its ``state_dict``),
+        computed without building it."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        width = self.n_input
+        if self.input_rank:
+            shapes.update({"input.weight": (self.input_rank, width),
+                           "input.bias": (self.input_rank,)})
+            width = self.input_rank
+        for i, h in enumerate(self.hidden):
+            shapes.update({f"body.{3 * i}.weight": (h, width), f"body.{3 * i}.bias": (h,)})
+            width = h
+        shapes.update({"head.weight": (self.n_classes, width), "head.bias": (self.n_classes,)})
+        return shapes
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -214,17 +230,34 @@ def weights_to_arrays(model: nn.Module) -> dict[str, np.ndarray]:
 
 def to_record(model: MLP, arch: Architecture, *, classes: Sequence[str], genes: Sequence[str],
               prepare: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """Everything needed to rebuild and apply ``model``, as plain arrays and scalars."""
+    """Everything needed to rebuild and apply ``model``, as plain arrays and scalars.
+
+    ``weights_sha256`` is a content hash of the weights (:func:`scadv._records.weights_sha256`):
+    loading checks it, so weights changed after saving are refused.
+    """
+    weights = weights_to_arrays(model)
     return {
         "kind": MODEL_KIND,
         "format_version": FORMAT_VERSION,
         "arch": arch.as_dict(),
-        "weights": weights_to_arrays(model),
+        "weights": weights,
+        "weights_sha256": REC.weights_sha256(weights),
         "classes": np.asarray(classes, dtype=str),
         "genes": np.asarray(genes, dtype=str),
         "prepare": dict(prepare),
         **extra,
     }
+
+
+CLASSIFIER_FIX = ("retrain the classifier with scadv.tl.train_classifier, or load the file it "
+                  "came from again.")
+ARCH = {
+    "n_input": REC.Field("int", low=1, high=REC.MAX_GENES),
+    "n_classes": REC.Field("int", low=1, high=REC.MAX_CLASSES),
+    "hidden": REC.Field("ints", (None,), low=1, high=REC.MAX_WIDTH),
+    "dropout": REC.Field("floats", (None,), low=0.0, high=1.0),
+    "input_rank": REC.Field("int", low=0, high=REC.MAX_WIDTH),
+}
 
 
 def feedforward_record(layers: Sequence[tuple[np.ndarray, np.ndarray]], *, activation: str,
@@ -284,7 +317,9 @@ def _kind(record: Mapping[str, Any]) -> str:
             f"{list(MODEL_KINDS)}); train one with scadv.tl.train_classifier or store one with "
             "scadv.tl.add_model."
         )
-    version = int(np.asarray(record.get("format_version", -1)))
+    top = REC.fields(record, {"format_version": REC.Field("int", optional=True)},
+                     what="classifier", fix=CLASSIFIER_FIX)
+    version = top.get("format_version", -1)
     if version > FORMAT_VERSION:
         raise ScadvInputError(
             f"the stored model has format version {version}, newer than this scadv understands "
@@ -294,16 +329,57 @@ def _kind(record: Mapping[str, Any]) -> str:
 
 
 def architecture(record: Mapping[str, Any]) -> Architecture:
-    """Validate an ``'scadv.mlp'`` record and read its architecture."""
+    """Validate a stored classifier and read its architecture.
+
+    Everything is checked before anything is allocated: the kind and format version, the
+    architecture's sizes (against hard limits), the classes and genes, the preprocessing
+    recipe, every weight's name, shape, dtype and finiteness against the declared
+    architecture, and the weights' content hash (``weights_sha256``, when the record has one:
+    records written by scadv 0.1 do not). Any problem is a :class:`ScadvInputError`.
+    """
     if _kind(record) != MODEL_KIND:
         raise ScadvInputError(
             f"this is a {record['kind']!r} classifier, not scadv's MLP (kind {MODEL_KIND!r})."
         )
-    a = record["arch"]
-    hidden = tuple(int(h) for h in np.asarray(a["hidden"]).ravel())
-    dropout = tuple(float(p) for p in np.asarray(a["dropout"]).ravel())
-    return Architecture(_int(a, "n_input"), _int(a, "n_classes"), hidden, dropout,
-                        _int(a, "input_rank"))
+    what, fix = "classifier", CLASSIFIER_FIX
+    top = REC.fields(record, {"format_version": REC.Field("int", optional=True),
+                              "arch": REC.Field("map"), "prepare": REC.Field("map"),
+                              "weights": REC.Field("map"),
+                              "weights_sha256": REC.Field("str", optional=True),
+                              "label_key": REC.Field("str", optional=True),
+                              "split_key": REC.Field("str", optional=True)},
+                     what=what, fix=fix)
+    a = REC.fields(top["arch"], ARCH, what="classifier architecture", fix=fix)
+    hidden = tuple(int(h) for h in a["hidden"])
+    dropout = tuple(float(p) for p in a["dropout"])
+    if not 1 <= len(hidden) <= REC.MAX_LAYERS or len(dropout) != len(hidden):
+        raise REC.malformed(what, "arch['hidden'] / arch['dropout']",
+                            f"declare {len(hidden)} layers and {len(dropout)} dropout rates "
+                            f"(1 to {REC.MAX_LAYERS} layers, one rate each)", fix)
+    if a["input_rank"] > a["n_input"]:
+        raise REC.malformed(what, "arch['input_rank']", f"({a['input_rank']}) exceeds the "
+                            f"number of inputs ({a['n_input']})", fix)
+    arch = Architecture(a["n_input"], a["n_classes"], hidden, dropout, a["input_rank"])
+    shapes = arch.weight_shapes()
+    if REC.n_parameters(shapes) > REC.MAX_PARAMETERS:
+        raise REC.malformed(what, "arch", f"declares {REC.n_parameters(shapes)} weights (more "
+                            f"than {REC.MAX_PARAMETERS})", fix)
+    dims = {"n_input": arch.n_input, "n_classes": arch.n_classes}
+    names = REC.fields(record, {"classes": REC.Field("strs", ("n_classes",), unique=True),
+                                "genes": REC.Field("strs", ("n_input",), unique=True)},
+                       what=what, fix=fix, dims=dims)
+    recipe = REC.recipe(top["prepare"], what="classifier's preprocessing recipe")
+    if not np.array_equal(np.asarray(recipe["genes"]).astype(str), names["genes"]):
+        raise REC.malformed(what, "'genes'", "differ from the genes of its recipe "
+                            "('prepare')", fix)
+    stored = REC.weights(top["weights"], shapes, what=what, fix=fix)
+    if "weights_sha256" in top and top["weights_sha256"] != REC.weights_sha256(stored):
+        raise ScadvInputError(
+            "the stored classifier's weights do not match their content hash "
+            "(weights_sha256): they were changed or damaged after scadv saved them. Retrain "
+            "the classifier with scadv.tl.train_classifier, or load the original file again."
+        )
+    return arch
 
 
 @dataclass(frozen=True)
@@ -559,22 +635,9 @@ def probabilities_torch(logits: torch.Tensor, output: str = "softmax") -> torch.
 
 
 def load_weights(module: nn.Module, stored: Any, *, what: str) -> None:
-    """Load plain arrays into ``module`` after checking every name, shape and dtype against
-    its architecture (nothing is unpickled; a malformed record raises a clear error)."""
-    expected = module.state_dict()
-    got = set(stored) if isinstance(stored, Mapping) else set()
-    if not isinstance(stored, Mapping) or got != set(expected):
-        raise ScadvInputError(
-            f"stored {what} weights do not match its architecture: missing "
-            f"{sorted(set(expected) - got)}, unexpected {sorted(got - set(expected))}."
-        )
-    tensors = {}
-    for name, ref in expected.items():
-        arr = np.asarray(stored[name])
-        if arr.dtype.kind != "f" or arr.shape != tuple(ref.shape):
-            raise ScadvInputError(
-                f"stored {what} weight {name!r} has shape {arr.shape} / dtype {arr.dtype}; "
-                f"expected {tuple(ref.shape)} floats."
-            )
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-    module.load_state_dict(tensors)
+    """Load plain arrays into ``module`` after checking every name, shape, dtype and value
+    against its architecture (nothing is unpickled; a malformed record raises a clear error)."""
+    shapes = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    arrays = REC.weights(stored, shapes, what=what,
+                         fix=f"retrain the {what} (or load the file it came from again).")
+    module.load_state_dict({name: torch.from_numpy(arr) for name, arr in arrays.items()})

@@ -53,7 +53,10 @@ def _session_text(n_modules: int) -> str:
 
 def record(params: Mapping[str, Any], *, seed: int | None = None,
            device: torch.device | None = None) -> dict[str, Any]:
-    """Provenance of one step: its parameters, seed, device, versions and a UTC timestamp."""
+    """Provenance of one step: its parameters, seed, device, versions and a UTC timestamp; on
+    the CPU also torch's thread count (``cpu_threads``: the last bits of a matrix product, and
+    so gradient-sign attacks and training, depend on it; see the docs' reproducibility
+    notes)."""
     out: dict[str, Any] = {
         "params": {k: _plain(v) for k, v in params.items()},
         "versions": versions(),
@@ -65,6 +68,8 @@ def record(params: Mapping[str, Any], *, seed: int | None = None,
         out["device"] = str(device)
         if device.type == "cuda":
             out["device_name"] = torch.cuda.get_device_name(device)
+        else:
+            out["cpu_threads"] = int(torch.get_num_threads())
     return out
 
 

@@ -64,6 +64,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from . import _keys as K
+from . import _records as REC
 from . import _rows as RW
 from . import _validate as V
 from ._errors import ScadvInputError
@@ -166,10 +167,11 @@ def same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
 
 
 def stored(adata: AnnData) -> dict | None:
-    """The recipe stored in ``adata`` by :func:`scadv.pp.prepare`, if any."""
+    """The recipe stored in ``adata`` by :func:`scadv.pp.prepare`, if any (validated by
+    :func:`scadv._records.recipe`: a malformed one is an error, not silently ignored)."""
     ns = adata.uns.get(K.UNS)
-    if isinstance(ns, Mapping) and isinstance(ns.get(K.PREPARE), Mapping):
-        return ns[K.PREPARE]
+    if isinstance(ns, Mapping) and K.PREPARE in ns:
+        return dict(REC.recipe(ns[K.PREPARE]))
     return None
 
 
@@ -581,8 +583,17 @@ def source(adata: AnnData, recipe: Mapping[str, Any], *, layer: str | None = Non
             sources.append((adata.raw.X, adata.raw.var_names, f"{what}.raw"))
 
     tried = []
-    for x, names, label in sources:
-        kind = _sample_kind(x, label=label, adata=None if label.endswith(".raw") else adata)
+    for i, (x, names, label) in enumerate(sources):
+        try:
+            kind = _sample_kind(x, label=label,
+                                adata=None if label.endswith(".raw") else adata)
+        except ScadvInputError as err:
+            # a matrix of no known kind (e.g. whole numbers with negatives) is refused, unless a
+            # later candidate (.raw) can be used instead
+            if i == len(sources) - 1 or "finite" in str(err):
+                raise
+            tried.append(f"{label} is not usable ({err})")
+            continue
         tried.append(f"{label} looks {kind}")
         if kind == "scaled":
             if str(recipe["input_kind"]) == "scaled" and own is None and label.endswith(".X"):

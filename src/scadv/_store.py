@@ -41,6 +41,7 @@ from scipy import sparse
 
 from . import _keys as K
 from . import _recipe as R
+from . import _records as REC
 from . import _rows as RW
 from . import _validate as V
 from ._errors import ScadvInputError
@@ -145,18 +146,37 @@ def registry(adata: AnnData) -> Mapping[str, Any]:
     """``uns['scadv']['perturbations']`` (empty if absent)."""
     ns = adata.uns.get(K.UNS)
     reg = ns.get(K.PERTURBATIONS) if isinstance(ns, Mapping) else None
+    if reg is not None and not isinstance(reg, Mapping):
+        raise ScadvInputError(
+            f"adata.uns[{K.UNS!r}][{K.PERTURBATIONS!r}] holds a {type(reg).__name__}, not the "
+            "registry of stored perturbations (a dictionary); it was changed or damaged after "
+            f"scadv wrote it. Delete it (del adata.uns[{K.UNS!r}][{K.PERTURBATIONS!r}]) and "
+            "run the attacks again.")
     return reg if isinstance(reg, Mapping) else {}
 
 
 def entry(adata: AnnData, name: str) -> Mapping[str, Any] | None:
     """The registry entry of a compact perturbation stored in ``adata`` (None if there is
-    none, e.g. a dense layer)."""
-    ent = registry(adata).get(name)
-    if not isinstance(ent, Mapping):
+    none, e.g. a dense layer, or the registry names it but its ``obsm`` matrix was deleted).
+    A malformed entry is a :class:`~scadv.ScadvInputError` (:func:`scadv._records.perturbation`).
+    """
+    reg = registry(adata)
+    if name not in reg:
         return None
-    if str(ent.get("format", "obsm")) == "rows":
-        return ent if "delta" in ent and "cells" in ent else None
-    return ent if name in adata.obsm else None
+    ent = REC.perturbation(name, reg[name], n_obs=adata.n_obs, stored=adata.obsm.get(name))
+    if str(ent.get("format", "obsm")) != "rows" and name not in adata.obsm:
+        return None
+    return ent
+
+
+def missing(adata: AnnData, name: str) -> str:
+    """Why ``name`` is not a stored perturbation, for error messages."""
+    if name in registry(adata):
+        return (f"perturbation {name!r} is registered in adata.uns['scadv']['perturbations'] "
+                f"but its change, adata.obsm[{name!r}], is missing (deleted?); run the step "
+                "that made it again")
+    return (f"no perturbation or layer {name!r} in adata (stored perturbations: "
+            f"{names(adata) or 'none'})")
 
 
 def exists(adata: AnnData, name: str) -> bool:
@@ -205,7 +225,7 @@ def _delta(adata: AnnData, name: str, idx: np.ndarray | slice, n_genes: int) -> 
     """Stored change of cells ``idx`` (zeros for cells it did not change)."""
     ent = entry(adata, name)
     if ent is None:
-        raise ScadvInputError(f"no compact perturbation {name!r} in adata.")
+        raise ScadvInputError(missing(adata, name) + ".")
     idx = np.arange(adata.n_obs)[idx] if isinstance(idx, slice) else np.asarray(idx, np.int64)
     if str(ent.get("format", "obsm")) == "rows":
         delta = np.asarray(ent["delta"], dtype=np.float32)
@@ -213,17 +233,22 @@ def _delta(adata: AnnData, name: str, idx: np.ndarray | slice, n_genes: int) -> 
             raise ScadvInputError(
                 f"the stored perturbation {name!r} has shape {delta.shape}, but the classifier "
                 f"it belongs to has {n_genes} genes; it was made for another model.")
-        pos = pd.Index(np.asarray(ent["cells"]).astype(str)).get_indexer(adata.obs_names[idx])
+        names = pd.Index(np.asarray(ent["cells"]).astype(str))
+        if not names.is_unique:
+            raise REC.malformed(f"perturbation {name!r}", "'cells'", "repeats cell names",
+                                f"delete it (del adata.uns['scadv']['perturbations'][{name!r}])"
+                                " and run the step that made it again.")
+        pos = names.get_indexer(adata.obs_names[idx])
         out = np.zeros((len(idx), n_genes), dtype=np.float32)
         hit = pos >= 0
         out[hit] = delta[pos[hit]]
-        return out
+        return REC.finite_change(name, out)
     stored = adata.obsm[name]
     if stored.shape[1] != n_genes:
         raise ScadvInputError(
             f"the stored perturbation obsm[{name!r}] has {stored.shape[1]} genes but the "
             f"classifier it belongs to has {n_genes}; it was made for another model.")
-    return V.dense(RW.read(stored, idx))
+    return REC.finite_change(name, V.dense(RW.read(stored, idx)))
 
 
 def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
@@ -235,9 +260,7 @@ def model_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     ent = entry(adata, name)
     if ent is None:
         if name not in adata.layers:
-            raise ScadvInputError(
-                f"no perturbation or layer {name!r} in adata (stored perturbations: "
-                f"{names(adata) or 'none'}).")
+            raise ScadvInputError(missing(adata, name) + ".")
         layer = R.source(adata, src.recipe, layer=name, what="adata")
         return layer.rows(idx)
     if str(ent["space"]) == "var":
@@ -259,6 +282,11 @@ def apply(space: str, src: R.Source, idx: np.ndarray | slice, delta: np.ndarray)
     if space == "model":
         return src.rows(idx) + delta
     counts, lib = add_counts(*src.counts(idx), delta)
+    if counts.nnz and counts.data.min() < 0:
+        raise ScadvInputError(
+            "a stored count-space perturbation makes counts negative: it was changed or damaged "
+            "after scadv wrote it, or belongs to other data. Delete it (adata.uns['scadv']"
+            "['perturbations'] and adata.obsm) and run the attack again.")
     return counts_model_input(counts, lib, src)
 
 
@@ -314,7 +342,8 @@ def plan(adata: AnnData, name: str | None, src: R.Source
     space = str(ent["space"])
     if space == "counts":
         src = count_source(adata, ent, src)
-    return src, lambda idx: (space, _delta(adata, name, idx, src.n_genes))
+    return src, lambda idx: (space, REC.finite_change(
+        name, _delta(adata, name, idx, src.n_genes), counts=space == "counts"))
 
 
 def rows_of(src: R.Source, idx: np.ndarray | slice, change: Change) -> np.ndarray:
@@ -344,7 +373,15 @@ def count_rows(adata: AnnData, name: str, idx: np.ndarray | slice, src: R.Source
     if ent is None or str(ent["space"]) != "counts":
         raise ScadvInputError(f"{name!r} is not a count-space perturbation.")
     src = count_source(adata, ent, src)
-    return add_counts(*src.counts(idx), _delta(adata, name, idx, src.n_genes))
+    delta = REC.finite_change(name, _delta(adata, name, idx, src.n_genes), counts=True)
+    adv, lib = add_counts(*src.counts(idx), delta)
+    if adv.nnz and adv.data.min() < 0:
+        raise REC.malformed(f"perturbation {name!r}", "its change of counts",
+                            "makes counts negative",
+                            f"delete it (del adata.uns['scadv']['perturbations'][{name!r}]; "
+                            f"adata.obsm.pop({name!r}, None)) and run the step that made it "
+                            "again.")
+    return adv, lib
 
 
 class LazyRows:

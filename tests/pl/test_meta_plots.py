@@ -108,3 +108,15 @@ def test_missing_detector(small_trained):
                  scadv.pl.meta_embedding):
         with pytest.raises(ScadvInputError, match="run scadv.tl.meta_detect"):
             plot(small_trained, show=False)
+
+
+def test_benign_layers_have_flag_rates_not_a_confusion_matrix(with_benign):
+    """A benign layer's evaluation holds flag rates only: the plots read it without asking for
+    a confusion matrix, and meta_confusion says it draws adversarial layers only."""
+    a = with_benign
+    assert "confusion_matrix" not in a.uns["scadv"]["meta"]["evaluation"][
+        "scadv_benign_downsample"]["detector"]
+    scadv.pl.meta_scores(a, layers=["scadv_benign_downsample"], show=False)
+    with pytest.raises(ScadvInputError, match="not among the layers"):
+        scadv.pl.meta_confusion(a, layer="scadv_benign_downsample", show=False)
+    plt.close("all")

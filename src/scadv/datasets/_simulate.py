@@ -12,6 +12,7 @@ from scipy import sparse
 
 from .. import _keys as K
 from .. import _provenance as P
+from .. import _validate as V
 from .._errors import ScadvInputError
 from .._results import h5ad_safe
 
@@ -104,6 +105,8 @@ def simulate(
         ``programs``, ``phi`` (programs × genes), ``alpha`` (types × programs), ``lineage_of``
         and the parameters.
     """
+    V.options(locals())
+    V.name("label_key", label_key)
     params = P.call_params(locals(), simulate)
     _check(n_cells=n_cells, n_genes=n_genes, n_types=n_types, n_lineages=n_lineages,
            markers_per_type=markers_per_type, genes_per_lineage=genes_per_lineage,
@@ -198,14 +201,27 @@ def simulate(
 def _proportions(type_proportions: np.ndarray | None, n_types: int) -> np.ndarray:
     if type_proportions is None:
         return np.full(n_types, 1.0 / n_types)
-    p = np.asarray(type_proportions, dtype=float)
-    if p.shape != (n_types,) or (p < 0).any() or p.sum() <= 0:
+    p = np.asarray(V.reals("type_proportions", type_proportions, low=0.0), dtype=float)
+    if p.shape != (n_types,) or p.sum() <= 0:
         raise ScadvInputError(f"type_proportions needs {n_types} non-negative numbers with a "
                               f"positive sum, got {type_proportions!r}.")
     return p / p.sum()
 
 
+#: Most values (cells × genes) a simulation may hold (4 bytes each).
+MAX_VALUES = 2_000_000_000
+
+
 def _check(**kw: Any) -> None:
+    for name in ("n_cells", "n_genes", "n_types", "n_lineages", "markers_per_type",
+                 "genes_per_lineage", "n_activity_programs", "genes_per_activity_program"):
+        V.integer(name, kw[name], maximum=10_000_000)
+    for name in ("type_weight", "lineage_weight", "activity_weight", "concentration",
+                 "library_size", "library_sd", "dispersion"):
+        V.real(name, kw[name])
+    if kw["n_cells"] * kw["n_genes"] > MAX_VALUES:
+        raise ScadvInputError(f"n_cells × n_genes = {kw['n_cells'] * kw['n_genes']:,} values; "
+                              f"at most {MAX_VALUES:,} can be simulated at once.")
     problems = []
     for name in ("n_cells", "n_genes", "n_types", "n_lineages", "markers_per_type"):
         if int(kw[name]) < 1:

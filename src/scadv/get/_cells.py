@@ -14,7 +14,17 @@ def positions(adata: AnnData, cells: Sequence[str] | np.ndarray | None) -> np.nd
     """Row positions of ``cells`` (names, a boolean mask or positions; None: all)."""
     if cells is None:
         return np.arange(adata.n_obs)
-    arr = np.asarray(cells)
+    if isinstance(cells, (str, bytes)):
+        cells = [cells]
+    try:
+        arr = np.asarray(cells)
+    except ValueError as err:
+        raise ScadvInputError(f"cells must be cell names, a boolean mask or positions "
+                              f"({err}).") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "biuUSO":
+        raise ScadvInputError(
+            "cells must be a one-dimensional list of cell names, a boolean mask or integer "
+            f"positions, got an array of shape {arr.shape} and dtype {arr.dtype}.")
     if arr.dtype == bool:
         if arr.shape != (adata.n_obs,):
             raise ScadvInputError(

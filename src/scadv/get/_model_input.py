@@ -9,6 +9,7 @@ from anndata import AnnData
 
 from .. import _keys as K
 from .. import _recipe as R
+from .. import _validate as V
 from ..tl import _common as C
 from ._cells import positions
 
@@ -46,6 +47,9 @@ def model_input(
     Dense float32 array, cells × the classifier's genes (in ``uns['scadv'][model]['genes']``
     order). Writes nothing.
     """
+    V.options(locals())
+    V.name("model", model)
+    V.choice("missing_genes", missing_genes, ("error", "mean"))
     record = C.model_record(adata, model)
     src = R.source(adata, record["prepare"], layer=layer, missing_genes=missing_genes)
     return src.dense(positions(adata, cells), what="the requested model input")

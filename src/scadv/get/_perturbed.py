@@ -12,6 +12,7 @@ from scipy import sparse
 
 from .. import _recipe as R
 from .. import _store as ST
+from .. import _validate as V
 from .._errors import ScadvInputError
 from ._cells import positions
 
@@ -31,6 +32,7 @@ def perturbations(adata: AnnData) -> pd.DataFrame:
     counts; ``'var'``: a change of the AnnData's own matrix; ``'layer'``: a dense layer),
     ``model`` and ``n_cells`` (cells it changed). Writes nothing.
     """
+    V.options(locals())
     rows = []
     for name in ST.names(adata):
         ent = ST.entry(adata, name)
@@ -72,10 +74,12 @@ def perturbed(
     Dense float32 array or (``space='counts'``) CSR matrix, one row per requested cell.
     Writes nothing.
     """
+    V.options(locals())
+    V.name("name", name)
+    V.choice("space", space, (None, "model", "counts"))
     ent = ST.entry(adata, name)
     if ent is None and name not in adata.layers:
-        raise ScadvInputError(f"no perturbation {name!r} in adata (stored: "
-                              f"{ST.names(adata) or 'none'}).")
+        raise ScadvInputError(ST.missing(adata, name) + ".")
     if space not in (None, "model", "counts"):
         raise ScadvInputError(f"space must be None, 'model' or 'counts', got {space!r}.")
     idx = (np.flatnonzero(ST.changed(adata, name)) if cells is None

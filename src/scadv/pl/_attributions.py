@@ -12,6 +12,8 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _records as REC
+from .. import _validate as V
 from .._errors import ScadvInputError
 from ..tl._explain import _rankings as RK
 from . import _utils as U
@@ -59,6 +61,10 @@ def top_genes(
         Classes to show (default: every class explained).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("n_genes", n_genes)
+    V.names("classes", classes, allow_none=True)
     rec = RK.record(adata, key)
     scores, all_classes, genes = RK.scores(rec)
     shown = [c for c in (classes or all_classes) if c in all_classes
@@ -77,7 +83,8 @@ def top_genes(
     _heatmap(ax, vals, list(genes[rows]), shown, cmap="RdBu_r" if signed else "Reds",
              vmin=-1 if signed else 0, vmax=1, label="mean attribution (÷ column max)",
              annotate=False)
-    U.set_title(ax, f"{rec['method']} on {rec['model']!s}: top {n_genes} genes per class")
+    model = rec.get("model", "the model")  # optional in attribution records
+    U.set_title(ax, f"{rec['method']} on {model!s}: top {n_genes} genes per class")
     return U.finish(ax, show=show, save=save, name="top_genes")
 
 
@@ -103,7 +110,17 @@ def attribution_stability(
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'`` (rank correlation).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard", "spearman", "perturbations", "classes"),
+                   schema={m: REC.Field("floats", ("n_perturbations", "n_classes"),
+                                        finite="nan") for m in ("jaccard", "spearman")}
+                   | {"perturbations": REC.Field("strs", ("n_perturbations",)),
+                      "classes": REC.Field("strs", ("n_classes",)),
+                      "noise": REC.Field("float"), "downsample": REC.Field("float"),
+                      "eps": REC.Field("float"), "k": REC.Field("int", low=1),
+                      "method": REC.Field("str"), "attribution_key": REC.Field("str")},
                    made_by="scadv.tl.attribution_stability")
     if metric not in ("jaccard", "spearman"):
         raise ScadvInputError(f"metric must be 'jaccard' or 'spearman', got {metric!r}.")
@@ -155,7 +172,13 @@ def attribution_agreement(
         ``'jaccard'`` (Jaccard@k of the top genes) or ``'spearman'``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("jaccard_mean", "spearman_mean", "keys"),
+                   schema={m: REC.Field("floats", ("n_keys", "n_keys"), finite="nan")
+                           for m in ("jaccard_mean", "spearman_mean")}
+                   | {"keys": REC.Field("strs", ("n_keys",)), "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.attribution_agreement")
     if metric not in ("jaccard", "spearman"):
         raise ScadvInputError(f"metric must be 'jaccard' or 'spearman', got {metric!r}.")
@@ -189,7 +212,13 @@ def marker_overlap(
         Its ``key_added``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("overlap", "keys", "classes"),
+                   schema={"overlap": REC.Field("floats", ("n_keys", "n_classes"), finite="nan"),
+                           "keys": REC.Field("strs", ("n_keys",)),
+                           "classes": REC.Field("strs", ("n_classes",)),
+                           "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.marker_overlap")
     vals = np.atleast_2d(np.asarray(rec["overlap"], dtype=float))
     keys = [str(k) for k in np.asarray(rec["keys"])]
@@ -224,7 +253,12 @@ def enrichment(
         Gene sets shown per class (its most significant ones).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("n_sets", n_sets)
     rec = U.record(adata, key, needs=("table", "n_universe"),
+                   schema={"table": REC.Field("table", min_rows=1, columns=(
+                               "class", "gene_set", "pval", "fdr", "k"))},
                    made_by="scadv.tl.gene_set_enrichment")
     table = pd.DataFrame(rec["table"])
     table["class"] = table["class"].astype(str)
@@ -270,7 +304,15 @@ def attribution_truth(
         AUPRC drawn as a dashed line per class).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
     rec = U.record(adata, key, needs=("precision_at_k", "auprc", "keys", "classes"),
+                   schema={m: REC.Field("floats", ("n_keys", "n_classes"), finite="nan")
+                           for m in ("precision_at_k", "recall_at_k", "auprc", "auprc_random")}
+                   | {"keys": REC.Field("strs", ("n_keys",)),
+                      "classes": REC.Field("strs", ("n_classes",)),
+                      "k": REC.Field("int", low=1)},
                    made_by="scadv.tl.score_attributions")
     if metric not in ("precision_at_k", "recall_at_k", "auprc"):
         raise ScadvInputError("metric must be 'precision_at_k', 'recall_at_k' or 'auprc', got "

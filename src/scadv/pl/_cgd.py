@@ -9,6 +9,9 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _records as REC
+from .. import _validate as V
+from .._errors import ScadvInputError
 from . import _utils as U
 
 
@@ -32,11 +35,25 @@ def cgd(
         Its ``key_added``.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("trajectory", "to", "original_label", "start_frac_to"),
+                   schema={"trajectory": REC.Field("table", columns=("frac_to", "frac_original")),
+                           "to": REC.Field("str"), "original_label": REC.Field("str"),
+                           "target": REC.Field("str"), "classes": REC.Field("strs", (None,)),
+                           "start_frac_to": REC.Field("float", low=0.0, high=1.0),
+                           "start_frac_original": REC.Field("float", low=0.0, high=1.0),
+                           "switched": REC.Field("bool", optional=True),
+                           "mode": REC.Field("str", optional=True),
+                           "cluster_key": REC.Field("str", optional=True)},
                    made_by="scadv.tl.cgd")
     tr: pd.DataFrame = rec["trajectory"]
     to, orig = str(rec["to"]), str(rec["original_label"])
     classes = [str(c) for c in np.asarray(rec["classes"])]
+    if to not in classes or orig not in classes:
+        raise ScadvInputError(f"the stored scadv.tl.cgd record {key!r} is malformed: its labels "
+                              f"{to!r} / {orig!r} are not among its classes. Run scadv.tl.cgd "
+                              "again.")
     palette = U.palette(adata, classes, str(rec.get("cluster_key", "")))
     x = np.r_[0, tr["n_genes_modified"].to_numpy()].astype(float)
     frac_to = np.r_[float(rec["start_frac_to"]), tr["frac_to"].to_numpy()]

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .. import _validate as V
 from .._errors import ScadvInputError
 from ..tl._models import _compare as CM
 from . import _utils as U
@@ -55,6 +56,12 @@ def compare_models(
         The budget of ``detector_auroc`` bars.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("metric", metric)
+    V.name("group", group)
+    if eps is not None:
+        V.positive("eps", eps)
     table = CM.table(adata, key)
     if metric not in CM.METRICS:
         raise ScadvInputError(f"metric must be one of {list(CM.METRICS)}, got {metric!r}.")

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from .. import _keys as K
+from .. import _validate as V
 from .._colors import NOT_ATTACKED_COLOR, fragility_colors
 from .._errors import ScadvInputError
 from . import _utils as U
@@ -63,7 +64,10 @@ def count_attack(
         Draw a line per cell type (``False``: only the overall line of each run).
     {ax_show_save}
     """
-    keys = [key] if isinstance(key, str) else [str(k) for k in key]
+    V.options(locals())
+    keys = list(V.names("key", key) or ())
+    V.names("labels", labels, allow_none=True)
+    V.flag("per_class", per_class)
     if not keys or len(keys) > len(STYLES):
         raise ScadvInputError(f"pass one to {len(STYLES)} count-attack runs, got {keys}.")
     recs = [_count_record(adata, k) for k in keys]
@@ -139,6 +143,9 @@ def count_genes(
         Number of genes shown.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("top", top)
     rec = _count_record(adata, key)
     genes: pd.DataFrame = rec["genes"]
     if not isinstance(genes, pd.DataFrame) or genes.empty:
@@ -200,6 +207,9 @@ def fragility(
         predictions for cells without one).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("groupby", groupby, allow_none=True)
     rec = U.record(adata, key, needs=("method", "classes"),
                    made_by="scadv.tl.count_attack or scadv.tl.fragility")
     method = str(rec["method"])

@@ -10,6 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
+from .. import _records as REC
+from .. import _validate as V
 from . import _utils as U
 
 
@@ -37,8 +39,21 @@ def flip_rate(
         Name of the attack run (its ``key_added``).
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
     rec = U.record(adata, key, needs=("flip_rate_per_class", "eps", "classes"),
-                   made_by="scadv.tl.pgd / scadv.tl.fgsm")
+                   made_by="scadv.tl.pgd / scadv.tl.fgsm", schema={
+                       "classes": REC.Field("strs", ("n_classes",)),
+                       "eps": REC.Field("floats", ("n_eps",), low=0.0),
+                       "flip_rate_per_class": REC.Field("floats", ("n_eps", "n_classes"),
+                                                        finite="nan", low=0.0, high=1.0),
+                       "clean_accuracy_per_class": REC.Field("floats", ("n_classes",),
+                                                             finite="nan", low=0.0, high=1.0),
+                       "n_cells_per_class": REC.Field("ints", ("n_classes",), low=0),
+                       "n_cells": REC.Field("int", low=0),
+                       "steps": REC.Field("int", low=1, optional=True),
+                       "norm": REC.Field("str", optional=True),
+                       "method": REC.Field("str", optional=True)})
     classes = [str(c) for c in np.asarray(rec["classes"])]
     eps = np.atleast_1d(np.asarray(rec["eps"], dtype=float))
     flips = np.atleast_2d(np.asarray(rec["flip_rate_per_class"], dtype=float))

@@ -12,7 +12,9 @@ from .. import _device as D
 from .. import _keys as K
 from .. import _model as M
 from .. import _store as ST
+from .. import _validate as V
 from .._errors import ScadvInputError
+from ..tl import _common as C
 from . import _meta_common as PM
 from . import _utils as U
 
@@ -46,6 +48,10 @@ def meta_cell(
         Key of the detector.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("cell", cell)
+    V.name("key", key)
+    V.unique_cells(adata, why=f"the cell {cell!r}")
     rec = PM.detector(adata, key)
     if cell not in adata.obs_names:
         raise ScadvInputError(f"cell {cell!r} is not in adata.obs_names.")
@@ -65,7 +71,7 @@ def meta_cell(
         raise ScadvInputError(f"cell {cell!r} was not changed in layer {layer!r} (e.g. not a "
                               "test cell); pick an attacked cell.")
     model = str(rec["model"])
-    classifier = adata.uns[K.UNS][model]
+    classifier = C.model_record(adata, model)
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     net = M.from_record(classifier, D.resolve("cpu"))
     x = np.vstack([ST.reader(adata, classifier["prepare"])[[i]],

@@ -10,6 +10,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _keys as K
+from .. import _records as REC
 from .._errors import ScadvInputError
 from ..tl import _common as C
 from . import _utils as U
@@ -18,8 +19,19 @@ MADE_BY = "scadv.tl.meta_detect"
 
 
 def detector(adata: AnnData, key: str) -> Mapping[str, Any]:
-    """The stored detector ``key`` with its evaluation, or a clear error."""
-    return U.record(adata, key, needs=("threshold", "evaluation", "model"), made_by=MADE_BY)
+    """The stored detector ``key`` with its evaluation, or a clear error (also for an entry
+    the plots read that is malformed)."""
+    rec = U.record(adata, key, needs=("threshold", "evaluation", "model"), made_by=MADE_BY,
+                   schema={"threshold": REC.Field("float", finite="inf"),
+                           "model": REC.Field("str"), "evaluation": REC.Field("map")})
+    for name, ev in rec["evaluation"].items():
+        U.check(ev, {"kind": REC.Field("str"), "label": REC.Field("str", optional=True),
+                     "detector": REC.Field("map", optional=True)},
+                key=f"{key}' evaluation of '{name}", made_by=MADE_BY)
+        if "detector" in ev and str(ev["kind"]) != "benign":  # benign: flag rates only
+            U.check(ev["detector"], {"confusion_matrix": REC.Field("ints", (2, 2), low=0)},
+                    key=f"{key}' evaluation of '{name}", made_by=MADE_BY)
+    return rec
 
 
 @dataclass

@@ -55,6 +55,8 @@ def meta_confusion(
     -------
     The three axes.
     """
+    V.options(locals())
+    V.name("key", key)
     rec = PM.detector(adata, key)
     evaluation = rec["evaluation"]
     adversarial = [n for n, ev in evaluation.items() if str(ev.get("kind")) == "adversarial"]
@@ -62,11 +64,11 @@ def meta_confusion(
         if not adversarial:
             raise ScadvInputError(f"detector {key!r} has no evaluated adversarial layer.")
         layer = adversarial[0]
-    if layer not in evaluation or "detector" not in evaluation[layer]:
+    if layer not in adversarial or "detector" not in evaluation[layer]:
         raise ScadvInputError(f"layer {layer!r} is not among the layers detector {key!r} was "
                               f"evaluated on ({adversarial}); run scadv.tl.meta_evaluate.")
     model = str(rec["model"])
-    classifier = adata.uns[K.UNS][model]
+    classifier = C.model_record(adata, model)
     classes = [str(c) for c in np.asarray(classifier["classes"])]
     label_key = str(classifier.get("label_key", ""))
     test = PM.test_mask(adata, rec)

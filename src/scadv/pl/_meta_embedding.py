@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from .. import _device as D
 from .. import _keys as K
 from .. import _store as ST
+from .. import _validate as V
 from ..tl._detect import _common as MC
 from . import _meta_common as PM
 from . import _utils as U
@@ -53,6 +54,10 @@ def meta_embedding(
         Seeds the UMAP layout.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True)
+    V.positive_int("n_neighbors", n_neighbors)
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)
     cells = PM.layers(adata, key, rec, layers)

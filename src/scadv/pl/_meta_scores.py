@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
+from .. import _validate as V
 from .._colors import CLEAN_COLOR, series_colors
 from . import _meta_common as PM
 from . import _utils as U
@@ -50,6 +51,10 @@ def meta_scores(
         Number of bins over [0, 1].
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True)
+    V.positive_int("bins", bins)
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)
     clean = PM.clean_scores(adata, key)[test]

@@ -11,6 +11,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from .. import _records as REC
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
@@ -46,11 +48,26 @@ def overview(
         Matplotlib colour map.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("value", value)
+    V.name("cmap", cmap)
     rec = U.record(adata, key, needs=("table", "targets", "modifications"),
+                   schema={"table": REC.Field("table", columns=(
+                               "cluster", "modification", "n_flip_genes", "n_signature_genes",
+                               "n_cells", "n_genes"), min_rows=1),
+                           "targets": REC.Field("strs", (None,), min_rows=1),
+                           "modifications": REC.Field("strs", (None,), min_rows=1),
+                           "classifier": REC.Field("str", optional=True)},
                    made_by="scadv.tl.overview")
     if value not in _TITLES:
         raise ScadvInputError(f"value must be one of {list(_TITLES)}, got {value!r}.")
     table: pd.DataFrame = rec["table"]
+    absent = [t for t in rec["targets"] if t not in set(table["cluster"].astype(str))]
+    if absent:
+        raise REC.malformed(f"overview record {key!r}", "'table'",
+                            f"has no rows for the target clusters {absent[:5]}",
+                            "run scadv.tl.overview again.")
     if value == "n_signature_genes" and (table[value] < 0).all():
         raise ScadvInputError(f"{key!r} was run with signature=False; plot value='n_flip_genes' "
                               "or run scadv.tl.overview(..., signature=True).")

@@ -34,6 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys as K
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
@@ -365,6 +366,10 @@ def report(
     """
     if not isinstance(adata, AnnData):
         raise ScadvInputError(f"expected an AnnData, got {type(adata).__name__}.")
+    V.options(locals())
+    V.name("title", title, allow_none=True)
+    notes = V.names("notes", notes, allow_empty=True) or ()
+    only = V.names("only", only, allow_none=True)
     if save is False:
         raise ScadvInputError("the report is a file: pass save=True or a path.")
     path = U.save_path(save, "scadv_report")
@@ -376,7 +381,7 @@ def report(
     if only is not None:
         unknown = sorted(set(only) - {s.title for s in _SECTIONS})
         if unknown:
-            raise ScadvInputError(f"unknown report sections {unknown}; choose from "
+            raise ScadvInputError(f"only names unknown report sections {unknown}; choose from "
                                   f"{sections()}.")
     ctx = Context(adata)
     body, toc = [], []

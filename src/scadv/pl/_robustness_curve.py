@@ -10,6 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys as K
+from .. import _records as REC
+from .. import _validate as V
 from . import _utils as U
 
 
@@ -36,8 +38,18 @@ def robustness_curve(
         Its ``key_added``.
     {ax_show_save}
     """
-    rec = U.record(adata, key, needs=("accuracy", "eps", "models"),
-                   made_by="scadv.tl.robust_accuracy")
+    V.options(locals())
+    V.name("key", key)
+    made_by = "scadv.tl.robust_accuracy"
+    rec = U.record(adata, key, needs=("accuracy", "eps", "models"), made_by=made_by, schema={
+        "eps": REC.Field("floats", ("n_eps",), low=0.0),
+        "accuracy": REC.Field("floats", ("n_models", "n_eps"), finite="nan", low=0.0, high=1.0),
+        "models": REC.Field("strs", ("n_models",)),
+        "attack": REC.Field("map", optional=True),
+        "same_cells": REC.Field("bool", optional=True)})
+    if "attack" in rec:
+        U.check(rec["attack"], {"steps": REC.Field("int", low=1, optional=True)}, key=key,
+                made_by=made_by)
     eps = np.atleast_1d(np.asarray(rec["eps"], dtype=float))
     acc = np.atleast_2d(np.asarray(rec["accuracy"], dtype=float))
     models = [str(m) for m in np.atleast_1d(np.asarray(rec["models"]))]

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .. import _keys as K
+from .. import _validate as V
 from .._colors import series_colors
 from . import _meta_common as PM
 from . import _utils as U
@@ -41,6 +42,9 @@ def roc(
         Adversarial layers to show; default every evaluated one.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True)
     rec = PM.detector(adata, key)
     test = PM.test_mask(adata, rec)
     clean = PM.clean_scores(adata, key)[test]

@@ -10,6 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
+from .. import _records as REC
+from .. import _validate as V
 from .._errors import ScadvInputError
 from . import _utils as U
 
@@ -46,7 +48,20 @@ def single_gene(
         Number of bars.
     {ax_show_save}
     """
+    V.options(locals())
+    V.name("key", key)
+    V.name("target", target, allow_none=True)
+    V.positive_int("top", top)
     rec = U.record(adata, key, needs=("table", "summary", "targets"),
+                   schema={"table": REC.Field("table", columns=(
+                               "cluster", "modification", "gene", "flipped", "new_label",
+                               "original_score")),
+                           "summary": REC.Field("table", columns=(
+                               "cluster", "modification", "original_score", "original_label",
+                               "n_flip_genes", "n_cells")),
+                           "targets": REC.Field("strs", (None,), min_rows=1),
+                           "classes": REC.Field("strs", (None,)),
+                           "cluster_key": REC.Field("str", optional=True)},
                    made_by="scadv.tl.single_gene")
     table: pd.DataFrame = rec["table"]
     summary: pd.DataFrame = rec["summary"]
@@ -58,6 +73,11 @@ def single_gene(
     rows = table[table["cluster"] == target].sort_values(["original_score", "gene"])
     rows = rows.head(int(top))
     info = summary[summary["cluster"] == target]
+    new_labels = set(rows.loc[rows["flipped"].astype(bool), "new_label"].astype(str))
+    if info.empty or not new_labels <= set(np.asarray(rec["classes"]).astype(str)):
+        raise ScadvInputError(f"the stored scadv.tl.single_gene record {key!r} is malformed: "
+                              "its summary or labels do not match its table. Run "
+                              "scadv.tl.single_gene again.")
     base_score = float(info["original_score"].iloc[0])
     base_label = str(info["original_label"].iloc[0])
     classes = [str(c) for c in np.asarray(rec["classes"])]

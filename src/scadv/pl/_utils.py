@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys as K
+from .. import _records as REC
 from .._colors import class_colors
 from .._errors import ScadvInputError
 
@@ -49,8 +50,13 @@ def doc_ax_show_save(func: _F) -> _F:
     return func
 
 
-def record(adata: AnnData, key: str, *, needs: tuple[str, ...], made_by: str) -> Mapping[str, Any]:
-    """``adata.uns['scadv'][key]`` with the entries a plot needs, or a clear error."""
+def record(adata: AnnData, key: str, *, needs: tuple[str, ...], made_by: str,
+           schema: Mapping[str, REC.Field] | None = None) -> Mapping[str, Any]:
+    """``adata.uns['scadv'][key]`` with the entries a plot needs, or a clear error.
+
+    ``schema`` states the type, shape and values of every entry the plot reads; a record that
+    does not hold them (changed or damaged after scadv wrote it) is a clear error too.
+    """
     ns = adata.uns.get(K.UNS)
     rec = ns.get(key) if isinstance(ns, Mapping) else None
     if not isinstance(rec, Mapping) or any(n not in rec for n in needs):
@@ -58,7 +64,16 @@ def record(adata: AnnData, key: str, *, needs: tuple[str, ...], made_by: str) ->
             f"no {made_by} results under adata.uns['scadv'][{key!r}]; run {made_by} first "
             "(or pass key=... naming the run to plot)."
         )
+    if schema is not None:
+        check(rec, schema, key=key, made_by=made_by)
     return rec
+
+
+def check(rec: Any, schema: Mapping[str, REC.Field], *, key: str, made_by: str,
+          dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """:func:`scadv._records.fields` with this plot's wording."""
+    return REC.fields(rec, schema, what=f"{made_by} record {key!r}", fix=f"run {made_by} again "
+                      "(or pass key=... naming another run).", dims=dims)
 
 
 def axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:

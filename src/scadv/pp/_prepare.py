@@ -135,6 +135,13 @@ def prepare(
     of the model genes, counts input or a ``'counts'`` layer already present), ``adata.raw``
     (log-normalised values of all genes, only when no ``.raw`` existed).
     """
+    V.options(locals())
+    V.positive_int("n_top_genes", n_top_genes)
+    V.positive("target_sum", target_sum)
+    V.nonneg("max_value", max_value)
+    V.choice("flavor", flavor, (None, "seurat_v3", "seurat", "cell_ranger"))
+    V.names("include_genes", include_genes, allow_empty=True, single=False)
+    V.choice("expect", expect, ("auto", "counts", "lognorm", "scaled"))
     start = logg.info("preparing data for scadv")
     params = P.call_params(locals(), prepare)
     _check_options(n_top_genes=n_top_genes, target_sum=target_sum, max_value=max_value,

@@ -14,6 +14,7 @@ from scipy import sparse
 from .. import _keys as K
 from .. import _provenance as P
 from .. import _recipe as R
+from .. import _records as REC
 from .. import _validate as V
 from .._errors import ScadvInputError
 from .._results import write_results
@@ -71,6 +72,8 @@ def transform(
     ``adata.uns['scadv']['prepare']``
         A copy of the reference's recipe, with this call's provenance.
     """
+    V.options(locals())
+    V.choice("missing_genes", missing_genes, ("error", "mean"))
     start = logg.info("transforming new cells with a stored scadv recipe")
     params = P.call_params(locals(), transform)
     params["reference"] = "AnnData" if isinstance(reference, AnnData) else "recipe"
@@ -133,7 +136,7 @@ def _reference_recipe(reference: AnnData | Mapping[str, Any]) -> Mapping[str, An
             ns = reference.uns.get(K.UNS)
             models = [v for v in (ns or {}).values() if isinstance(v, Mapping) and "prepare" in v]
             if models:
-                recipe = models[0]["prepare"]
+                recipe = dict(REC.recipe(models[0]["prepare"], what="classifier's recipe"))
         if recipe is None:
             raise ScadvInputError(
                 "the reference AnnData holds no scadv recipe (uns['scadv']['prepare']). "
@@ -141,7 +144,7 @@ def _reference_recipe(reference: AnnData | Mapping[str, Any]) -> Mapping[str, An
             )
         return recipe
     if isinstance(reference, Mapping) and {"genes", "mean", "std"} <= set(reference):
-        return reference
+        return REC.recipe(reference)
     raise ScadvInputError(
         "reference must be a prepared AnnData or a recipe dictionary "
         "(adata.uns['scadv']['prepare'])."

@@ -14,6 +14,7 @@ from sklearn.metrics import confusion_matrix
 
 from .. import _keys as K
 from .. import _model as M
+from .. import _validate as V
 from .._errors import ScadvInputError
 
 Cells = Literal["test", "all"] | Sequence[str] | np.ndarray
@@ -46,10 +47,11 @@ def stored_record(adata: AnnData, key: str, source: AnnData | str | os.PathLike 
         ns = file_records(source)
     else:
         ns = (adata if source is None else source).uns.get(K.UNS)
-    record = ns.get(key) if isinstance(ns, Mapping) else None
+    ns = ns if isinstance(ns, Mapping) else {}
+    record = ns.get(key)
     if record is None:
         kinds = (kind,) if isinstance(kind, str) else kind
-        known = sorted(k for k, v in (ns or {}).items()
+        known = sorted(k for k, v in ns.items()
                        if isinstance(v, Mapping) and str(v.get("kind", "")) in kinds)
         where = ("adata" if source is None else "the source AnnData"
                  if isinstance(source, AnnData) else f"the file {os.fspath(source)!r}")
@@ -185,13 +187,25 @@ def select_cells(adata: AnnData, cells: Cells, *, split_key: str) -> np.ndarray:
             return mask
         raise ScadvInputError(
             f"cells must be 'test', 'all', cell names or a boolean mask, got {cells!r}.")
+    if not isinstance(cells, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+        raise ScadvInputError(
+            f"cells must be 'test', 'all', a list of cell names or a boolean mask, got "
+            f"{type(cells).__name__}.")
     arr = np.asarray(cells)
+    if arr.ndim != 1:
+        raise ScadvInputError(f"cells must be one-dimensional (names or a mask), got shape "
+                              f"{arr.shape}.")
     if arr.dtype == bool:
         if arr.shape != (adata.n_obs,):
             raise ScadvInputError(
                 f"a boolean cells mask needs {adata.n_obs} entries, got {arr.shape}.")
         mask = arr.copy()
     else:
+        if arr.dtype.kind not in "USO" or not all(isinstance(c, str) for c in arr.tolist()):
+            raise ScadvInputError(
+                "cells must be cell names (strings from adata.obs_names) or a boolean mask, got "
+                f"values of dtype {arr.dtype}.")
+        V.unique_cells(adata, why="selecting cells by name")
         idx = adata.obs_names.get_indexer(arr.astype(str))
         if (idx < 0).any():
             raise ScadvInputError(

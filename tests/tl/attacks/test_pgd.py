@@ -172,7 +172,7 @@ def test_copy_and_other_model_key(small_trained):
         ({"eps": (0.1, 0.1)}, "repeated"),
         ({"norm": "l1"}, "norm must be"),
         ({"loss": "hinge"}, "loss must be"),
-        ({"steps": 0}, "steps and n_restarts"),
+        ({"steps": 0}, "steps must be ≥ 1"),
         ({"target": "T cell"}, "not a class"),
         ({"genes": ["NOPE"]}, "not model genes"),
         ({"clip": (1.0, -1.0)}, "low < high"),

@@ -59,7 +59,7 @@ def test_count_attack_writes_whole_counts(small_meta):
     # the detector evaluates it like any attack; whole counts pass the realism gate
     scadv.tl.meta_evaluate(a, progress=False)
     ev = a.uns["scadv"]["meta"]["evaluation"][name]
-    assert ev["label"] == "counts ≤30 UMIs" and ev["input"]["flagged_all"] == 0.0
+    assert ev["label"] == "adaptive_counts ≤30 UMIs (counts)" and ev["input"]["flagged_all"] == 0.0
 
 
 def test_an_attacker_who_queries_the_detector_evades_more(small_meta):

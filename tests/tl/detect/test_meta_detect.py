@@ -404,7 +404,7 @@ def test_evaluate_named_layers_keeps_the_others(small_meta):
     after = a.uns["scadv"]["meta"]["evaluation"]
     assert set(after) == set(before) | {"scadv_late_eps0.9"}
     assert "scadv_late_eps0.9_meta_score" in a.obs
-    assert set(a.uns["scadv"]["meta"]["table"].attack) >= {"late ε=0.9", "pgd ε=0.3"}
+    assert set(a.uns["scadv"]["meta"]["table"].attack) >= {"pgd ε=0.9 (late)", "pgd ε=0.3"}
 
 
 def test_gene_level_attacks_are_evaluated(small_meta):

@@ -59,7 +59,7 @@ def test_pseudo_labels_errors(prepared):
     raw = scadv.datasets.pbmc68k_reduced()
     with pytest.raises(ScadvInputError, match=r"run scadv\.pp\.prepare"):
         scadv.tl.pseudo_labels(raw)
-    with pytest.raises(ScadvInputError, match="'kmeans' or 'leiden'"):
+    with pytest.raises(ScadvInputError, match=r"method must be one of \['kmeans', 'leiden'\]"):
         scadv.tl.pseudo_labels(prepared, method="louvain")  # type: ignore[arg-type]
     with pytest.raises(ScadvInputError, match="not a scadv column"):
         scadv.tl.pseudo_labels(prepared, key_added="bulk_labels")

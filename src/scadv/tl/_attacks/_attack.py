@@ -41,20 +41,28 @@ Clip = Literal["observed"] | tuple[float, float] | None
 
 def check_budget(eps: float | Sequence[float], *, norm: str, loss: str, steps: int,
                  n_restarts: int, alpha: float | None) -> tuple[float, ...]:
-    """Validate the options every attack shares; returns ε as a sorted-unique tuple."""
-    eps_t = tuple(float(e) for e in np.atleast_1d(np.asarray(eps, dtype=float)))
-    if not eps_t or any(not np.isfinite(e) or e <= 0 for e in eps_t):
-        raise ScadvInputError(f"eps must be positive numbers, got {eps!r}.")
+    """Validate the options every attack shares; returns ε as a tuple.
+
+    Budgets whose names would coincide (``eps=(0.1, 0.1000001)`` both write
+    ``scadv_<key>_eps0.1``) are refused: one would silently overwrite the other's results.
+    """
+    eps_t = V.reals("eps", eps, low=0.0, low_open=True)
+    V.choice("norm", norm, ("linf", "l2"))
+    V.choice("loss", loss, ("ce", "margin"))
+    V.positive_int("steps", steps)
+    V.positive_int("n_restarts", n_restarts)
+    V.optional_positive("alpha", alpha)
     if len(set(eps_t)) != len(eps_t):
         raise ScadvInputError(f"eps has repeated values {eps_t}; each budget is one layer.")
-    if norm not in ("linf", "l2"):
-        raise ScadvInputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-    if loss not in ("ce", "margin"):
-        raise ScadvInputError(f"loss must be 'ce' (cross-entropy) or 'margin', got {loss!r}.")
-    if int(steps) < 1 or int(n_restarts) < 1:
-        raise ScadvInputError(f"steps and n_restarts must be ≥ 1, got {steps} and {n_restarts}.")
-    if alpha is not None and not alpha > 0:
-        raise ScadvInputError(f"alpha must be positive (or None), got {alpha}.")
+    names = [K.format_eps(e) for e in eps_t]
+    alike = sorted({n for n in names if names.count(n) > 1})
+    if alike:
+        raise ScadvInputError(
+            f"eps={eps_t} holds different budgets written alike ({alike}): their results "
+            "would be stored under the same names and overwrite each other. Use budgets that "
+            "differ in their first six significant digits, or run them with different "
+            "key_added."
+        )
     return eps_t
 
 

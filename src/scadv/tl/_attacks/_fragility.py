@@ -107,6 +107,15 @@ def fragility(
         attack statistics and provenance.
     """
     start = logg.info("measuring per-cell fragility (minimal ε)")
+    V.options(locals())
+    V.name("target", target, allow_none=True)
+    V.name("model", model)
+    V.positive("eps_min", eps_min)
+    V.positive("eps_max", eps_max)
+    V.real("tol", tol, low=0.0, high=1.0)
+    V.positive_int("steps", steps)
+    V.flag("keep_zeros", keep_zeros)
+    V.clip("clip", clip)
     params = P.call_params(locals(), fragility)
     if not (0 < eps_min < eps_max and np.isfinite(eps_max)):
         raise ScadvInputError(

@@ -125,6 +125,10 @@ def robust_accuracy(
     ``accuracy_per_class`` (models × budgets × classes, classes of the first model),
     ``classes``, the attack's parameters and provenance.
     """
+    V.options(locals())
+    V.names("models", models)
+    V.reals("eps", eps, low=0.0)
+    V.positive_int("steps", steps)
     start = logg.info(f"robust accuracy of {list(models)}")
     params = P.call_params(locals(), robust_accuracy)
     adata = V.start(adata, copy=copy)

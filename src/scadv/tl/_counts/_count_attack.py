@@ -156,6 +156,14 @@ def count_attack(
         ``detection_median`` (all model genes), the library range used, search statistics and
         provenance.
     """
+    V.options(locals())
+    V.name("target", target, allow_none=True)
+    V.name("model", model)
+    for name, value in (("beam", beam), ("top_k", top_k)):
+        V.positive_int(name, value)
+    for name, value in (("cap_add", cap_add), ("cap_remove", cap_remove)):
+        V.nonneg_int(name, value)
+    V.flag("detected_only", detected_only)
     start = logg.info("running count-space attack")
     params = P.call_params(locals(), count_attack)
     budgets_t = _check_options(budgets=budgets, beam=beam, top_k=top_k, cap_add=cap_add,

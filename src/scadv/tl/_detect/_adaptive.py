@@ -105,6 +105,13 @@ def adaptive_pgd(
     ``scadv_<k>_eps<e>_pred``, ``_flipped`` and ``_flipped_to``, and ``uns['scadv'][k]``
     with ``method='adaptive_pgd'``, ``detector``, ``lam`` and ``kappa``.
     """
+    V.options(locals())
+    V.name("detector", detector)
+    V.nonneg("lam", lam)
+    if kappa is not None:
+        V.positive("kappa", kappa)
+    V.flag("keep_zeros", keep_zeros)
+    V.clip("clip", clip)
     start = logg.info(f"running adaptive PGD against detector {detector!r} (λ={lam:g})")
     params = P.call_params(locals(), adaptive_pgd)
     if not np.isfinite(lam) or lam < 0:

@@ -117,6 +117,14 @@ def adaptive_count_attack(
         ``flip_rate``, ``success_rate`` (the attacker's goal reached, evasion included), the
         median UMIs of the successful cells, ``layers`` and provenance.
     """
+    V.options(locals())
+    V.name("detector", detector, allow_none=True)
+    V.real("lam", lam, low=0.0)
+    V.positive_int("budget", budget)
+    V.nonneg("kappa", kappa)
+    V.positive_int("cap", cap)
+    V.positive_int("top_k", top_k)
+    V.name("model", model)
     use_det = detector is not None and lam > 0
     start = logg.info("running a count-space attack"
                       + (f" against detector {detector!r} (λ={lam:g})" if use_det else ""))

@@ -134,6 +134,12 @@ def benign_perturb(
         ``pred_changed`` (per kind, the fraction of perturbed cells whose predicted class
         changed) and provenance.
     """
+    V.options(locals())
+    V.names("kinds", kinds)
+    V.fraction("downsample", downsample)
+    V.fraction("dropout", dropout)
+    V.positive("noise", noise)
+    V.name("model", model)
     start = logg.info("making benign perturbations")
     params = P.call_params(locals(), benign_perturb)
     kinds_t = _check(kinds, downsample=downsample, depth=depth, dropout=dropout, noise=noise,

@@ -24,6 +24,7 @@ from ... import _keys as K
 from ... import _model as M
 from ... import _parallel as PAR
 from ... import _recipe as R
+from ... import _records as REC
 from ... import _rows as RW
 from ... import _store as ST
 from ..._errors import ScadvInputError
@@ -65,8 +66,37 @@ GENE_METHODS = ("cgd", "single_gene", "max_change", "grid", "random_walk")
 UNRELIABLE_FACTOR = 1.5
 
 
+#: Version of :func:`fingerprint` written into new detector records
+#: (``classifier_fingerprint_version``); records without it (scadv 0.1) hold
+#: :func:`legacy_fingerprint`.
+FINGERPRINT_VERSION = 2
+#: Recipe entries that change what a classifier computes from the same cells.
+_RECIPE_PARTS = ("genes", "mean", "std", "max_value", "target_sum", "input_kind", "has_stats")
+
+
 def fingerprint(classifier: Mapping[str, Any]) -> str:
-    """SHA-256 of a stored classifier's weights, classes and genes."""
+    """SHA-256 of everything that decides a stored classifier's outputs: the content hash of
+    its weights (:func:`scadv._records.weights_sha256`, recomputed from the arrays, so a
+    record without a stored hash gets the same fingerprint), its classes, genes and the
+    transform of its preprocessing recipe."""
+    h = hashlib.sha256()
+    parts = [REC.weights_sha256(classifier["weights"]).encode(),
+             "\x00".join(np.asarray(classifier["classes"]).astype(str)).encode(),
+             "\x00".join(np.asarray(classifier["genes"]).astype(str)).encode()]
+    recipe = classifier["prepare"]
+    for name in _RECIPE_PARTS:
+        value = np.asarray(recipe[name])
+        parts.append(name.encode())
+        parts.append(value.astype(str).tobytes() if value.dtype.kind in "UO"
+                     else np.ascontiguousarray(value, dtype="<f8").tobytes())
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def legacy_fingerprint(classifier: Mapping[str, Any]) -> str:
+    """The fingerprint scadv 0.1 stored: SHA-256 of the weights, classes and genes."""
     h = hashlib.sha256()
     weights = classifier["weights"]
     for name in sorted(weights):
@@ -75,6 +105,24 @@ def fingerprint(classifier: Mapping[str, Any]) -> str:
     for arr in (classifier["classes"], classifier["genes"]):
         h.update("\x00".join(np.asarray(arr).astype(str)).encode())
     return h.hexdigest()
+
+
+def classifier_fingerprint(record: Any) -> str:
+    """:func:`fingerprint` of ``record`` if it is a valid stored classifier, else ``''``."""
+    try:
+        M.check_record(record)
+        return fingerprint(record)
+    except (ScadvInputError, KeyError, TypeError, ValueError):
+        return ""
+
+
+def same_classifier(record: Mapping[str, Any], classifier: Mapping[str, Any]) -> bool:
+    """Whether ``classifier`` is the one the detector ``record`` was trained for (compared
+    with the fingerprint version the record was written with)."""
+    stored = str(record.get("classifier_fingerprint", ""))
+    if "classifier_fingerprint_version" in record:
+        return stored == fingerprint(classifier)
+    return stored == legacy_fingerprint(classifier)
 
 
 def _hash_arrays(h: Any, prefix: str, obj: Any) -> None:
@@ -111,7 +159,8 @@ def detector_record(adata: AnnData, key: str,
     if str(record.get("kind", "")) != DT.DETECTOR_KIND:
         raise ScadvInputError(f"this is not a scadv meta-detector record (expected kind "
                               f"{DT.DETECTOR_KIND!r}); train one with scadv.tl.meta_detect.")
-    version = int(np.asarray(record.get("format_version", -1)))
+    version = REC.fields(record, {"format_version": REC.Field("int", optional=True)},
+                         what="meta-detector", fix=DT.DETECTOR_FIX).get("format_version", -1)
     if version > DT.FORMAT_VERSION:
         raise ScadvInputError(f"the stored detector has format version {version}, newer than "
                               f"this scadv understands ({DT.FORMAT_VERSION}). Upgrade scadv.")
@@ -145,7 +194,8 @@ class Loaded:
     @classmethod
     def build(cls, record: Mapping[str, Any], classifier: Mapping[str, Any],
               device: torch.device, module: nn.Module | None = None) -> Loaded:
-        if str(record.get("classifier_fingerprint", "")) != fingerprint(classifier):
+        M.check_record(classifier)  # the classifier is valid before it is compared or built
+        if not same_classifier(record, classifier):
             raise ScadvInputError(
                 f"the detector was trained for another version of classifier "
                 f"{str(record.get('model'))!r} (its weights, classes or genes differ): retrain the "
@@ -309,7 +359,30 @@ def load(adata: AnnData, key: str, *, source: AnnData | str | os.PathLike | None
                 f"model= is not the classifier {str(record['model'])!r} the detector was "
                 "trained for (its weights, classes or genes differ).")
         module = obj.module
-    return Loaded.build(record, classifier, device, module)
+    return checked(record, classifier, device, module, key=key)
+
+
+def checked(record: Mapping[str, Any], classifier: Mapping[str, Any], device: torch.device,
+            module: nn.Module | None = None, *, key: str = K.DEFAULT_DETECTOR) -> Loaded:
+    """:meth:`Loaded.build`, then one probe through every part scoring reads (the fitted
+    methods, baselines, thresholds and the realism gate), so that a damaged or tampered record
+    is a clear error here rather than a crash in the middle of scoring."""
+    try:
+        det = Loaded.build(record, classifier, device, module)
+        n_genes = len(np.asarray(classifier["genes"]))
+        probe = np.zeros((2, n_genes), dtype=np.float32)
+        for v in det.scores(probe).scores.values():
+            np.asarray(v, dtype=np.float64)
+        float(det.threshold)
+        {str(k): float(v) for k, v in det.thresholds.items()}
+    except ScadvInputError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise ScadvInputError(
+            f"the stored meta-detector {key!r} is malformed ({type(err).__name__}: {err}); it "
+            "was changed or damaged after scadv saved it. Retrain it with scadv.tl.meta_detect, "
+            "or load the original file again.") from None
+    return det
 
 
 # ---- thresholds and metrics -------------------------------------------------------------------
@@ -428,10 +501,16 @@ class LayerInfo:
     changed: np.ndarray  # bool mask of cells the run perturbed
 
 
-def _label(run: str, rec: Mapping[str, Any], eps: float) -> str:
-    if str(rec.get("method")) in ("adaptive_counts", "count_attack"):
-        return f"{run} ≤{K.format_eps(eps)} UMIs"
-    return f"{run} ε={K.format_eps(eps)}"
+def _label(run: str, method: str, norm: object, eps: float, model: str) -> str:
+    """What an attack run really did (its record's method, norm and budget), followed by the
+    run's key when that is not the method's own name: ``'pgd ε=0.5 (realistic)'``."""
+    if method in ("adaptive_counts", "count_attack"):
+        label = f"{method} ≤{K.format_eps(eps)} UMIs"
+    else:
+        label = f"{method}{' L2' if norm == 'l2' else ''} ε={K.format_eps(eps)}"
+    if run != K.default_attack_key(method, model):
+        label += f" ({run})"
+    return label
 
 
 def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
@@ -439,11 +518,12 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
     """Perturbations of attacks on ``model`` and benign perturbations present in ``adata``.
 
     With ``layers`` given, exactly those (each must be one of them, or any model-space layer,
-    scored for every cell).
+    scored for every cell). Each is labelled by what its run really did (see :func:`_label`).
+    A run record that does not hold what its layers need is an error, not skipped.
     """
-    ns = adata.uns.get(K.UNS) or {}
+    ns = adata.uns.get(K.UNS)
     found: dict[str, LayerInfo] = {}
-    for run, rec in ns.items():
+    for run, rec in (ns.items() if isinstance(ns, Mapping) else ()):
         if not isinstance(rec, Mapping) or "method" not in rec:
             continue
         method = str(rec["method"])
@@ -462,22 +542,35 @@ def find_layers(adata: AnnData, model: str, layers: Sequence[str] | None = None
         is_attack = method in ATTACK_METHODS and str(rec.get("model", K.DEFAULT_MODEL)) == model
         if not (is_attack or method == BENIGN_METHOD):
             continue
-        names = np.atleast_1d(np.asarray(rec["layers"]).astype(str))
-        budget = rec.get("eps", rec.get("budgets", np.nan)) if is_attack else np.nan
-        eps = (np.broadcast_to(np.atleast_1d(np.asarray(budget, dtype=float)), names.shape)
-               if is_attack else np.full(len(names), np.nan))
-        kinds = (np.atleast_1d(np.asarray(rec["kinds"]).astype(str)) if not is_attack
-                 else None)
+        what, fix = (f"{method} run {run!r}",
+                     f"run {'the attack' if is_attack else 'scadv.tl.benign_perturb'} again.")
+        budget_key = "eps" if "eps" in rec or "budgets" not in rec else "budgets"
+        schema = {"layers": REC.Field("strs", ("n_layers",)),
+                  **({budget_key: REC.Field("floats", ("n_layers",), low=0.0),
+                      "norm": REC.Field("str", optional=True)} if is_attack
+                     else {"kinds": REC.Field("strs", ("n_layers",))})}
+        got = REC.fields({k: (np.atleast_1d(np.asarray(v)) if k in ("layers", "eps", "budgets",
+                                                                    "kinds")
+                              and isinstance(v, (list, tuple, np.ndarray, float, int, str))
+                              and not isinstance(v, bool) else v)
+                          for k, v in rec.items() if k in schema}, schema, what=what, fix=fix)
+        names = got["layers"]
         for i, name in enumerate(names):
             pred_col = K.layer_pred(name)
             if not ST.exists(adata, name) or pred_col not in adata.obs:
                 continue
             changed = adata.obs[pred_col].notna().to_numpy()
-            label = (_label(str(run), rec, float(eps[i])) if kinds is None  # an attack
-                     else f"{run} {kinds[i]}")
+            if is_attack:
+                eps = float(got[budget_key][i])
+                label = _label(str(run), method, got.get("norm"), eps, model)
+            else:
+                eps = float("nan")
+                label = f"{method} {got['kinds'][i]}"
+                if str(run) != K.DEFAULT_BENIGN:
+                    label += f" ({run})"
             found[name] = LayerInfo(name, str(run), method,
-                                    "adversarial" if is_attack else "benign", label,
-                                    float(eps[i]), changed)
+                                    "adversarial" if is_attack else "benign", label, eps,
+                                    changed)
     if layers is None:
         return sorted(found.values(), key=lambda i: _order(
             {"kind": i.kind, "run": i.run, "eps": i.eps, "layer": i.layer}))

@@ -61,6 +61,9 @@ def meta_evaluate(
     ``scored`` (whether the realism gate checked the count lattice on this data) in
     ``adata.uns['scadv'][key]``.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True)
     start = logg.info(f"evaluating scadv meta-detector {key!r}")
     adata = V.start(adata, copy=copy)
     dev = D.resolve(device)
@@ -85,7 +88,7 @@ def meta_evaluate(
     record["table"] = MC.table(evaluation)
     record["scored"] = note
     write_results(adata, step=f"meta-detector evaluation on {len(infos)} layers", start=start,
-                  uns={key: record}, obs=obs,
+                  uns={key: record}, obs=obs, update={key},
                   colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs
                           if col.endswith("_flag")})
     return adata if copy else None

@@ -94,6 +94,13 @@ def meta_score(
     ``adata.uns['scadv'][key]``, ``adata.uns['scadv'][<classifier key>]``
         Copies of the detector and classifier records when they came from ``source``.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("layers", layers, allow_none=True, allow_empty=True)
+    V.choice("missing_genes", missing_genes, ("error", "mean"))
+    if source is not None and not isinstance(source, AnnData):
+        raise ScadvInputError(f"source must be an AnnData holding the detector (or None), got "
+                              f"{type(source).__name__}.")
     start = logg.info(f"scoring with scadv meta-detector {key!r}")
     params = P.call_params(locals(), meta_score)
     params["source"] = ("None" if source is None else "AnnData" if isinstance(source, AnnData)
@@ -121,7 +128,7 @@ def meta_score(
     write_results(
         adata, step=f"meta-detector scores from {src.label} ({n_flag} of {adata.n_obs} cells "
                     "flagged)",
-        start=start, uns=uns or None, obs=obs,
+        start=start, uns=uns or None, obs=obs, update=set(uns),
         colors={col: [A.UNCHANGED_COLOR, A.FLIPPED_COLOR] for col in obs
                 if col.endswith("_flag")},
     )
@@ -144,8 +151,7 @@ def _check_no_conflict(adata: AnnData, key: str, record: Mapping[str, Any], mode
         )
     theirs = ns.get(model)
     if isinstance(theirs, Mapping) and theirs is not classifier and (
-            not isinstance(theirs.get("weights"), Mapping)
-            or MC.fingerprint(theirs) != MC.fingerprint(classifier)):
+            MC.classifier_fingerprint(theirs) != MC.fingerprint(classifier)):
         raise ScadvInputError(
             f"adata already holds a different classifier under uns['scadv'][{model!r}]; scoring "
             "with the source's detector would overwrite it. Score a copy, or rename yours first."

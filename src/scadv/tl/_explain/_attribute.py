@@ -173,6 +173,26 @@ def attribute(
     ``adata.obs['scadv_<k>_delta']``
         With ``per_cell=True`` and IG / DeepLIFT / DeepSHAP: each cell's convergence delta.
     """
+    V.options(locals())
+    V.name("method", method)
+    V.positive_int("n_steps", n_steps)
+    V.optional_int("n_samples", n_samples)
+    V.nonneg("noise", noise)
+    V.name("label_key", label_key, allow_none=True)
+    V.names("classes", classes, allow_none=True)
+    V.flag("per_cell", per_cell)
+    V.positive_int("n_top", n_top)
+    if isinstance(model, str):
+        V.model_spec("model", model)
+        if classes is not None:
+            raise ScadvInputError("classes= names the outputs of an nn.Module or callable model; "
+                                  "a stored classifier has its own classes. Leave classes=None.")
+    if label_key is not None and label_key not in adata.obs:
+        raise ScadvInputError(f"label_key {label_key!r} not found in adata.obs (columns: "
+                              f"{list(adata.obs.columns)[:20]}).")
+    if not isinstance(target, str):
+        raise ScadvInputError(f"target must be 'prediction', 'label' or a class name, got "
+                              f"{type(target).__name__}.")
     start = logg.info(f"attributing with {method}")
     params = P.call_params(locals(), attribute)
     adata = V.start(adata, copy=copy)

@@ -16,6 +16,7 @@ from torch import nn
 from ... import _keys as K
 from ... import _provenance as P
 from ... import _recipe as R
+from ... import _records as REC
 from ... import _validate as V
 from ..._errors import ScadvInputError
 from ..._results import write_results
@@ -99,6 +100,18 @@ def attribution_stability(
     the strengths, ``prediction_changed`` (fraction of cells whose predicted class changed,
     per perturbation) and provenance.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.names("perturbations", perturbations)
+    V.positive("noise", noise)
+    V.fraction("downsample", downsample)
+    V.positive("eps", eps)
+    V.positive_int("k", k)
+    V.positive_int("n_repeats", n_repeats)
+    if model is not None and not callable(model):
+        raise ScadvInputError(f"model must be the nn.Module or callable the attributions were "
+                              f"made with (or None for a stored classifier), got "
+                              f"{type(model).__name__}.")
     start = logg.info(f"stability of the attributions {key!r}")
     params = P.call_params(locals(), attribution_stability)
     adata = V.start(adata, copy=copy)
@@ -180,6 +193,26 @@ def attribution_stability(
 def _rebuild(adata: AnnData, rec: Mapping[str, Any], model: Any
              ) -> tuple[AT.Setup, np.ndarray, np.ndarray]:
     """The explainer, cells and targets of a stored attribution run."""
+    fix = "run scadv.tl.attribute again."
+    got = REC.fields(rec, {
+        "model": REC.Field("str"), "method": REC.Field("str", choices=X.METHODS),
+        "layer": REC.Field("str", optional=True), "baseline": REC.Field("str", optional=True),
+        "baseline_values": REC.Field("floats", (None,), optional=True),
+        "n_steps": REC.Field("int", low=1), "n_samples": REC.Field("int", low=1),
+        "noise": REC.Field("float", low=0.0), "label_key": REC.Field("str", optional=True),
+        "classes": REC.Field("strs", ("n_classes",)), "cells": REC.Field("strs", ("n_cells",)),
+        "targets": REC.Field("ints", ("n_cells",), low=-1), "provenance": REC.Field("map"),
+    }, what="attribution record", fix=fix)
+    if got["targets"].size and got["targets"].max() >= len(got["classes"]):
+        raise REC.malformed("attribution record", "'targets'", "name classes it does not have",
+                            fix)
+    prov = REC.fields(rec["provenance"], {"params": REC.Field("map", optional=True),
+                                          "seed": REC.Field("int", optional=True, low=0)},
+                      what="attribution record's provenance", fix=fix)
+    params = REC.fields(prov.get("params", {}), {
+        "batch_size": REC.Field("int", optional=True, low=1),
+        "device": REC.Field("str", optional=True)},
+        what="attribution record's provenance", fix=fix)
     stored_model = str(rec["model"])
     if stored_model == "custom":
         if model is None:
@@ -194,14 +227,13 @@ def _rebuild(adata: AnnData, rec: Mapping[str, Any], model: Any
     baseline: Any = str(rec.get("baseline", "zero_expression"))
     if baseline not in ("zero_expression", "mean"):
         baseline = np.asarray(rec["baseline_values"], dtype=np.float32)
-    prov = rec.get("provenance", {}).get("params", {})
     setup = AT.prepare(
         adata, method=str(rec["method"]), model=model_arg, baseline=baseline,
         n_steps=int(rec["n_steps"]), n_samples=int(rec["n_samples"]), noise=float(rec["noise"]),
         layer=None if layer == "None" else layer, label_key=str(rec.get("label_key", "")) or None,
         classes=[str(c) for c in np.asarray(rec["classes"])],
-        batch_size=int(prov.get("batch_size", 4096)), seed=int(rec["provenance"].get("seed", 0)),
-        device=str(prov.get("device", "auto")))
+        batch_size=int(params.get("batch_size", 4096)), seed=int(prov.get("seed", 0)),
+        device=str(params.get("device", "auto")))
     names = np.asarray(rec["cells"]).astype(str)
     pos = adata.obs_names.get_indexer(names)
     if (pos < 0).any():
@@ -302,6 +334,9 @@ def attribution_agreement(
     (runs × runs × classes), ``jaccard_mean`` and ``spearman_mean`` (runs × runs, mean over
     classes), ``k`` and provenance.
     """
+    V.options(locals())
+    V.names("keys", keys)
+    V.positive_int("k", k)
     start = logg.info(f"agreement of attributions {list(keys)}")
     params = P.call_params(locals(), attribution_agreement)
     adata = V.start(adata, copy=copy)
@@ -335,7 +370,7 @@ def attribution_agreement(
     rec = {
         "keys": keys,
         "methods": [str(r["method"]) for r in recs],
-        "models": [str(r["model"]) for r in recs],
+        "models": [str(r.get("model", "")) for r in recs],  # optional in old records
         "classes": classes,
         "k": k,
         "jaccard": jac,
@@ -391,6 +426,10 @@ def marker_overlap(
     class), ``overlap_mean`` (per run), ``table`` (a DataFrame: ``key``, ``class``,
     ``overlap``, ``shared_genes``), ``k``, ``groupby`` and provenance.
     """
+    V.options(locals())
+    V.names("keys", keys)
+    V.name("de_key", de_key)
+    V.positive_int("k", k)
     start = logg.info("overlap of attributions with DE markers")
     params = P.call_params(locals(), marker_overlap)
     adata = V.start(adata, copy=copy)

@@ -68,9 +68,10 @@ def _gene_sets(gene_sets: GeneSets) -> dict[str, list[str]]:
             raise ScadvInputError("gene_sets is empty.")
         out = {}
         for name, genes in gene_sets.items():
-            if isinstance(genes, str) or not len(genes):
+            if isinstance(genes, str):
                 raise ScadvInputError(f"gene set {name!r} must be a non-empty list of genes.")
-            out[str(name)] = [str(g) for g in dict.fromkeys(genes)]
+            names = V.names(f"gene set {name!r}", genes, single=False) or ()
+            out[str(name)] = list(dict.fromkeys(names))
         return out
     raise ScadvInputError(f"gene_sets must be a GMT file path or a dict {{name: genes}}, got "
                           f"{type(gene_sets).__name__}.")
@@ -135,6 +136,11 @@ def gene_set_enrichment(
     ``gene_set``, ``overlap``, ``set_size``, ``k``, ``expected``, ``pval``, ``fdr``,
     ``genes``), ``n_universe``, ``n_sets`` (tested), ``n_sets_skipped`` and provenance.
     """
+    V.options(locals())
+    V.name("key", key)
+    V.positive_int("k", k)
+    V.positive_int("min_size", min_size)
+    V.positive_int("max_size", max_size)
     start = logg.info(f"gene-set enrichment of {key!r}")
     params = P.call_params(locals(), gene_set_enrichment)
     adata = V.start(adata, copy=copy)

@@ -60,6 +60,9 @@ def score_attributions(
     ``class``, ``precision_at_k``, ``recall_at_k``, ``auprc``, ``auprc_random``,
     ``n_markers``), ``k`` and provenance.
     """
+    V.options(locals())
+    V.names("keys", keys)
+    V.positive_int("k", k)
     start = logg.info("scoring attributions against known markers")
     params = P.call_params(locals(), score_attributions)
     adata = V.start(adata, copy=copy)
@@ -122,9 +125,9 @@ def _truth(adata: AnnData, truth: Mapping[str, Sequence[str]] | None) -> dict[st
             raise ScadvInputError("truth must be a non-empty dict {class: [marker genes]}.")
         out = {}
         for c, genes in truth.items():
-            if isinstance(genes, str) or not len(genes):
+            if isinstance(genes, str):
                 raise ScadvInputError(f"truth[{c!r}] must be a non-empty list of genes.")
-            out[str(c)] = {str(g) for g in genes}
+            out[str(c)] = set(V.names(f"truth[{c!r}]", genes, single=False) or ())
         return out
     ns = adata.uns.get(K.UNS)
     sim = ns.get(K.SIMULATION) if isinstance(ns, Mapping) else None

@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy import stats
 
 from ... import _keys as K
+from ... import _records as REC
 from ..._errors import ScadvInputError
 
 #: Entries every attribution record carries (what the checks read).
@@ -29,14 +30,26 @@ def record(adata: AnnData, key: str) -> Mapping[str, Any]:
             f"{known or 'none'}). Run scadv.tl.attribute(adata, method=...) first, or pass the "
             "key of an attribution run."
         )
+    scores(rec)  # the entries every reader relies on are valid
     return rec
 
 
+#: What every reader of an attribution record relies on.
+SCHEMA = {
+    "scores": REC.Field("floats", ("n_classes", "n_genes"), finite="nan"),
+    "classes": REC.Field("strs", ("n_classes",), unique=True),
+    "genes": REC.Field("strs", ("n_genes",), unique=True),
+    "method": REC.Field("str"),
+    "model": REC.Field("str", optional=True),
+    "signed": REC.Field("bool", optional=True),
+}
+
+
 def scores(rec: Mapping[str, Any]) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``(scores (classes × genes), classes, genes)`` of an attribution record."""
-    return (np.asarray(rec["scores"], dtype=np.float64),
-            [str(c) for c in np.asarray(rec["classes"])],
-            np.asarray(rec["genes"]).astype(str))
+    """``(scores (classes × genes), classes, genes)`` of an attribution record (checked)."""
+    got = REC.fields(rec, SCHEMA, what="attribution record",
+                     fix="run scadv.tl.attribute again.")
+    return (got["scores"].astype(np.float64), [str(c) for c in got["classes"]], got["genes"])
 
 
 def check_k(k: int, n_genes: int) -> int:

@@ -138,6 +138,19 @@ def cgd(
     With ``add_layer``: ``adata.layers['scadv_<key_added>']``. With ``add_obs``:
     ``adata.obs['scadv_<key_added>_pred']``.
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.name("to", to, allow_none=True)
+    V.nonneg("alpha", alpha)
+    V.nonneg("eps", eps)
+    V.reals("scales", scales, low=0.0, low_open=True)
+    V.flag("gradient", gradient)
+    V.choice("order", order, ("screen", "given", "random"))
+    V.optional_int("max_genes", max_genes)
+    V.flag("stop_at_switch", stop_at_switch)
+    V.choice("clip", clip, (None, "observed"))
+    V.flag("add_layer", add_layer)
+    V.flag("add_obs", add_obs)
     start = logg.info("running CGD attack")
     params = P.call_params(locals(), cgd)
     adata = V.start(adata, copy=copy)

@@ -154,7 +154,12 @@ def gene_index(s: Setup, genes: Genes, *, what: str = "genes") -> np.ndarray:
     """Positions in ``var_names`` of the requested genes (all genes when ``None``)."""
     if genes is None:
         return np.arange(len(s.var_names))
+    if not isinstance(genes, (str, list, tuple, np.ndarray, pd.Index, pd.Series)):
+        raise ScadvInputError(f"{what} must be gene names or a boolean mask over var_names, "
+                              f"got {type(genes).__name__}.")
     arr = np.asarray([genes] if isinstance(genes, str) else list(genes))
+    if arr.ndim != 1:
+        raise ScadvInputError(f"{what} must be one-dimensional, got shape {arr.shape}.")
     if arr.dtype == bool:
         if arr.shape != (len(s.var_names),):
             raise ScadvInputError(f"a boolean {what} mask needs {len(s.var_names)} entries, got "

@@ -217,6 +217,12 @@ def grid(
     With ``add_layer``: ``adata.layers['scadv_<key_added>']``. With ``add_obs``:
     ``adata.obs['scadv_<key_added>_pred']``.
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.optional_int("max_size", max_size)
+    V.positive_int("max_combinations", max_combinations)
+    V.flag("add_layer", add_layer)
+    V.flag("add_obs", add_obs)
     start = logg.info("running grid search for the smallest attack")
     params = P.call_params(locals(), grid)
     adata = V.start(adata, copy=copy)

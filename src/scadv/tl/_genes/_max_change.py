@@ -220,6 +220,10 @@ def max_change(
     modified in the cluster's cells). With ``add_obs``: ``adata.obs['scadv_<key_added>_pred']``
     (the cluster cells' new predictions; NaN elsewhere).
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.flag("add_layer", add_layer)
+    V.flag("add_obs", add_obs)
     start = logg.info("running max-change attack")
     params = P.call_params(locals(), max_change)
     adata = V.start(adata, copy=copy)

@@ -89,6 +89,10 @@ def overview(
     ``targets``, ``modifications``
         The rows and columns of the heatmap; plus the work done, parameters and provenance.
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.names("target", target, allow_none=True)
+    V.flag("signature", signature)
     start = logg.info("running gene-attack overview")
     params = P.call_params(locals(), overview)
     adata = V.start(adata, copy=copy)

@@ -114,6 +114,15 @@ def random_walk(
     With ``add_layer``: ``adata.layers['scadv_<key_added>']``. With ``add_obs``:
     ``adata.obs['scadv_<key_added>_pred']``.
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.positive_int("first_batch", first_batch)
+    V.nonneg_int("walk_length", walk_length)
+    V.positive_int("proposals", proposals)
+    V.fraction("change_ratio", change_ratio, closed_high=True)
+    V.positive_int("max_rows", max_rows)
+    V.flag("add_layer", add_layer)
+    V.flag("add_obs", add_obs)
     start = logg.info("running random-walk search for a small attack")
     params = P.call_params(locals(), random_walk)
     adata = V.start(adata, copy=copy)

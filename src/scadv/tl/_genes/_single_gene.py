@@ -119,6 +119,11 @@ def single_gene(
     ``n_classifier_calls``, ``n_rows_classified``, ``seconds``
         The work done; plus ``classifier``, ``classes``, parameters and provenance.
     """
+    V.options(locals())
+    V.name("cluster_key", cluster_key)
+    V.names("target", target)
+    V.choice("search", search, ("exhaustive", "dichotomy"))
+    V.positive_int("first_split", first_split)
     start = logg.info("running single-gene attack")
     params = P.call_params(locals(), single_gene)
     adata = V.start(adata, copy=copy)

@@ -77,15 +77,15 @@ def pseudo_labels(
         ``kind='pseudo_labels'``, the method and its parameters, cluster sizes and provenance
         (and so the audit report says the labels are pseudo-labels, and how they were made).
     """
+    V.options(locals())
+    V.choice("method", method, ("kmeans", "leiden"))
+    V.integer("n_clusters", n_clusters, minimum=2)
+    V.positive_int("n_pcs", n_pcs)
+    V.positive("resolution", resolution)
+    V.positive_int("n_neighbors", n_neighbors)
     start = logg.info(f"pseudo-labels by {method}")
     params = P.call_params(locals(), pseudo_labels)
     adata = V.start(adata, copy=copy)
-    if method not in ("kmeans", "leiden"):
-        raise ScadvInputError(f"method must be 'kmeans' or 'leiden', got {method!r}.")
-    if int(n_clusters) < 2:
-        raise ScadvInputError(f"n_clusters must be at least 2, got {n_clusters}.")
-    if int(n_pcs) < 1:
-        raise ScadvInputError(f"n_pcs must be at least 1, got {n_pcs}.")
     if key_added in adata.obs and not str(key_added).startswith(K.PREFIX):
         raise ScadvInputError(f"obs[{key_added!r}] exists and is not a scadv column; pass "
                               "another key_added.")

@@ -79,6 +79,7 @@ def add_model(
         (library, estimator, CellTypist's description), ``label_key`` / ``split_key`` when
         given, and provenance.
     """
+    V.options(locals())
     start = logg.info("storing a classifier")
     params = P.call_params(locals(), add_model)
     params["model"] = type(model).__name__

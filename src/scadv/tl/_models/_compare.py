@@ -289,22 +289,27 @@ def compare_models(
     provenance. White-box model objects are registered in ``uns['scadv']`` first (see
     :func:`scadv.tl.pgd`).
     """
+    V.options(locals())
+    eps_t = V.reals("eps", eps, low=0.0, low_open=True)
+    V.positive_int("steps", steps)
+    V.choice("loss", loss, ("ce", "margin"))
+    V.nonneg_int("n_boot", n_boot)
+    V.optional_int("n_cells", n_cells)
+    V.flag("single_gene", single_gene)
+    V.name("label_key", label_key, allow_none=True)
+    V.name("cluster_key", cluster_key, allow_none=True)
+    V.name("counts_layer", counts_layer, allow_none=True)
+    if umis is not None:
+        V.ints("umis", umis)
+    if isinstance(models, (str, bytes)) or not isinstance(models, (Sequence, Mapping)) or \
+            not len(models):
+        raise ScadvInputError(
+            "models must be a non-empty list of classifiers (stored keys or model objects) or "
+            f"a dict name → classifier, got {models!r}.")
     start = logg.info("comparing classifiers")
     params = P.call_params(locals(), compare_models)
     params["models"] = repr(models)
     params.pop("copy", None)
-    eps_t = tuple(float(e) for e in np.atleast_1d(np.asarray(eps, dtype=float)))
-    if not eps_t or any(not np.isfinite(e) or e <= 0 for e in eps_t):
-        raise ScadvInputError(f"eps must be positive numbers, got {eps!r}.")
-    if int(steps) < 1:
-        raise ScadvInputError(f"steps must be ≥ 1, got {steps}.")
-    if loss not in ("ce", "margin"):
-        raise ScadvInputError(f"loss must be 'ce' or 'margin', got {loss!r}.")
-    if int(n_boot) < 0:
-        raise ScadvInputError(f"n_boot must be ≥ 0, got {n_boot}.")
-    if not isinstance(key_added, str) or not key_added or "/" in key_added:
-        raise ScadvInputError(f"key_added must be a non-empty string without '/', got "
-                              f"{key_added!r}.")
     adata = V.start(adata, copy=copy)
     dev = D.resolve(device)
     entries = _entries(adata, models, dev, layer)

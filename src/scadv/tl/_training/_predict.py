@@ -18,6 +18,7 @@ from ... import _provenance as P
 from ... import _recipe as R
 from ... import _store as ST
 from ... import _validate as V
+from ..._errors import ScadvInputError
 from ..._results import write_results
 from .. import _common as C
 from . import _train as T
@@ -88,6 +89,12 @@ def predict(
     ``adata.uns['scadv'][key_added]``
         A copy of the model record when it came from ``source``.
     """
+    V.options(locals())
+    V.name("model", model)
+    V.choice("missing_genes", missing_genes, ("error", "mean"))
+    if source is not None and not isinstance(source, (AnnData, Mapping)):
+        raise ScadvInputError(f"source must be an AnnData or a stored classifier record (or "
+                              f"None), got {type(source).__name__}.")
     start = logg.info(f"predicting with scadv classifier {model!r}")
     adata = V.start(adata, copy=copy)
     record = C.model_record(adata, model, source)
