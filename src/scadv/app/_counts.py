@@ -16,7 +16,7 @@ from scipy import sparse
 
 from .. import _keys as K
 from .._errors import ScadvInputError
-from ._session import RUN_KEY, AttackSpec, CellResult, Option, Session, register
+from ._session import RUN_KEY, AttackSpec, CellResult, Option, Session, register, returned
 
 AWAY = "(away from its prediction)"
 
@@ -45,7 +45,7 @@ def _run_counts(session: Session, cell: str, options: Mapping[str, Any]) -> Cell
         cap_add=int(options.get("cap_add", 3)), cap_remove=int(options.get("cap_remove", 3)),
         detected_only=bool(options.get("detected_only", False)), key_added=RUN_KEY,
         progress=False, copy=True)
-    assert res is not None
+    res = returned(res, "scadv.tl.count_attack")
     name = K.count_layer(RUN_KEY, budget)
     rec = session.record
     cpu = D.resolve("cpu")

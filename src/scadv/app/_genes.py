@@ -17,7 +17,16 @@ import pandas as pd
 
 from .. import _keys as K
 from .._errors import ScadvInputError
-from ._session import RUN_KEY, AttackSpec, CellResult, Option, Session, register
+from ._session import (
+    RUN_KEY,
+    AttackSpec,
+    CellResult,
+    Option,
+    Session,
+    attacked_cell,
+    register,
+    returned,
+)
 
 #: The ``to`` choice that lets CGD pick the most likely other class.
 NEXT = "(most likely other class)"
@@ -38,9 +47,6 @@ def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
 def _run_genes(session: Session, cell: str, options: Mapping[str, Any]) -> CellResult:
     import scadv
 
-    from .. import _device as D
-    from .. import _model as M
-
     max_genes = int(_positive(options, "max_genes", 50))
     alpha = _positive(options, "alpha", 0.1)
     eps = _positive(options, "eps", 0.1)
@@ -49,44 +55,17 @@ def _run_genes(session: Session, cell: str, options: Mapping[str, Any]) -> CellR
         to = None
     one = session.adata[[cell]].copy()
     one.obs[_CLUSTER] = pd.Categorical(["cell"])
-    res = scadv.tl.cgd(one, cluster_key=_CLUSTER, target="cell", to=to,
-                       classifier=session.model, alpha=alpha, eps=eps, max_genes=max_genes,
-                       gradient=bool(options.get("gradient", False)), add_layer=True,
-                       key_added=RUN_KEY, progress=False, copy=True)
-    if res is None:  # pragma: no cover - copy=True always returns the copy
-        raise RuntimeError("scadv.tl.cgd(copy=True) returned no AnnData")
+    res = returned(scadv.tl.cgd(one, cluster_key=_CLUSTER, target="cell", to=to,
+                                classifier=session.model, alpha=alpha, eps=eps,
+                                max_genes=max_genes, gradient=bool(options.get("gradient", False)),
+                                add_layer=True, key_added=RUN_KEY, progress=False, copy=True),
+                   "scadv.tl.cgd")
     name = K.gene_attack_layer(RUN_KEY)
-    rec = session.record
-    cpu = D.resolve("cpu")
     x0 = np.asarray(scadv.get.model_input(one, model=session.model), dtype=np.float32)
     x1 = np.asarray(scadv.get.perturbed(res, name, cells=[cell]), dtype=np.float32)
-    _, logits = M.infer(M.from_record(rec, cpu), np.vstack([x0, x1]), device=cpu)
-    proba = M.softmax(logits)
-    genes = np.asarray(rec["genes"]).astype(str)
-    change = (x1[0] - x0[0]).astype(np.float64)
-    order = np.argsort(-np.abs(change), kind="stable")
-    moved = np.abs(change) > 1e-6
-    table = pd.DataFrame({"gene": genes[order], "before": x0[0][order],
-                          "after": x1[0][order], "change": change[order]})
-    detector = None
-    det = session.detector_key
-    if det is not None:
-        scored = scadv.tl.meta_score(res, key=det, layers=[name], progress=False, copy=True)
-        if scored is None:  # pragma: no cover - copy=True always returns the copy
-            raise RuntimeError("scadv.tl.meta_score(copy=True) returned no AnnData")
-        detector = {
-            "key": det, "threshold": float(session.adata.uns[K.UNS][det]["threshold"]),
-            "score_before": float(scored.obs[K.meta_score(det)].iloc[0]),
-            "score_after": float(scored.obs[K.meta_score(det, name)].iloc[0]),
-            "flag_after": str(scored.obs[K.meta_flag(det, name)].iloc[0]) == "True",
-        }
-    truth = None
-    if session.label_key in one.obs and one.obs[session.label_key].notna().iloc[0]:
-        truth = str(one.obs[session.label_key].iloc[0])
-    n = int(moved.sum())
-    return CellResult(cell=cell, attack=f"gene-level CGD: {n} gene{'s' * (n != 1)} modified",
-                      classes=session.classes, proba_before=proba[0], proba_after=proba[1],
-                      genes=table, n_genes_moved=n, detector=detector, truth=truth)
+    n = int((np.abs(x1[0] - x0[0]) > 1e-6).sum())
+    return attacked_cell(session, cell, one, res, name, x0, x1,
+                         attack=f"gene-level CGD: {n} gene{'s' * (n != 1)} modified")
 
 
 register("genes", AttackSpec(

@@ -162,9 +162,9 @@ class Session:
         share of flipped cells it flags and of clean cells it flags."""
         import scadv
 
-        res = scadv.tl.pgd(self.adata, cells=self.test_cells(), key_added=RUN_KEY,
-                           progress=False, copy=True, **_pgd_kwargs(eps, options, self))
-        assert res is not None
+        res = returned(scadv.tl.pgd(self.adata, cells=self.test_cells(), key_added=RUN_KEY,
+                                    progress=False, copy=True,
+                                    **_pgd_kwargs(eps, options, self)), "scadv.tl.pgd")
         layer = K.attack_layer(RUN_KEY, eps)
         pred = res.obs[K.attack_pred(RUN_KEY, eps)]
         attacked = pred.notna().to_numpy()
@@ -182,9 +182,9 @@ class Session:
         table = pd.concat([table, total], ignore_index=True)
         det = self.detector_key
         if det is not None:
-            scored = scadv.tl.meta_score(res, key=det, layers=[layer], progress=False,
-                                         copy=True)
-            assert scored is not None
+            scored = returned(scadv.tl.meta_score(res, key=det, layers=[layer],
+                                                  progress=False, copy=True),
+                              "scadv.tl.meta_score")
             flag_adv = scored.obs[K.meta_flag(det, layer)].astype(str).to_numpy() == "True"
             flag_clean = scored.obs[K.meta_flag(det)].astype(str).to_numpy() == "True"
             rows = list(df["class"])
@@ -244,23 +244,42 @@ def _pgd_kwargs(eps: float, options: Mapping[str, Any], session: Session) -> dic
 def _run_pgd(session: Session, cell: str, options: Mapping[str, Any]) -> CellResult:
     import scadv
 
-    from .. import _device as D
-    from .. import _model as M
     from .. import _recipe as R
 
     eps = float(options.get("eps", 0.1))
     if not eps > 0:
         raise ScadvInputError(f"ε must be positive, got {eps}.")
     one = session.adata[[cell]].copy()
-    res = scadv.tl.pgd(one, cells="all", key_added=RUN_KEY, progress=False, copy=True,
-                       **_pgd_kwargs(eps, options, session))
-    assert res is not None
+    res = returned(scadv.tl.pgd(one, cells="all", key_added=RUN_KEY, progress=False,
+                                copy=True, **_pgd_kwargs(eps, options, session)),
+                   "scadv.tl.pgd")
     layer = K.attack_layer(RUN_KEY, eps)
-    rec = session.record
-    x0 = R.model_input(one, rec["prepare"]).x
+    x0 = R.model_input(one, session.record["prepare"]).x
     x1 = perturbed_rows(res, layer, [cell])
-    net = M.from_record(rec, D.resolve("cpu"))
-    _, logits = M.infer(net, np.vstack([x0, x1]), device=D.resolve("cpu"))
+    return attacked_cell(session, cell, one, res, layer, x0, x1,
+                         attack=f"PGD ε={K.format_eps(eps)}")
+
+
+def returned(res: AnnData | None, what: str) -> AnnData:
+    """The AnnData a scadv function returned with ``copy=True``."""
+    if res is None:
+        raise RuntimeError(f"{what}(copy=True) returned no AnnData")
+    return res
+
+
+def attacked_cell(session: Session, cell: str, one: AnnData, res: AnnData, name: str,
+                  x0: np.ndarray, x1: np.ndarray, *, attack: str) -> CellResult:
+    """One attacked cell whose model input went from ``x0`` to ``x1`` (the perturbation
+    ``name`` of ``res``, a copy of the one-cell AnnData ``one``): its probabilities before and
+    after, the genes that moved (largest change first) and the stored detector's verdict."""
+    import scadv
+
+    from .. import _device as D
+    from .. import _model as M
+
+    rec = session.record
+    cpu = D.resolve("cpu")
+    _, logits = M.infer(M.from_record(rec, cpu), np.vstack([x0, x1]), device=cpu)
     proba = M.softmax(logits)
     genes = np.asarray(rec["genes"]).astype(str)
     change = (x1[0] - x0[0]).astype(np.float64)
@@ -271,19 +290,18 @@ def _run_pgd(session: Session, cell: str, options: Mapping[str, Any]) -> CellRes
     detector = None
     det = session.detector_key
     if det is not None:
-        scored = scadv.tl.meta_score(res, key=det, layers=[layer], progress=False, copy=True)
-        assert scored is not None
-        thr = float(session.adata.uns[K.UNS][det]["threshold"])
+        scored = returned(scadv.tl.meta_score(res, key=det, layers=[name], progress=False,
+                                              copy=True), "scadv.tl.meta_score")
         detector = {
-            "key": det, "threshold": thr,
+            "key": det, "threshold": float(session.adata.uns[K.UNS][det]["threshold"]),
             "score_before": float(scored.obs[K.meta_score(det)].iloc[0]),
-            "score_after": float(scored.obs[K.meta_score(det, layer)].iloc[0]),
-            "flag_after": str(scored.obs[K.meta_flag(det, layer)].iloc[0]) == "True",
+            "score_after": float(scored.obs[K.meta_score(det, name)].iloc[0]),
+            "flag_after": str(scored.obs[K.meta_flag(det, name)].iloc[0]) == "True",
         }
     truth = None
     if session.label_key in one.obs and one.obs[session.label_key].notna().iloc[0]:
         truth = str(one.obs[session.label_key].iloc[0])
-    return CellResult(cell=cell, attack=f"PGD ε={K.format_eps(eps)}", classes=session.classes,
+    return CellResult(cell=cell, attack=attack, classes=session.classes,
                       proba_before=proba[0], proba_after=proba[1], genes=table,
                       n_genes_moved=int(moved.sum()), detector=detector, truth=truth)
 
