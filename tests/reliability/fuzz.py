@@ -203,9 +203,9 @@ def pipeline(p: dict[str, Any]) -> tuple[str, str, str]:
                        "adversarial layer not finite")
             if p["detect"] == 0:
                 step = _step("meta_detect")
-                scadv.tl.meta_detect(a, eps=(0.3, 0.6, 1.0), steps=p["steps"],
-                                     triplet_epochs=1, detector_epochs=1, baselines=False,
-                                     progress=False)
+                scadv.tl.meta_detect(a, attack="pgd_realistic", eps=(0.3, 0.6, 1.0),
+                                     steps=p["steps"], triplet_epochs=1, detector_epochs=1,
+                                     baselines=False, progress=False)
                 score = a.obs["scadv_meta_score"].to_numpy(dtype=float)
                 _check(bool(np.all((score >= 0) & (score <= 1))), "meta scores outside [0, 1]")
             if p["roundtrip"] == 0:

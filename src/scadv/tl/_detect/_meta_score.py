@@ -98,9 +98,9 @@ def meta_score(
     V.name("key", key)
     V.names("layers", layers, allow_none=True, allow_empty=True)
     V.choice("missing_genes", missing_genes, ("error", "mean"))
-    if source is not None and not isinstance(source, AnnData):
-        raise ScadvInputError(f"source must be an AnnData holding the detector (or None), got "
-                              f"{type(source).__name__}.")
+    if source is not None and not isinstance(source, (AnnData, str, os.PathLike)):
+        raise ScadvInputError(f"source must be an AnnData holding the detector, the path of "
+                              f"its .h5ad, or None, got {type(source).__name__}.")
     start = logg.info(f"scoring with scadv meta-detector {key!r}")
     params = P.call_params(locals(), meta_score)
     params["source"] = ("None" if source is None else "AnnData" if isinstance(source, AnnData)

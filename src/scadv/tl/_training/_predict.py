@@ -92,9 +92,9 @@ def predict(
     V.options(locals())
     V.name("model", model)
     V.choice("missing_genes", missing_genes, ("error", "mean"))
-    if source is not None and not isinstance(source, (AnnData, Mapping)):
-        raise ScadvInputError(f"source must be an AnnData or a stored classifier record (or "
-                              f"None), got {type(source).__name__}.")
+    if source is not None and not isinstance(source, (AnnData, Mapping, str, os.PathLike)):
+        raise ScadvInputError(f"source must be an AnnData, the path of an .h5ad, a stored "
+                              f"classifier record or None, got {type(source).__name__}.")
     start = logg.info(f"predicting with scadv classifier {model!r}")
     adata = V.start(adata, copy=copy)
     record = C.model_record(adata, model, source)
