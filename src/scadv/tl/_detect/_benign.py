@@ -67,10 +67,11 @@ def benign_perturb(
     ``'dropout'``
         Each expressed gene of a cell loses all its counts with probability ``dropout``.
     ``'noise'``
-        Every count resampled as Poisson(count · e^ε), ε ~ N(0, ``noise``²) per gene and cell:
-        a re-measurement with extra multiplicative noise; unexpressed genes stay at zero.
+        Every count resampled as Poisson(count · e^ε), ε ~ N(0, σ²) with σ = ``noise``, per gene
+        and cell: a re-measurement with extra multiplicative noise; unexpressed genes stay at
+        zero.
     ``'batch'``
-        A batch effect: one factor e^ε per gene, ε ~ N(0, ``batch``²), shared by all the
+        A batch effect: one factor e^ε per gene, ε ~ N(0, σ²) with σ = ``batch``, shared by all the
         cells; counts thinned binomially where it is below 1, raised by Poisson draws where
         it is above.
     ``'ambient'``
