@@ -453,7 +453,8 @@ def _white(adata: AnnData, entry: _Entry, idx: np.ndarray, budget: E.Budget, *,
     """Clean and adversarial predictions (and detector scores) of a differentiable model,
     attacked in its own input space, a chunk of cells at a time."""
     res = entry.white
-    assert res is not None
+    if res is None:  # the caller sends white-box models only
+        raise RuntimeError(f"model {entry.name!r} has no differentiable network")
     loaded = None
     if detector is not None:
         from .._detect import _common as MC
@@ -487,8 +488,8 @@ def _white(adata: AnnData, entry: _Entry, idx: np.ndarray, budget: E.Budget, *,
 def _black(adata: AnnData, entry: _Entry, idx: np.ndarray, layer: str | None) -> np.ndarray:
     """Clean predictions of a black-box model on the cells ``idx``."""
     clf = entry.black
-    assert clf is not None
-    assert clf.cols is not None
+    if clf is None or clf.cols is None:  # the caller sends black-box models only
+        raise RuntimeError(f"model {entry.name!r} has no black-box classifier")
     matrix = V.matrix(adata, layer)
     preds = []
     for lo in range(0, len(idx), CHUNK):
