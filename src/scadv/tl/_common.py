@@ -111,6 +111,16 @@ def file_records(path: str | os.PathLike) -> Mapping[str, Any]:
     return _FileRecords(os.fspath(path))
 
 
+def target_index(classes: Sequence[str], target: str | None) -> int | None:
+    """Position of ``target`` among the model's ``classes`` (``None`` for an untargeted
+    attack), or a clear error naming the classes."""
+    if target is None:
+        return None
+    if str(target) not in classes:
+        raise ScadvInputError(f"target {target!r} is not a class of the model ({list(classes)}).")
+    return list(classes).index(str(target))
+
+
 def class_index(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
     """Integer class per cell (-1 for missing labels or labels the model does not know)."""
     lookup = {c: i for i, c in enumerate(classes)}

@@ -213,11 +213,7 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
     classes = [str(c) for c in np.asarray(record["classes"])]
     if away_from not in ("prediction", "label"):
         raise ScadvInputError(f"away_from must be 'prediction' or 'label', got {away_from!r}.")
-    target_idx = None
-    if target is not None:
-        if str(target) not in classes:
-            raise ScadvInputError(f"target {target!r} is not a class of the model ({classes}).")
-        target_idx = classes.index(str(target))
+    target_idx = C.target_index(classes, target)
 
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = R.source(adata, record["prepare"], what="adata")

@@ -129,11 +129,7 @@ def fragility(
     record = C.model_record(adata, model)
     key = key_added or K.default_attack_key(K.FRAGILITY, model)
     classes = [str(c) for c in np.asarray(record["classes"])]
-    target_idx = None
-    if target is not None:
-        if str(target) not in classes:
-            raise ScadvInputError(f"target {target!r} is not a class of the model ({classes}).")
-        target_idx = classes.index(str(target))
+    target_idx = C.target_index(classes, target)
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = R.source(adata, record["prepare"], what="adata")
     dev = D.resolve(device)

@@ -174,11 +174,7 @@ def count_attack(
     T.check_recipe(recipe)
     key = key_added or K.default_attack_key(K.COUNT_ATTACK, model)
     classes = [str(c) for c in np.asarray(record["classes"])]
-    target_idx = None
-    if target is not None:
-        if str(target) not in classes:
-            raise ScadvInputError(f"target {target!r} is not a class of the model ({classes}).")
-        target_idx = classes.index(str(target))
+    target_idx = C.target_index(classes, target)
     mask = C.select_cells(adata, cells, split_key=C.split_column(record, model))
     src = counts_source(adata, recipe, layer=layer)
     model_genes = np.asarray(record["genes"]).astype(str)
