@@ -53,7 +53,7 @@ has) are secondary. The validation-cell numbers the default is chosen on are sav
 Run::
 
     python benchmarks/detection_matrix.py [--dataset pbmc3k|lung] [--seeds 42 0 1]
-        [--n-attack 100] [--lams 0.3 1 3] [--data DIR (default $SCADV_DATA)]
+        [--n-attack 100] [--lams 0.3 1 3] [--val-size F] [--data DIR (default $SCADV_DATA)]
 
 Writes ``benchmarks/results/detection_matrix.{csv,json,md}`` (``detection_matrix_lung.*`` for
 the lung set). Times are upper bounds on a
@@ -299,14 +299,16 @@ def evade_costs(adata: ad.AnnData, cells: np.ndarray, budget: int, lams: list[fl
 
 
 def one_seed(data: Path, dataset: str, seed: int, n_attack: int, query_budget: int,
-             lams: list[float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             lams: list[float], val_size: float | None = None
+             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     t0 = time.perf_counter()
     fname, label, _ = DATASETS[dataset]
     raw = ad.read_h5ad(data / fname)
     raw = raw[raw.obs[label].notna()].copy()
     adata = raw.copy()
     scadv.pp.prepare(adata)
-    scadv.tl.train_classifier(adata, label, seed=seed, progress=False)
+    split = {} if val_size is None else {"val_size": val_size}
+    scadv.tl.train_classifier(adata, label, seed=seed, progress=False, **split)
     test = np.flatnonzero((adata.obs["scadv_split"] == "test").to_numpy())
     rng = np.random.default_rng(seed)
     cells = np.zeros(adata.n_obs, dtype=bool)
@@ -371,7 +373,8 @@ def one_seed(data: Path, dataset: str, seed: int, n_attack: int, query_budget: i
     info: dict[str, Any] = {
         "seed": seed, "dataset": dataset, "test_accuracy": float(
             adata.uns["scadv"]["classifier"]["metrics"]["test"]["accuracy"]),
-        "n_test": len(test), "n_attacked": int(cells.sum()),
+        "n_test": len(test), "n_val": int((adata.obs["scadv_split"] == "val").sum()),
+        "n_attacked": int(cells.sum()),
         "n_val_calibration": int(cal["n"]), "fpr_95": float(cal["fpr_95"]),
         "reliable": bool(cal["reliable"]), "threshold": float(rec["threshold"]),
         "meta_detect_warnings": det_warnings,
@@ -408,7 +411,8 @@ def markdown(df: pd.DataFrame, infos: list[dict[str, Any]], args: argparse.Names
            "cells. Every 'flagged' number is at the detector's STORED threshold (split-conformal, "
            "5% target FPR, validation cells). Command: `python benchmarks/detection_matrix.py "
            f"--dataset {args.dataset} --seeds {' '.join(str(s) for s in args.seeds)} "
-           f"--n-attack {args.n_attack} --query-budget {args.query_budget} --lams {lams}`.", ""]
+           f"--n-attack {args.n_attack} --query-budget {args.query_budget} --lams {lams}"
+           + ("" if args.val_size is None else f" --val-size {args.val_size:g}") + "`.", ""]
     att = df[df.kind == "attack"]
     order = list(dict.fromkeys(att.row))
     head = "| attacker | flip rate | " + " | ".join(
@@ -490,10 +494,13 @@ def main() -> None:
     parser.add_argument("--n-attack", type=int, default=100)
     parser.add_argument("--query-budget", type=int, default=100)
     parser.add_argument("--lams", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    parser.add_argument("--val-size", type=float, default=None,
+                        help="validation fraction of the split (default: train_classifier's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.out is None:
         name = "detection_matrix" + ("" if args.dataset == "pbmc3k" else f"_{args.dataset}")
+        name += "" if args.val_size is None else f"_val{args.val_size:g}"
         args.out = Path(__file__).resolve().parent / "results" / name
     warnings.filterwarnings("ignore")
     sc.settings.verbosity = 0
@@ -502,7 +509,7 @@ def main() -> None:
     md = ""
     for seed in args.seeds:
         r, info = one_seed(args.data, args.dataset, seed, args.n_attack, args.query_budget,
-                           args.lams)
+                           args.lams, args.val_size)
         rows += r
         infos.append(info)
         print(f"seed {seed}: {info['seed_s']:.0f} s (attacks {info['attack_s']:.0f} s, "
@@ -521,6 +528,7 @@ def write(rows: list[dict[str, Any]], infos: list[dict[str, Any]],
     args.out.with_suffix(".json").write_text(json.dumps(
         {"settings": {"dataset": args.dataset, "seeds": done.seeds, "n_attack": args.n_attack,
                       "query_budget": args.query_budget, "lams": args.lams,
+                      "val_size": args.val_size,
                       "count_budget": COUNT_BUDGET, "cgd_genes": CGD_GENES,
                       "min_cluster": MIN_CLUSTER},
          "seeds": infos}, indent=1, default=float))
