@@ -19,9 +19,10 @@ Rows (attackers, on the subsampled test cells):
 * ``cgd`` / ``single_gene`` — gene-level attacks on clusters: the attacked test cells grouped
   by predicted class (classes with ≥ ``MIN_CLUSTER`` of them), each group attacked as one
   cluster (``scadv.tl.cgd(gradient=True, clip='observed')``, at most ``CGD_GENES`` genes; and
-  the best flipping gene of ``scadv.tl.single_gene`` (perc1 / perc99) applied with
-  ``scadv.tl.grid``); the groups' evaluations are pooled (flag fractions, AUROC and TPR
-  weighted by cells: exact, the clean cells being the same);
+  the best flipping gene of ``scadv.tl.single_gene`` applied with ``scadv.tl.grid``: set to
+  its 1st / 99th percentile where one such gene flips the cluster, else to adverSCarial's
+  ±aberrant value, ±10,000 × its largest value); the groups' evaluations are pooled (flag
+  fractions, AUROC and TPR weighted by cells: exact, the clean cells being the same);
 * ``adaptive_pgd`` — gradient attacker against the stored detector (``adaptive_pgd``, λ = 0.3,
   data-respecting, ε 0.5);
 * ``counts_first`` / ``counts_m2`` — count-space attack (``adaptive_count_attack`` without a
@@ -84,6 +85,7 @@ from scadv.tl._detect import _common as MC
 COUNT_BUDGET = 60
 MIN_CLUSTER = 5  # attacked test cells of one predicted class for a gene-level attack on them
 CGD_GENES = 100
+SINGLE_GENE_MODS = ("perc1", "perc99", "positive_aberrant", "negative_aberrant")
 METHODS = ("detector", "consistency", "margin", "logreg", "triplet", "pca", "mahalanobis",
            "squeeze", "twin", "input")
 HEADLINE = ("detector", "margin", "logreg", "triplet", "pca")
@@ -99,7 +101,8 @@ ATTACKS = {  # row -> (layer name, description); gene-level rows pool several la
     "fgsm ε0.3": ("scadv_fgsm_eps0.3", "FGSM (z-space, one step, CE), ε 0.3"),
     "fgsm ε0.5": ("scadv_fgsm_eps0.5", "FGSM (z-space, one step, CE), ε 0.5"),
     "cgd": ("", "CGD (gene by gene, gradient, observed range), per predicted class"),
-    "single_gene": ("", "single gene (best flipping gene, perc1/perc99), per predicted class"),
+    "single_gene": ("", "single gene (best flipping gene: perc1/99, else ±aberrant), per "
+                    "predicted class"),
     "adaptive_pgd ε0.5": ("scadv_apgd_eps0.5", "adaptive PGD vs the detector, λ 0.3, ε 0.5"),
     "counts_first": (f"scadv_counts_umis{COUNT_BUDGET}", "count space, first flip"),
     "counts_m2": (f"scadv_counts_m2_umis{COUNT_BUDGET}", "count space, margin 2"),
@@ -161,7 +164,8 @@ def gene_attacks(adata: ad.AnnData, cells: np.ndarray, seed: int) -> dict[str, A
     counts = pd.Series(pred[cells]).value_counts()
     targets = [str(c) for c, n in counts.items() if n >= MIN_CLUSTER]
     layers: dict[str, list[str]] = {"cgd": [], "single_gene": []}
-    found: dict[str, Any] = {"targets": targets, "cgd_switched": {}, "single_gene": {}}
+    found: dict[str, Any] = {"targets": targets, "cgd_switched": {}, "single_gene": {},
+                             "single_gene_used": {}}
     for i, target in enumerate(targets):
         key = f"cgd_c{i}"
         scadv.tl.cgd(adata, cluster_key=col, target=target, gradient=True, clip="observed",
@@ -170,13 +174,20 @@ def gene_attacks(adata: ad.AnnData, cells: np.ndarray, seed: int) -> dict[str, A
         found["cgd_switched"][target] = bool(adata.uns["scadv"][key]["switched"])
         layers["cgd"].append(K.gene_attack_layer(key))
         scadv.tl.single_gene(adata, cluster_key=col, target=target, key_added=f"sg_c{i}",
-                             seed=seed, progress=False)
+                             modification=SINGLE_GENE_MODS, seed=seed, progress=False)
         table = adata.uns["scadv"][f"sg_c{i}"]["table"]
         flips = table[table["flipped"].astype(bool)]
-        found["single_gene"][target] = len(flips)
+        found["single_gene"][target] = {m: int((flips["modification"] == m).sum())
+                                        for m in SINGLE_GENE_MODS}
         if not len(flips):
             continue
+        # a realistic value (a percentile of the gene) where one flips, else adverSCarial's
+        # aberrant values; then the highest new score
+        realistic = flips["modification"].astype(str).str.startswith("perc")
+        if realistic.any():
+            flips = flips[realistic]
         best = flips.sort_values(["new_score", "gene"], ascending=[False, True]).iloc[0]
+        found["single_gene_used"][target] = [str(best["gene"]), str(best["modification"])]
         key = f"sg1_c{i}"
         scadv.tl.grid(adata, cluster_key=col, target=target, genes=[str(best["gene"])],
                       modification=str(best["modification"]), add_layer=True, add_obs=True,
@@ -470,8 +481,12 @@ def markdown(df: pd.DataFrame, infos: list[dict[str, Any]], args: argparse.Names
     genes = [i["gene_attacks"] for i in infos]
     out += ["", "Gene-level attacks: predicted classes attacked per seed "
             + "; ".join(f"{len(g['targets'])} (CGD switched {sum(g['cgd_switched'].values())}, "
-                        f"a single flipping gene found for "
-                        f"{sum(v > 0 for v in g['single_gene'].values())})" for g in genes)
+                        f"a single flipping gene found for {len(g['single_gene_used'])}: "
+                        + (", ".join(f"{t} {gm[0]} {gm[1]}"
+                                     for t, gm in g["single_gene_used"].items()) or "none")
+                        + "; flipping genes per modification "
+                        + ", ".join(f"{m} {sum(v[m] for v in g['single_gene'].values())}"
+                                    for m in SINGLE_GENE_MODS) + ")" for g in genes)
             + "."]
     cal = pd.DataFrame([{k: i[k] for k in ("n_val_calibration", "fpr_95", "reliable",
                                              "test_accuracy", "seed_s")} for i in infos])
