@@ -57,8 +57,8 @@ Run::
         [--n-attack 100] [--lams 0.3 1 3] [--val-size F] [--data DIR (default $SCADV_DATA)]
 
 Writes ``benchmarks/results/detection_matrix.{csv,json,md}`` (``detection_matrix_lung.*`` for
-the lung set). Times are upper bounds on a
-shared machine.
+the lung set); ``--render`` writes the ``.md`` again from the stored ``.csv`` and ``.json``.
+Times are upper bounds on a shared machine.
 """
 
 from __future__ import annotations
