@@ -512,7 +512,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out is None:
         name = "detection_matrix" + ("" if args.dataset == "pbmc3k" else f"_{args.dataset}")
-        name += "" if args.val_size is None else f"_val{args.val_size:g}"
+        name += "" if args.val_size is None else f"_val{args.val_size:g}".replace(".", "p")
         args.out = Path(__file__).resolve().parent / "results" / name
     if args.render:
         stored = json.loads(args.out.with_suffix(".json").read_text())
