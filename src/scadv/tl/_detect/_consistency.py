@@ -17,10 +17,24 @@ Per cell, with ``ŷ`` the classifier's predicted class, three numbers:
     The twin is fitted on the classifier's training cells and labels; its values on those cells
     are cross-fitted (each from a twin that did not see the cell).
 
-A logistic regression on the three (standardised), fitted on clean training cells (and their
-down-sampled versions, when counts are at hand) against the training cells' count-space
-attacks, turns them into one logit. Everything is one differentiable torch module
-(:class:`Consistency`), so the adaptive attackers follow the exact detector.
+Two rules turn the three into one logit (``fusion``):
+
+``'logistic'`` (default)
+    A logistic regression on the three (standardised), fitted on clean training cells (and
+    their down-sampled versions, when counts are at hand) against the training cells'
+    count-space attacks.
+``'or'``
+    Flag a cell when ANY view is out of line: each view, oriented so that higher is more
+    suspicious (the margin negated), is centred on its median over the clean (and
+    down-sampled) training cells and scaled by the distance from there to its
+    :math:`1 - \\alpha / 3` quantile (a Bonferroni split of the target false-positive rate α),
+    and the logit is the largest of the three. A single conformal threshold on the validation
+    cells then bounds the clean false-positive rate of the OR by α. No weight learnt on
+    attacks can be traded off: an attacker must bring every view under its own limit.
+
+Everything is one differentiable torch module (:class:`Consistency`), so the adaptive
+attackers follow the exact detector (the OR's logit is a maximum: its gradient is that of the
+view in front).
 """
 
 from __future__ import annotations
@@ -37,6 +51,10 @@ from torch import nn
 from ..._errors import ScadvInputError
 
 VIEWS = ("margin", "squeeze", "twin")
+#: How the views become one logit (see the module docstring).
+FUSIONS = ("logistic", "or")
+#: Orientation of each view for the OR rule: higher is more suspicious (a small margin is).
+OR_SIGN = (-1.0, 1.0, 1.0)
 SQUEEZE_CLIP = 5.0
 TWIN_TARGET_SUM = 1000.0
 #: Inverse L2 strength of the twin (chosen on PBMC3k validation cells,
@@ -56,6 +74,8 @@ class Consistency(nn.Module):
     feature_mean: torch.Tensor
     feature_scale: torch.Tensor
     coef: torch.Tensor
+    or_center: torch.Tensor
+    or_scale: torch.Tensor
 
     def __init__(self, net: nn.Module, recipe: Mapping[str, Any], rec: Mapping[str, Any]
                  ) -> None:
@@ -73,6 +93,14 @@ class Consistency(nn.Module):
         self.ratio = float(rec["twin_target_sum"]) / float(recipe["target_sum"])
         self.clip = float(rec["clip"])
         self.intercept = float(rec["intercept"])
+        self.fusion = str(rec.get("fusion", "logistic"))  # records before the option: logistic
+        sign = np.asarray(OR_SIGN, np.float32)
+        if self.fusion == "or":
+            self.register_buffer("or_center", f("or_center"))
+            self.register_buffer("or_scale", f("or_scale") * torch.as_tensor(sign))
+        else:
+            self.register_buffer("or_center", torch.zeros(len(VIEWS)))
+            self.register_buffer("or_scale", torch.as_tensor(sign))
 
     def twin_input(self, x: torch.Tensor) -> torch.Tensor:
         return twin_view(x, self.mean, self.std, self.max_value, self.ratio)
@@ -90,6 +118,8 @@ class Consistency(nn.Module):
 
     def fuse_np(self, views: np.ndarray) -> np.ndarray:
         """The fused logit of views computed by :func:`views_np` (float64)."""
+        if self.fusion == "or":
+            return self.or_parts_np(views).max(axis=1)
         mean = self.feature_mean.cpu().numpy().astype(np.float64)
         scale = self.feature_scale.cpu().numpy().astype(np.float64)
         coef = self.coef.cpu().numpy().astype(np.float64)
@@ -100,7 +130,15 @@ class Consistency(nn.Module):
         scale = self.feature_scale.cpu().numpy().astype(np.float64)
         return (np.asarray(views, np.float64) - mean) / scale
 
+    def or_parts_np(self, views: np.ndarray) -> np.ndarray:
+        """Each view on the OR rule's scale (float64, ``(n, 3)``): 1 at its own α/3 limit."""
+        center = self.or_center.cpu().numpy().astype(np.float64)
+        scale = self.or_scale.cpu().numpy().astype(np.float64)  # carries the orientation
+        return (np.asarray(views, np.float64) - center) / scale
+
     def fuse(self, views: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "or":
+            return ((views - self.or_center) / self.or_scale).max(dim=1).values
         return ((views - self.feature_mean) / self.feature_scale) @ self.coef + self.intercept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +240,20 @@ def fit_fusion(negatives: np.ndarray, positives: np.ndarray, seed: int) -> dict[
             "coef": lr.coef_.ravel().astype(np.float32), "intercept": float(lr.intercept_[0])}
 
 
+def fit_or(negatives: np.ndarray, alpha: float) -> dict[str, Any]:
+    """The OR rule's scale of each view: centred on its median over the clean ``negatives``,
+    unit at its ``1 − α/3`` quantile (oriented by :data:`OR_SIGN`; the stored ``or_scale`` is
+    positive, the orientation is applied when the module is built)."""
+    sign = np.asarray(OR_SIGN)
+    v = np.asarray(negatives, np.float64) * sign
+    center = np.median(v, axis=0)
+    scale = np.quantile(v, 1.0 - float(alpha) / len(VIEWS), axis=0) - center
+    spread = v.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, np.where(spread > 1e-6, spread, 1.0))
+    return {"fusion": "or", "or_center": (center * sign).astype(np.float32),
+            "or_scale": scale.astype(np.float32), "or_alpha": float(alpha)}
+
+
 def record(twin: tuple[np.ndarray, np.ndarray], fusion: Mapping[str, Any]) -> dict[str, Any]:
     return {"views": list(VIEWS), "clip": SQUEEZE_CLIP, "twin_target_sum": TWIN_TARGET_SUM,
             "twin_weight": twin[0], "twin_bias": twin[1], **fusion}
@@ -221,3 +273,20 @@ def check_record(rec: Mapping[str, Any], n_genes: int, n_classes: int) -> None:
     if not (np.asarray(rec["feature_scale"]) > 0).all():
         raise ScadvInputError("stored consistency detector is malformed: feature_scale must "
                               "be positive.")
+    fusion = str(rec.get("fusion", "logistic"))
+    if fusion not in FUSIONS:
+        raise ScadvInputError(f"stored consistency detector is malformed: fusion must be one "
+                              f"of {list(FUSIONS)}, got {fusion!r}. Retrain it with "
+                              "scadv.tl.meta_detect.")
+    if fusion == "or":
+        for key in ("or_center", "or_scale"):
+            arr = np.asarray(rec.get(key, np.empty(0)))
+            if arr.shape != (len(VIEWS),) or arr.dtype.kind != "f" or not np.isfinite(
+                    arr).all():
+                raise ScadvInputError(
+                    f"stored consistency detector is malformed: {key} has shape {arr.shape}, "
+                    f"expected ({len(VIEWS)},) finite floats. Retrain it with "
+                    "scadv.tl.meta_detect.")
+        if not (np.asarray(rec["or_scale"]) > 0).all():
+            raise ScadvInputError("stored consistency detector is malformed: or_scale must be "
+                                  "positive.")

@@ -53,6 +53,7 @@ def meta_detect(
     adata: AnnData,
     *,
     method: MC.Method = "consistency",
+    fusion: Literal["logistic", "or"] = "logistic",
     attack: TrainAttack | None = None,
     eps: float | Sequence[float] | None = None,
     budget: int = 60,
@@ -119,6 +120,18 @@ def meta_detect(
         With a classifier from :func:`scadv.tl.train_classifier` and its split.
     method
         ``'consistency'`` (default), ``'triplet'`` or ``'logreg'`` (see above).
+    fusion
+        How the consistency detector turns its three views into one score.
+        ``'logistic'`` (default): the logistic regression of step 2, fitted on attacks (and
+        re-fitted once on the training cells' attacks by an attacker who queries it).
+        ``'or'``: flag a cell when *any* view is out of line — each view scaled so that 1 is
+        its own ``1 − target_fpr/3`` quantile on clean and down-sampled training cells
+        (a Bonferroni split), the score the largest of the three, one conformal threshold on
+        the validation cells over it (so the clean false-positive bound still holds). An
+        attacker who queries the detector can no longer trade one view against another; on
+        PBMC3k it pays more UMIs to evade (see ``docs/detection.md``, "Fusion rules",
+        ``benchmarks/detection_defence.py``). Stored in the detector (``consistency.fusion``)
+        and used by :func:`scadv.tl.meta_score` and the adaptive attackers.
     attack
         Training attack: ``'counts'`` (default when ``adata`` holds raw counts and the
         classifier was prepared from raw counts), ``'pgd_realistic'`` (PGD that keeps zeros at
@@ -205,6 +218,7 @@ def meta_detect(
     V.options(locals())
     V.choice("attack", attack, (None, "counts", *DEFAULT_EPS))
     V.choice("method", method, tuple(MC.MAIN_METHODS))
+    V.choice("fusion", fusion, CO.FUSIONS)
     V.positive_int("budget", budget)
     V.positive_int("steps", steps)
     V.choice("positives", positives, ("flipped", "all"))
@@ -318,17 +332,20 @@ def meta_detect(
         if got.down is not None:
             neg.append(got.down.reshape(-1, got.down.shape[-1]))
         negatives, pos = np.vstack(neg), got.adv["views"][tr_rows]
-        fusion = CO.fit_fusion(negatives, pos, seed)
+        fused = CO.fit_fusion(negatives, pos, seed)
         n_adaptive = 0
-        if attack == "counts":  # 2nd round: the training cells' attacks on the 1st detector
-            adaptive = _adaptive_round(src, net, recipe, tr_idx, fits, fusion, gate,
+        if fusion == "or":  # no weights learnt on attacks: the views' own clean scales
+            fused = {**fused, **CO.fit_or(negatives, float(target_fpr))}
+        elif attack == "counts":  # 2nd round: the training cells' attacks on the 1st detector
+            adaptive = _adaptive_round(src, net, recipe, tr_idx, fits, fused, gate,
                                        negatives, budget=int(budget), seed=seed, device=dev,
                                        lib_range=_library_range(adata, cells),
                                        progress=progress)
             n_adaptive = len(adaptive)
             if n_adaptive:
-                fusion = CO.fit_fusion(negatives, np.vstack([pos, adaptive]), seed)
-        det_record["consistency"] = {**CO.record(fits.twin, fusion),
+                fused = CO.fit_fusion(negatives, np.vstack([pos, adaptive]), seed)
+        det_record["consistency"] = {**CO.record(fits.twin, fused),
+                                     "fusion": str(fusion),
                                      "n_adaptive_positives": n_adaptive}
     if "triplet" in want:
         to_train_row = np.full(len(cells), -1)
