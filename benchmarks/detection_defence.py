@@ -2,11 +2,11 @@
 
 Side by side, per seed: today's consistency detector (``meta_detect(fusion='logistic')``: the
 three views fused by a logistic regression, re-fitted once on a querying attacker's evasions)
-and the OR rule (``meta_detect(fusion='or')``: each view on its own Bonferroni-split scale,
-flag if any is out of line, one conformal threshold over the maximum). Both are trained the
-same way (count-space attacks of training cells, seed ``seed``), calibrated split-conformal at
-5% on the validation cells, with the realism gate, and evaluated on test cells at their STORED
-threshold.
+and the OR rule (``meta_detect(fusion='or')``: each view with its own split-conformal
+threshold on the validation cells at a Bonferroni share of 5% — 1/6 margin, 1/6 squeeze, 2/3
+twin — flagged if any view is over its threshold). Both are trained the same way (count-space
+attacks of training cells, seed ``seed``), calibrated at 5% on the validation cells, with the
+realism gate, and evaluated on test cells at their STORED threshold.
 
 The attacker is adaptive against each detector: ``tl.adaptive_count_attack(detector=<that
 detector>, lam=λ)`` edits whole UMIs, queries the detector's exact logit at every step and

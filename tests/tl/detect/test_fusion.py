@@ -7,21 +7,25 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from scipy.special import expit
 
 import scadv
 from scadv._errors import ScadvInputError
 from scadv.tl._detect import _common as MC
 from scadv.tl._detect import _consistency as CO
-from tests.conftest import model_x
+from tests.conftest import make_counts, model_x
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def _small_or(_small_trained_once: ad.AnnData) -> ad.AnnData:
-    adata = _small_trained_once.copy()
-    # 12 validation cells: a 10% target is the lowest a conformal threshold can promise
-    scadv.tl.meta_detect(adata, fusion="or", budget=30, target_fpr=0.1, baselines=False,
+def _small_or() -> ad.AnnData:
+    adata = make_counts(n_per_class=100)
+    scadv.pp.prepare(adata, n_top_genes=100)
+    scadv.tl.train_classifier(adata, "cell_type", max_epochs=15, progress=False)
+    # 30 validation cells: the smallest share of a 20% target (1/6 of it, the margin's and the
+    # squeezed cell's) is the lowest a conformal threshold on 30 cells can promise
+    scadv.tl.meta_detect(adata, fusion="or", budget=30, target_fpr=0.2, baselines=False,
                          key_added="meta_or", progress=False)
     return adata
 
@@ -31,27 +35,36 @@ def small_or(_small_or: ad.AnnData) -> ad.AnnData:
     return _small_or.copy()
 
 
-def test_fit_or_scales_each_view_to_its_bonferroni_quantile():
+def test_fit_or_gives_each_view_its_bonferroni_conformal_threshold():
     rng = np.random.default_rng(0)
-    neg = np.c_[rng.normal(5, 2, 3000), rng.normal(-4, 1, 3000), rng.normal(-3, 0.5, 3000)]
-    fit = CO.fit_or(neg, 0.06)
-    assert fit["fusion"] == "or" and fit["or_alpha"] == 0.06
-    # oriented views: -margin, squeeze, twin; 1 at the 98% quantile of each, 0 at the median
-    np.testing.assert_allclose(fit["or_center"], [5, -4, -3], atol=0.15)
-    np.testing.assert_allclose(fit["or_scale"], [2 * 2.054, 2.054, 0.5 * 2.054], rtol=0.08)
+    val = np.c_[rng.normal(5, 2, 600), rng.normal(-4, 1, 600), rng.normal(-3, 0.5, 600)]
+    val = val.astype(np.float32).astype(np.float64)  # the views are float32
+    fit = CO.fit_or(val, 0.06)
+    np.testing.assert_allclose(fit["or_alpha"], [0.01, 0.01, 0.04])
+    assert fit["fusion"] == "or" and fit["or_n"] == 600
     rec = {**CO.record((np.zeros((2, 4), np.float32), np.zeros(2, np.float32)),
-                       {**CO.fit_fusion(neg[:100], neg[100:200] + 1, 0), **fit})}
+                       {**CO.fit_fusion(val[:100], val[100:200] + 1, 0), **fit})}
     recipe = {"mean": np.zeros(4), "std": np.ones(4), "max_value": 10.0, "target_sum": 1e4}
     mod = CO.Consistency(torch.nn.Linear(4, 2), recipe, rec)
-    parts = mod.or_parts_np(neg)
-    # each view alone is over 1 in about α/3 of the clean cells; the OR's logit is the largest
-    np.testing.assert_allclose((parts > 1).mean(axis=0), 0.02, atol=0.007)
-    np.testing.assert_array_equal(mod.fuse_np(neg), parts.max(axis=1))
-    # a small margin is suspicious: the margin view counts negated
-    assert mod.fuse_np(np.array([[-5.0, -4, -3]]))[0] == pytest.approx(10 / (2 * 2.054), rel=0.08)
-    assert mod.fuse_np(np.array([[15.0, -4, -3]]))[0] < 0.1
-    t = mod.fuse(torch.as_tensor(neg[:50], dtype=torch.float32)).numpy()
+    parts = mod.or_parts_np(val)
+    # split-conformal per view: the threshold lies just above the k-th smallest of the n
+    # calibration rows (k = ⌈(n + 1)(1 − α_k)⌉), so n − k of them are over it: 5, 5, 23 of 600
+    np.testing.assert_array_equal((parts >= 0).sum(axis=0), 600 - np.asarray(fit["or_rank"]))
+    np.testing.assert_array_equal((parts >= 0).sum(axis=0), [5, 5, 23])
+    # the OR: flagged iff any view is at or over its own threshold; at most α of the rows
+    flag = mod.fuse_np(val) >= 0
+    np.testing.assert_array_equal(flag, (parts >= 0).any(axis=1))
+    assert flag.mean() <= 0.06
+    # a small margin is suspicious (the margin view is negated), a large one is not
+    low = np.quantile(val[:, 0], 0.001)
+    assert mod.fuse_np(np.array([[low - 1, -4, -3]]))[0] > 0
+    assert mod.fuse_np(np.array([[15.0, -4, -3]]))[0] < 0
+    t = mod.fuse(torch.as_tensor(val[:50], dtype=torch.float32)).numpy()
     np.testing.assert_allclose(t, parts[:50].max(axis=1), rtol=1e-5, atol=1e-5)
+    # too few cells for a view's share of α: that view never flags (and the bound says so)
+    few = CO.fit_or(val[:30], 0.06)
+    assert few["or_rank"][0] > 30 and few["or_center"][0] < -1e29
+    assert few["or_fpr_95"][0] == 0.0 and few["or_rank"][2] <= 30
 
 
 def test_or_detector_scores_and_record(small_or):
@@ -59,20 +72,25 @@ def test_or_detector_scores_and_record(small_or):
     rec = a.uns["scadv"]["meta_or"]
     cons = rec["consistency"]
     assert rec["method"] == "consistency" and cons["fusion"] == "or"
-    assert cons["or_alpha"] == 0.1 and (np.asarray(cons["or_scale"]) > 0).all()
+    np.testing.assert_allclose(cons["or_alpha"], [0.2 / 6, 0.2 / 6, 0.2 * 2 / 3])
+    assert cons["or_n"] == 30 and (np.asarray(cons["or_rank"]) <= 30).all()
+    assert (np.asarray(cons["or_scale"]) > 0).all()
+    assert rec["threshold"] == 0.5 and rec["calibration"]["rule"] == "bonferroni"
     assert cons["n_adaptive_positives"] == 0  # no weights learnt on attacks: no 2nd round
     det = MC.load(a, "meta_or", source=None, device=CPU)
     x = model_x(a)
     v = CO.views_np(det.consistency, x, device=CPU)
     p = det.scores(x).scores["consistency"]
     parts = det.consistency.or_parts_np(v)
-    np.testing.assert_allclose(p, 1 / (1 + np.exp(-parts.max(axis=1))), rtol=1e-6)
+    np.testing.assert_allclose(p, expit(parts.max(axis=1)), rtol=1e-6)
     # the attackers see the same logit (differentiable)
     logit = det.torch_logit(torch.as_tensor(x)).detach().numpy()
-    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), p, rtol=1e-4, atol=1e-6)
-    # split-conformal at 10% on the validation cells: at most 10% of them are flagged
+    np.testing.assert_allclose(expit(logit), p, rtol=1e-4, atol=1e-6)
+    # Bonferroni over split-conformal views at 20% on the validation cells: at most 20% of
+    # them flagged, each exactly where one of its views reaches that view's threshold
     val = (a.obs["scadv_split"] == "val").to_numpy()
-    assert (p[val] >= rec["threshold"]).mean() <= 0.1
+    assert val.sum() == 30 and (p[val] >= rec["threshold"]).mean() <= 0.2
+    np.testing.assert_array_equal(p >= 0.5, (parts >= 0).any(axis=1))
     # every count-space training attack of the validation cells is flagged on this easy data
     assert rec["validation"]["consistency"]["flagged"] > 0.9
 
@@ -86,7 +104,7 @@ def test_or_detector_survives_h5ad_and_rescoring(small_or, tmp_path):
     np.testing.assert_allclose(back.obs["scadv_again_score"], small_or.obs["scadv_meta_or_score"],
                                rtol=1e-6)
     # the OR and the logistic fusion are different detectors of the same views
-    logistic = scadv.tl.meta_detect(small_or, budget=30, target_fpr=0.1, baselines=False,
+    logistic = scadv.tl.meta_detect(small_or, budget=30, target_fpr=0.2, baselines=False,
                                     progress=False, copy=True)
     assert not np.allclose(logistic.obs["scadv_meta_score"], small_or.obs["scadv_meta_or_score"])
 
@@ -109,6 +127,8 @@ def test_querying_attacker_follows_the_or_rule(small_or):
 def test_bad_fusion(small_trained, value):
     with pytest.raises(ScadvInputError, match="fusion must be one of"):
         scadv.tl.meta_detect(small_trained, fusion=value, progress=False)
+    with pytest.raises(ScadvInputError, match="pass threshold='fpr'"):
+        scadv.tl.meta_detect(small_trained, fusion="or", threshold="youden", progress=False)
 
 
 def test_tampered_or_record_is_refused(small_or):

@@ -24,13 +24,15 @@ Two rules turn the three into one logit (``fusion``):
     their down-sampled versions, when counts are at hand) against the training cells'
     count-space attacks.
 ``'or'``
-    Flag a cell when ANY view is out of line: each view, oriented so that higher is more
-    suspicious (the margin negated), is centred on its median over the clean (and
-    down-sampled) training cells and scaled by the distance from there to its
-    :math:`1 - \\alpha / 3` quantile (a Bonferroni split of the target false-positive rate α),
-    and the logit is the largest of the three. A single conformal threshold on the validation
-    cells then bounds the clean false-positive rate of the OR by α. No weight learnt on
-    attacks can be traded off: an attacker must bring every view under its own limit.
+    Flag a cell when ANY view is out of line. Each view, oriented so that higher is more
+    suspicious (the margin negated), gets its own split-conformal threshold on the clean
+    validation cells at its share of the target false-positive rate α (a Bonferroni split,
+    :data:`OR_SPLIT`: the twin, the view an attacker finds hardest to move, gets most of it),
+    so by the union bound a clean cell is flagged with probability at most α. The logit is
+    the largest view's excess over its threshold (in units of that view's interquartile
+    range): ``≥ 0`` means flagged, and the stored threshold is 0.5 on the probability scale.
+    No weight learnt on attacks can be traded off: an attacker must bring every view under
+    its own limit.
 
 Everything is one differentiable torch module (:class:`Consistency`), so the adaptive
 attackers follow the exact detector (the OR's logit is a maximum: its gradient is that of the
@@ -44,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
@@ -55,6 +58,12 @@ VIEWS = ("margin", "squeeze", "twin")
 FUSIONS = ("logistic", "or")
 #: Orientation of each view for the OR rule: higher is more suspicious (a small margin is).
 OR_SIGN = (-1.0, 1.0, 1.0)
+#: Shares of the target false-positive rate of the OR rule's views (margin, squeeze, twin):
+#: the twin, which a count attacker who queries the detector finds the most expensive to move
+#: (``benchmarks/detection_defence.py``), gets two thirds.
+OR_SPLIT = (1 / 6, 1 / 6, 2 / 3)
+#: Threshold of a view whose share of α is too small for its validation cells (it never flags).
+OR_NEVER = 1e30
 SQUEEZE_CLIP = 5.0
 TWIN_TARGET_SUM = 1000.0
 #: Inverse L2 strength of the twin (chosen on PBMC3k validation cells,
@@ -240,18 +249,35 @@ def fit_fusion(negatives: np.ndarray, positives: np.ndarray, seed: int) -> dict[
             "coef": lr.coef_.ravel().astype(np.float32), "intercept": float(lr.intercept_[0])}
 
 
-def fit_or(negatives: np.ndarray, alpha: float) -> dict[str, Any]:
-    """The OR rule's scale of each view: centred on its median over the clean ``negatives``,
-    unit at its ``1 − α/3`` quantile (oriented by :data:`OR_SIGN`; the stored ``or_scale`` is
-    positive, the orientation is applied when the module is built)."""
+def fit_or(clean_val: np.ndarray, alpha: float) -> dict[str, Any]:
+    """The OR rule from the views of clean validation cells: per view (oriented by
+    :data:`OR_SIGN`), the split-conformal threshold at ``alpha · OR_SPLIT[k]`` (the
+    ``⌈(n + 1)(1 − α_k)⌉``-th smallest value, flagged from just above it) and the interquartile
+    range as its unit. Also returns, per view, the rank used and the Beta 95% bound of its
+    false-positive rate (their sum bounds the OR's)."""
     sign = np.asarray(OR_SIGN)
-    v = np.asarray(negatives, np.float64) * sign
-    center = np.median(v, axis=0)
-    scale = np.quantile(v, 1.0 - float(alpha) / len(VIEWS), axis=0) - center
-    spread = v.std(axis=0)
-    scale = np.where(scale > 1e-6, scale, np.where(spread > 1e-6, spread, 1.0))
+    v = np.sort(np.asarray(clean_val, np.float64) * sign, axis=0)
+    n = len(v)
+    center = np.full(len(VIEWS), OR_NEVER)
+    rank = np.zeros(len(VIEWS), dtype=np.int64)
+    fpr_95 = np.zeros(len(VIEWS))
+    alphas = float(alpha) * np.asarray(OR_SPLIT)
+    for j, a in enumerate(alphas):
+        k = int(np.ceil((n + 1) * (1 - a)))
+        rank[j] = k
+        if 0 < k <= n:
+            # the views are float32: just above the k-th value in float32, flagged from there
+            center[j] = float(np.nextafter(np.float32(v[k - 1, j]), np.float32(np.inf)))
+            fpr_95[j] = float(stats.beta.ppf(0.95, n + 1 - k, k))
+    if n:
+        scale = np.quantile(v, 0.75, axis=0) - np.quantile(v, 0.25, axis=0)
+        spread = v.std(axis=0)
+        scale = np.where(scale > 1e-6, scale, np.where(spread > 1e-6, spread, 1.0))
+    else:
+        scale = np.ones(len(VIEWS))
     return {"fusion": "or", "or_center": (center * sign).astype(np.float32),
-            "or_scale": scale.astype(np.float32), "or_alpha": float(alpha)}
+            "or_scale": scale.astype(np.float32), "or_alpha": alphas, "or_rank": rank,
+            "or_fpr_95": fpr_95, "or_n": int(n)}
 
 
 def record(twin: tuple[np.ndarray, np.ndarray], fusion: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,13 +124,16 @@ def meta_detect(
         How the consistency detector turns its three views into one score.
         ``'logistic'`` (default): the logistic regression of step 2, fitted on attacks (and
         re-fitted once on the training cells' attacks by an attacker who queries it).
-        ``'or'``: flag a cell when *any* view is out of line — each view scaled so that 1 is
-        its own ``1 − target_fpr/3`` quantile on clean and down-sampled training cells
-        (a Bonferroni split), the score the largest of the three, one conformal threshold on
-        the validation cells over it (so the clean false-positive bound still holds). An
-        attacker who queries the detector can no longer trade one view against another; on
-        PBMC3k it pays more UMIs to evade (see ``docs/detection.md``, "Fusion rules",
-        ``benchmarks/detection_defence.py``). Stored in the detector (``consistency.fusion``)
+        ``'or'``: flag a cell when *any* view is out of line — each view with its own
+        split-conformal threshold on the clean validation cells at a share of
+        ``target_fpr`` (Bonferroni: 1/6 for the margin and the squeezed cell, 2/3 for the
+        twin), so a clean cell is flagged with probability at most ``target_fpr``; no weight
+        is learnt on attacks, so an attacker cannot trade one view against another. The
+        stored ``threshold`` is 0.5 (a view at its own threshold); ``calibration`` sums the
+        views' 95% bounds. Needs ``threshold='fpr'``. Opt-in: on PBMC3k it does not make the
+        count attacker who queries the detector pay the issue's 5× (see
+        ``docs/detection.md``, "Fusion rules", and ``benchmarks/detection_defence.py``).
+        Stored in the detector (``consistency.fusion``)
         and used by :func:`scadv.tl.meta_score` and the adaptive attackers.
     attack
         Training attack: ``'counts'`` (default when ``adata`` holds raw counts and the
@@ -238,7 +241,7 @@ def meta_detect(
     params = P.call_params(locals(), meta_detect)
     groups = MF.check_groups(features)
     _check_options(method=method, attack=attack, positives=positives, threshold=threshold,
-                   target_fpr=target_fpr, steps=steps, budget=budget)
+                   target_fpr=target_fpr, steps=steps, budget=budget, fusion=fusion)
     options = DT.TrainOptions(triplet_epochs=int(triplet_epochs),
                               triplet_margin=float(triplet_margin),
                               detector_epochs=int(detector_epochs), patience=int(patience),
@@ -334,8 +337,8 @@ def meta_detect(
         negatives, pos = np.vstack(neg), got.adv["views"][tr_rows]
         fused = CO.fit_fusion(negatives, pos, seed)
         n_adaptive = 0
-        if fusion == "or":  # no weights learnt on attacks: the views' own clean scales
-            fused = {**fused, **CO.fit_or(negatives, float(target_fpr))}
+        if fusion == "or":  # no weights learnt on attacks: each view's own conformal limit
+            fused = {**fused, **CO.fit_or(got.clean["views"][~local_train], float(target_fpr))}
         elif attack == "counts":  # 2nd round: the training cells' attacks on the 1st detector
             adaptive = _adaptive_round(src, net, recipe, tr_idx, fits, fused, gate,
                                        negatives, budget=int(budget), seed=seed, device=dev,
@@ -384,6 +387,16 @@ def meta_detect(
         thresholds[name] = float(cal["threshold"])
         calibration[name] = cal
         validation[name] = _val_metrics(s0, s1, float(cal["threshold"]))
+    if "consistency" in calibration and fusion == "or":  # Bonferroni: flagged iff any view is
+        cons = det_record["consistency"]
+        fpr_95 = float(np.sum(cons["or_fpr_95"]))
+        ranks_ok = bool((np.asarray(cons["or_rank"]) <= int(cons["or_n"])).all())
+        thresholds["consistency"] = 0.5  # the OR's logit 0: one view at its own threshold
+        calibration["consistency"] = {
+            **calibration["consistency"], "threshold": 0.5, "rule": "bonferroni",
+            "expected_fpr_bound": float(target_fpr), "fpr_95": fpr_95,
+            "reliable": ranks_ok and fpr_95 <= MC.UNRELIABLE_FACTOR * float(target_fpr)}
+        validation["consistency"] = _val_metrics(*s_val["consistency"], 0.5)
     main_cal = calibration[method]
     if det.gate is not None:  # the stored detector itself: the method, 1 where the gate fires
         s0, s1 = s_val[method]
@@ -438,7 +451,8 @@ def meta_detect(
 
 
 def _check_options(*, method: str, attack: str | None, positives: str, threshold: str,
-                   target_fpr: float, steps: int, budget: int) -> None:
+                   target_fpr: float, steps: int, budget: int, fusion: str = "logistic"
+                   ) -> None:
     problems = []
     if method not in MC.MAIN_METHODS:
         problems.append(f"method must be one of {list(MC.MAIN_METHODS)}, got {method!r}")
@@ -455,6 +469,9 @@ def _check_options(*, method: str, attack: str | None, positives: str, threshold
         problems.append(f"steps must be ≥ 1, got {steps}")
     if int(budget) < 1:
         problems.append(f"budget must be ≥ 1 UMI, got {budget}")
+    if fusion == "or" and threshold != "fpr":
+        problems.append("fusion='or' sets its threshold from target_fpr (a conformal "
+                        "threshold per view); pass threshold='fpr'")
     if problems:
         raise ScadvInputError("; ".join(problems) + ".")
 
