@@ -59,6 +59,11 @@ def test_chain_never_densifies_all_genes(tmp_path):
                                                          progress=False)),
         "pgd": _peak(lambda: scadv.tl.pgd(a, eps=(0.1,), progress=False)),
         "predict": _peak(lambda: scadv.tl.predict(a, progress=False)),
+        # the gene statistics over all cells (sorted non-background values) and the largest
+        # cluster's rows, CELL_BLOCK cells at a time
+        "single_gene": _peak(lambda: scadv.tl.single_gene(
+            a, cluster_key="cell_type", target="t0", progress=False,
+            genes=list(np.asarray(a.uns["scadv"]["prepare"]["genes"])[:300]))),
     }
     path = tmp_path / "atlas.h5ad"
     a.write_h5ad(path)

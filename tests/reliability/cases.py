@@ -148,6 +148,7 @@ CALLS: list[Call] = [
         "positives": ["some", 3],
         "features": [[], ["pickle"], "nope", [3], ["logits", "logits"]],
         "threshold": ["otsu", 3], "target_fpr": FRAC, "input_check": FLAG, "baselines": FLAG,
+        "max_cells": [0, -2, 2.5, "3", True, nan],
         "layers": [["nope"], 3, [3]], "triplet_epochs": NONNEG_INT,
         "detector_epochs": POS_INT, "patience": POS_INT, "lr": POS,
         "triplet_margin": POS, "model": [*NAME, "nope"], **_common()}),

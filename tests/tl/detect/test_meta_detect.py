@@ -430,3 +430,23 @@ def test_scoring_with_a_source_never_overwrites_other_models(small_meta, small_t
     same = small_meta.copy()
     scadv.tl.meta_score(same, source=small_meta, key_added="again", progress=False)
     np.testing.assert_array_equal(same.obs["scadv_again_score"], small_meta.obs["scadv_meta_score"])
+
+
+def test_max_cells_caps_the_cells_the_detector_is_built_on(small_trained):
+    """An atlas's splits are subsampled (seeded) to max_cells for fitting, attacking and
+    calibrating; every cell is still scored, and the record says what was used."""
+    a = small_trained
+    split = a.obs["scadv_split"].astype(str).to_numpy()
+    n_train = int((split == "train").sum())
+    kw = dict(budget=30, baselines=False, target_fpr=0.1, progress=False, copy=True)
+    capped = scadv.tl.meta_detect(a, max_cells=n_train // 2, **kw)
+    again = scadv.tl.meta_detect(a, max_cells=n_train // 2, **kw)
+    full = scadv.tl.meta_detect(a, **kw)
+    tr = capped.uns["scadv"]["meta"]["training"]
+    assert tr["n_train_cells"] == n_train // 2 < tr["n_train_cells_available"] == n_train
+    assert tr["n_val_cells"] == tr["n_val_cells_available"] == (split == "val").sum()
+    assert tr["max_cells"] == n_train // 2
+    assert full.uns["scadv"]["meta"]["training"]["n_train_cells"] == n_train
+    assert capped.obs["scadv_meta_score"].notna().all()  # every cell scored
+    np.testing.assert_array_equal(capped.obs["scadv_meta_score"], again.obs["scadv_meta_score"])
+    assert not np.array_equal(capped.obs["scadv_meta_score"], full.obs["scadv_meta_score"])

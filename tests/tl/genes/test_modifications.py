@@ -103,3 +103,32 @@ def test_new_values_on_sparse_matrix_match_dense(columns):
     np.testing.assert_allclose(
         MOD.new_values(mods, shifted, cols, cluster, np.random.default_rng(0)), dense - 2.0,
         atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_sorted_gene_values_give_the_dense_columns_numbers(columns, sparse_input):
+    """The built-in modifications read each gene's sorted values (no dense columns): exactly the
+    numbers the dense columns give, random draws included, with ties and values both below and
+    above the background."""
+    x, cluster = columns
+    x = np.where(np.abs(x) > 0.8, x, 0).astype(np.float32)
+    x[::7, 1] = 1.5  # ties
+    mat = MX.from_matrix(sparse.csr_matrix(x) if sparse_input else x, "x")
+    cols = np.array([4, 0, 2, 1])
+    specs = ["perc1", "perc99", "perc37.5", "perc0", "perc100", "decile+3", "decile-2",
+             "positive_aberrant", "negative_aberrant", "random", "fixed=2"]
+    got = MOD.new_values(MOD.parse_many(specs), mat, cols, cluster, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    for i, spec in enumerate(specs):
+        want = MOD.parse(spec).values(x[:, cols], cluster, rng)
+        np.testing.assert_array_equal(got[i], want, err_msg=spec)
+    stats = mat.gene_values()
+    assert stats.nbytes() < x.nbytes  # only the non-background values, without their cells
+    np.testing.assert_array_equal(stats.percentile(cols, 1), np.percentile(x[:, cols], 1, 0))
+
+
+def test_gene_values_of_a_matrix_with_nan_are_refused():
+    x = np.ones((10, 3), dtype=np.float32)
+    x[4, 1] = np.nan
+    with pytest.raises(ScadvInputError, match="NaN"):
+        MX.from_matrix(x, "x").gene_values()

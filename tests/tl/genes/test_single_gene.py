@@ -136,3 +136,25 @@ def test_bad_input_is_refused_before_anything_is_written(pbmc3k_markers):
     assert_unchanged(a, before)
     assert "scadv" in a.uns
     assert "single_gene" not in a.uns["scadv"]
+
+
+def test_scan_block_by_block_is_the_whole_cluster_scan(small_trained, monkeypatch):
+    """An atlas's cluster is scanned CELL_BLOCK cells at a time: label counts, probability sums
+    and changed cells add up, so the table is the one of the whole cluster at once."""
+    from scadv.tl._genes import _single_gene as SG
+
+    a = small_trained
+    kw = dict(cluster_key="cell_type", target=["type0", "type1"], progress=False,
+              modification=["perc1", "perc99", "decile+2", "negative_aberrant"])
+    scadv.tl.single_gene(a, key_added="whole", **kw)
+    n = int((a.obs["cell_type"] == "type0").sum())
+    monkeypatch.setattr(SG, "CELL_BLOCK", max(n // 3, 1))
+    scadv.tl.single_gene(a, key_added="blocks", **kw)
+    whole = a.uns["scadv"]["whole"]["table"]
+    blocks = a.uns["scadv"]["blocks"]["table"]
+    pd.testing.assert_frame_equal(whole.drop(columns=["new_score", "original_score"]),
+                                  blocks.drop(columns=["new_score", "original_score"]))
+    np.testing.assert_allclose(blocks["new_score"], whole["new_score"], atol=1e-9)
+    assert whole["flipped"].any() and (whole["n_cells_changed"] > 0).any()
+    pd.testing.assert_frame_equal(a.uns["scadv"]["whole"]["summary"],
+                                  a.uns["scadv"]["blocks"]["summary"], atol=1e-9)

@@ -3,6 +3,7 @@ cannot move together."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,6 +47,9 @@ DOWNSAMPLE = (0.5, 0.25)
 ADAPTIVE_CELLS = 400
 #: Fewest successful adversarial training / validation rows the detector accepts.
 MIN_TRAIN_POSITIVES = 20
+#: Default cap on the training cells (and, separately, the validation cells) the detector is
+#: fitted, attacked and calibrated on: an atlas's splits are subsampled to this many.
+MAX_CELLS = 10_000
 MIN_VAL_POSITIVES = 5
 
 
@@ -58,6 +62,7 @@ def meta_detect(
     eps: float | Sequence[float] | None = None,
     budget: int = 60,
     steps: int = 10,
+    max_cells: int | None = MAX_CELLS,
     positives: MC.Positives = "flipped",
     features: Sequence[str] = MF.GROUPS,
     threshold: MC.Threshold = "fpr",
@@ -147,6 +152,12 @@ def meta_detect(
         Most UMIs the count-space training attack changes per cell.
     steps
         PGD steps.
+    max_cells
+        Most training cells, and separately most validation cells, the detector is fitted on,
+        attacked and calibrated on (default 10,000): larger splits (atlases) are subsampled at
+        random (seeded), so the detector's cost stops growing with the number of cells;
+        ``None`` uses every cell. Scoring always covers every cell. The training record keeps
+        how many cells each split had and how many were used.
     positives
         ``'flipped'`` (default): attacked rows whose prediction changed; ``'all'``: every
         attacked row.
@@ -224,6 +235,8 @@ def meta_detect(
     V.choice("fusion", fusion, CO.FUSIONS)
     V.positive_int("budget", budget)
     V.positive_int("steps", steps)
+    if max_cells is not None:
+        V.positive_int("max_cells", max_cells)
     V.choice("positives", positives, ("flipped", "all"))
     V.names("features", features)
     V.choice("threshold", threshold, ("youden", "fpr"))
@@ -276,6 +289,10 @@ def meta_detect(
          else np.full(adata.n_obs, -1))
     train = (split == K.SPLIT_TRAIN) & (y >= 0)
     val = split == K.SPLIT_VAL
+    available = {"n_train_cells_available": int(train.sum()),
+                 "n_val_cells_available": int(val.sum())}
+    train = _at_most(train, max_cells, seed, "train")
+    val = _at_most(val, max_cells, seed, "val")
     score_layers = MC.find_layers(adata, model, layers)
     recipe = record["prepare"]
     want = {method} | (set(MC.MAIN_METHODS) if baselines else set())
@@ -422,6 +439,7 @@ def meta_detect(
         "positives": positives, "downsampled_negatives": np.asarray(
             DOWNSAMPLE if got.down is not None else (), dtype=float),
         "n_train_cells": int(train.sum()), "n_val_cells": int(val.sum()),
+        **available, "max_cells": -1 if max_cells is None else int(max_cells),
         "n_train_adversarial": n_tr, "n_val_adversarial": n_va,
         "train_flip_rate": got.flipped[:, local_train].mean(axis=1),
         "val_flip_rate": got.flipped[:, ~local_train].mean(axis=1),
@@ -448,6 +466,18 @@ def meta_detect(
                 if col.endswith("_flag")},
     )
     return adata if copy else None
+
+
+def _at_most(mask: np.ndarray, n: int | None, seed: int, name: str) -> np.ndarray:
+    """``mask`` with at most ``n`` cells left, drawn at random (seeded by ``seed`` and
+    ``name``)."""
+    idx = np.flatnonzero(mask)
+    if n is None or len(idx) <= n:
+        return mask
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+    out = np.zeros_like(mask)
+    out[np.sort(rng.choice(idx, size=int(n), replace=False))] = True
+    return out
 
 
 def _check_options(*, method: str, attack: str | None, positives: str, threshold: str,

@@ -187,8 +187,9 @@ def cgd(
     to_idx = _choose_to(s, ev, orig, to)
     lo_hi = None
     if clip == "observed":
-        cmin = _col_stat(s, idx[live], np.min)
-        cmax = _col_stat(s, idx[live], np.max)
+        stats = s.x.gene_values()
+        cmin = stats.minimum(idx[live])
+        cmax = stats.maximum(idx[live])
         lo_hi = (cmin, cmax)
     start_to = float((ev.pred == to_idx).mean())
     start_orig = float((ev.pred == orig).mean())
@@ -245,14 +246,6 @@ def _choose_to(s: G.Setup, ev: E.Evaluator, orig: int, to: str | None) -> int:
     if idx == orig:
         raise ScadvInputError(f"the cluster is already labelled {to!r}; pick another label as to.")
     return idx
-
-
-def _col_stat(s: G.Setup, idx: np.ndarray, fn: Any) -> np.ndarray:
-    out = np.empty(len(idx), dtype=np.float32)
-    step = min(1024, s.x.column_step(len(idx)))
-    for lo in range(0, len(idx), step):
-        out[lo:lo + step] = fn(s.x.columns(idx[lo:lo + step]), axis=0)
-    return out
 
 
 class _Walker:

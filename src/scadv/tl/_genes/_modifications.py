@@ -36,7 +36,7 @@ import numpy as np
 
 from ... import _rows as RW
 from ..._errors import ScadvInputError
-from ._matrix import AttackedMatrix
+from ._matrix import AttackedMatrix, GeneValues
 
 ModFn = Callable[[np.ndarray, np.ndarray], Any]
 ModSpec = Union[str, float, int, ModFn]  # noqa: UP007 - also used at runtime by Sphinx
@@ -104,6 +104,35 @@ class Modification:
                     f"the modification function {self.name!r} returned NaN or infinite values."
                 )
             return np.array(out, dtype=np.float32)
+        return np.broadcast_to(np.asarray(v, dtype=np.float32), shape).copy()
+
+    def from_stats(self, stats: GeneValues, cols: np.ndarray, current: np.ndarray | None,
+                   n_cells: int, rng: np.random.Generator) -> np.ndarray:
+        """New values (cells × genes) from the genes' sorted values over all cells: the same
+        numbers as :meth:`values`, without the dense columns (not for functions).
+
+        ``current``: those cells' values of the genes (needed by ``'decile'`` only).
+        """
+        shape = (n_cells, len(cols))
+        if self.kind == "percentile":
+            v = stats.percentile(cols, self.value)
+        elif self.kind == "fixed":
+            v = np.full(len(cols), self.value)
+        elif self.kind == "aberrant":
+            top = np.maximum(np.abs(stats.minimum(cols)), np.abs(stats.maximum(cols))) if (
+                stats.n_obs) else np.zeros(len(cols), dtype=np.float32)
+            v = self.value * ABERRANT * np.where(top > 0, top, 1.0)
+        elif self.kind == "random":
+            lo, hi = stats.minimum(cols), stats.maximum(cols)
+            return (lo + (hi - lo) * rng.random(shape)).astype(np.float32)
+        elif self.kind == "decile":
+            if current is None:
+                raise RuntimeError("a decile modification needs the cells' current values.")
+            pos = np.clip(stats.rank(cols, current) + round(self.value * stats.n_obs / 10), 0,
+                          stats.n_obs - 1)
+            return stats.order_stat(cols, pos)
+        else:
+            raise RuntimeError(f"the modification {self.name!r} needs the genes' columns.")
         return np.broadcast_to(np.asarray(v, dtype=np.float32), shape).copy()
 
 
@@ -182,25 +211,41 @@ def parse_many(spec: ModSpec | Sequence[ModSpec]) -> list[Modification]:
 
 
 def new_values(mods: Sequence[Modification], x: AttackedMatrix, cols: np.ndarray,
-               cluster: np.ndarray, rng: np.random.Generator, *, chunk: int = 1024
-               ) -> np.ndarray:
+               cluster: np.ndarray, rng: np.random.Generator, *, chunk: int = 1024,
+               current: np.ndarray | None = None) -> np.ndarray:
     """(modifications × cluster cells × genes) new values for the genes ``cols`` of ``x``.
 
-    The genes' values over all cells are rebuilt densely ``chunk`` genes at a time (fewer when
-    there are very many cells), so the matrix is never densified whole. Function
-    modifications get all genes at once.
+    The built-in modifications read the genes' sorted values over all cells
+    (:meth:`AttackedMatrix.gene_values`, a fraction of the non-zeros in memory); function
+    modifications get the genes' dense columns over all cells, ``chunk`` genes at a time (fewer
+    when there are very many cells), all genes at once when a function is among ``mods``.
+    Random values are drawn in the same blocks of genes either way, so both give the same
+    numbers.
+
+    ``current``: the values of ``cols`` in the cells to modify, when the caller holds them (a
+    block of the cluster's cells: ``cluster`` is then not read); otherwise the cluster's cells
+    are read when a ``'decile'`` modification needs them.
     """
-    n_c = int(cluster.sum())
+    n_c = int(cluster.sum()) if current is None else len(current)
     RW.check_fits(len(mods) * n_c * len(cols) * 4,
                   what=f"the new values of {len(cols)} genes in {n_c} cells", hint=(
                       "Attack a smaller cluster, fewer genes (genes=...) or fewer "
                       "modifications at a time."))
     out = np.empty((len(mods), n_c, len(cols)), dtype=np.float32)
-    step = len(cols) if any(m.kind == "function" for m in mods) else min(
-        chunk, x.column_step(len(cols)))
-    for lo in range(0, len(cols), max(step, 1)):
-        hi = min(lo + max(step, 1), len(cols))
-        columns = x.columns(cols[lo:hi])
+    if any(m.kind == "function" for m in mods):
+        if current is not None:
+            raise RuntimeError("function modifications see the whole cluster at once.")
+        columns = x.columns(cols)
         for i, mod in enumerate(mods):
-            out[i, :, lo:hi] = mod.values(columns, cluster, rng)
+            out[i] = mod.values(columns, cluster, rng)
+        return out
+    stats = x.gene_values()
+    if current is None and any(m.kind == "decile" for m in mods):
+        current = x.rows(np.flatnonzero(cluster))[:, cols]
+    step = max(min(chunk, x.column_step(len(cols))), 1)
+    for lo in range(0, len(cols), step):
+        hi = min(lo + step, len(cols))
+        block = None if current is None else current[:, lo:hi]
+        for i, mod in enumerate(mods):
+            out[i, :, lo:hi] = mod.from_stats(stats, cols[lo:hi], block, n_c, rng)
     return out

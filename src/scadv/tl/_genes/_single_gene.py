@@ -151,12 +151,19 @@ def single_gene(
             yield t, G.block(s, mask), G.values_for(s, mods, idx, mask, seed, str(t))
 
     with PB.bar(total=total, desc="single-gene scan", unit="variant", progress=progress) as bar:
-        results = PAR.run(
-            _scan_cluster, jobs(), n_jobs=len(targets),
-            shared=(scan, mods, idx, cols, search, int(first_split), int(batch_rows),
-                    None if s.lazy else bar),
-            on_dask=s.lazy, done=(lambda i, r: bar.update(len(mods) * len(idx))) if s.lazy
-            else None)
+        if search == "exhaustive" and not s.lazy and not any(m.kind == "function"
+                                                              for m in mods):
+            # in memory: each cluster a block of cells at a time (atlas clusters never whole)
+            results = [_scan_in_blocks(s, scan, str(t), mask, mods, idx, cols, seed,
+                                       int(batch_rows), bar)
+                       for t, mask in zip(targets, masks, strict=True)]
+        else:
+            results = PAR.run(
+                _scan_cluster, jobs(), n_jobs=len(targets),
+                shared=(scan, mods, idx, cols, search, int(first_split), int(batch_rows),
+                        None if s.lazy else bar),
+                on_dask=s.lazy, done=(lambda i, r: bar.update(len(mods) * len(idx))) if s.lazy
+                else None)
     tables = [r[0] for r in results]
     summaries = [row for r in results for row in r[1]]
     for r in results:
@@ -179,6 +186,55 @@ def single_gene(
     return adata if copy else None
 
 
+#: Cells of one cluster that the in-memory exhaustive scan holds at a time: their rows, the
+#: new values of every scanned gene and the classifier's inputs. Counts and probability sums
+#: over a cluster's cells add up block by block, so the table is the same for any block size.
+CELL_BLOCK = 16_384
+
+
+def _scan_in_blocks(s: G.Setup, scan: G.Scan, target: str, mask: np.ndarray,
+                    mods: list[MOD.Modification], idx: np.ndarray, cols: np.ndarray, seed: int,
+                    batch_rows: int, bar: tqdm) -> tuple[pd.DataFrame, list[dict[str, Any]],
+                                                         E.Counter]:
+    """The exhaustive scan of one cluster, :data:`CELL_BLOCK` cells at a time (same result as
+    :func:`_scan_cluster`, in memory bounded by the block instead of the cluster)."""
+    counter = E.Counter()
+    local = G.Scan(clf=scan.clf, var_names=scan.var_names, classes=scan.classes,
+                   counter=counter)
+    cells = np.flatnonzero(mask)
+    c, n_mod, k = len(scan.classes), len(mods), len(idx)
+    rng = G.rng_for(seed, "values", target)
+    base_counts = np.zeros(c, dtype=np.int64)
+    base_sums = np.zeros(c, dtype=np.float64)
+    counts = np.zeros((n_mod, k, c), dtype=np.int64)
+    sums = np.zeros((n_mod, k, c), dtype=np.float64)
+    n_changed = np.zeros((n_mod, k), dtype=np.int64)
+    done = 0
+    for lo in range(0, len(cells), CELL_BLOCK):
+        part = cells[lo:lo + CELL_BLOCK]
+        blk = np.ascontiguousarray(s.x.rows(part), dtype=np.float32)
+        current = blk[:, idx]
+        values = MOD.new_values(mods, s.x, idx, mask, rng, current=current)
+        ev = G.evaluator(local, blk, batch_rows=batch_rows)
+        base_counts += np.bincount(ev.pred, minlength=c)
+        base_sums += ev.proba.sum(axis=0, dtype=np.float64)
+        got = E.single_gene_scan(ev, cols, values)
+        counts += got[0]
+        sums += got[1]
+        n_changed += (values != current[None]).sum(axis=1)  # also genes the classifier ignores
+        del blk, current, values, ev
+        share = n_mod * k * (lo + len(part)) // len(cells)
+        bar.update(share - done)
+        done = share
+    base_label = int(E.decide(base_counts, base_sums)[0])
+    base_score = float(base_sums[base_label] / max(len(cells), 1))
+    table = _table(local, target, np.repeat([m.name for m in mods], k),
+                   np.tile(scan.var_names[idx], n_mod), counts.reshape(-1, c),
+                   sums.reshape(-1, c), n_changed.reshape(-1), base_label)
+    return table, _summaries(scan, table, target, mods, base_label, base_score, len(cells),
+                             k), counter
+
+
 def _scan_cluster(target: str, blk: np.ndarray, values: np.ndarray, scan: G.Scan,
                   mods: list[MOD.Modification], idx: np.ndarray, cols: np.ndarray, search: str,
                   first_split: int, batch_rows: int, bar: tqdm | None
@@ -199,16 +255,24 @@ def _scan_cluster(target: str, blk: np.ndarray, values: np.ndarray, scan: G.Scan
     else:
         table = _dichotomy(local, ev, target, mods, idx, cols, values, base_label,
                            first_split, tick)
+    return table, _summaries(scan, table, target, mods, base_label, float(base_score),
+                             len(blk), len(idx)), counter
+
+
+def _summaries(scan: G.Scan, table: pd.DataFrame, target: str, mods: list[MOD.Modification],
+               base_label: int, base_score: float, n_cells: int, n_genes: int
+               ) -> list[dict[str, Any]]:
+    """One summary row per modification: the genes whose modification flips the cluster."""
     summaries = []
     for m in mods:
         flips = table[(table["modification"] == m.name) & table["flipped"]]
         summaries.append({
             "cluster": str(target), "modification": m.name,
-            "original_label": scan.classes[base_label], "original_score": float(base_score),
-            "n_cells": len(blk), "n_genes": len(idx),
+            "original_label": scan.classes[base_label], "original_score": base_score,
+            "n_cells": n_cells, "n_genes": n_genes,
             "n_flip_genes": len(flips),
         })
-    return table, summaries, counter
+    return summaries
 
 
 def _table(s: G.Setup | G.Scan, target: str, mod_names: np.ndarray, genes: np.ndarray,
