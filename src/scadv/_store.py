@@ -106,16 +106,27 @@ def compact(delta: np.ndarray) -> np.ndarray | sparse.csr_matrix:
 def collect(parts: list[tuple[np.ndarray, sparse.csr_matrix | np.ndarray]], n_genes: int
             ) -> tuple[np.ndarray, sparse.csr_matrix | np.ndarray]:
     """``(cell positions, rows)`` from pieces computed batch by batch, cells ascending: one
-    dense float32 array when every piece is dense (see :func:`compact`), else CSR."""
+    dense float32 array when every piece is dense (see :func:`compact`), else CSR.
+
+    ``parts`` is emptied as its pieces are copied into the result, so a caller that holds no
+    other reference to them never holds the pieces and the result whole at the same time.
+    """
     if not parts:
         return np.empty(0, np.int64), sparse.csr_matrix((0, n_genes), dtype=np.float32)
     cells = np.concatenate([np.asarray(c, np.int64) for c, _ in parts])
     rows: sparse.csr_matrix | np.ndarray
     if all(isinstance(b, np.ndarray) for _, b in parts):
-        rows = np.concatenate([np.asarray(b, dtype=np.float32) for _, b in parts], axis=0)
+        rows = np.empty((len(cells), n_genes), dtype=np.float32)
+        lo = 0
+        parts.reverse()
+        while parts:
+            _, b = parts.pop()
+            rows[lo:lo + len(b)] = b
+            lo += len(b)
     else:
         rows = sparse.csr_matrix(sparse.vstack([sparse.csr_matrix(b) for _, b in parts],
                                                format="csr"), dtype=np.float32)
+        parts.clear()
     order = np.argsort(cells, kind="stable")
     if (np.diff(order) != 1).any():
         cells, rows = cells[order], rows[order]

@@ -249,6 +249,8 @@ def attack(adata: AnnData, *, method: str, start: datetime, params: dict[str, An
                  else np.empty((n_eps, 0))) for k in ("linf", "l2", "genes_moved")}
     parts = [[(idx, r.blocks[i]) for idx, r in zip(chunks, results, strict=True)]
              for i in range(n_eps)]
+    for r in results:  # the pieces live in ``parts`` only: collect() frees them as it copies
+        r.blocks = []
     cons_note = results[-1].note if results else {}
     if keep_zeros:
         zeros = sum(r.note["zero_fraction"] * len(idx)
