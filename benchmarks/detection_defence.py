@@ -23,10 +23,14 @@ of ``benign_perturb`` (down-sampling ½, deeper 4×, dropout 10%, noise, batch s
 10%) — the false-alarm rate; data-respecting PGD ε 0.3 / 0.5, classic PGD (cross-entropy, no
 early stop) ε 0.5, the count attack stopped at the first flip — the fraction of flips flagged.
 
+``--variants logistic3``: the logistic fusion with three rounds (instead of one) of the
+querying attacker on 400 training cells, each round's evasions added to the positives and the
+fusion refitted (adversarial training of the detector).
+
 Run::
 
     OMP_NUM_THREADS=1 python benchmarks/detection_defence.py [--seeds 42 0 1] [--n-attack 100]
-        [--query-budget 100] [--lams 1 3] [--data DIR]
+        [--query-budget 100] [--lams 1 3] [--variants logistic or] [--data DIR] [--out PATH]
 
 Writes ``benchmarks/results/detection_defence.{csv,json,md}`` (after every seed).
 """
@@ -47,9 +51,11 @@ import scanpy as sc
 
 import scadv
 from scadv import _keys as K
+from scadv.tl._detect import _meta_detect as MD
 
 COUNT_BUDGET = 60
-FUSIONS = ("logistic", "or")
+#: detector variants: name -> (fusion, rounds of the querying attacker in the logistic fit)
+VARIANTS = {"logistic": ("logistic", 1), "or": ("or", 1), "logistic3": ("logistic", 3)}
 ATTACKS = {  # row -> layer
     "data-respecting PGD ε0.3": "scadv_real_eps0.3",
     "data-respecting PGD ε0.5": "scadv_real_eps0.5",
@@ -78,8 +84,8 @@ def flags(adata: ad.AnnData, det: str, layer: str) -> np.ndarray:
     return adata.obs[K.meta_flag(det, layer)].astype(str).to_numpy() == "True"
 
 
-def one_seed(data: Path, seed: int, n_attack: int, budget: int, lams: list[float]
-             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def one_seed(data: Path, seed: int, n_attack: int, budget: int, lams: list[float],
+             variants: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     t0 = time.perf_counter()
     raw = ad.read_h5ad(data / "pbmc3k_raw.h5ad")
     adata = raw[raw.obs["cell_type"].notna()].copy()
@@ -97,11 +103,16 @@ def one_seed(data: Path, seed: int, n_attack: int, budget: int, lams: list[float
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {"seed": seed, "plain_median_umis": float(np.median(cost0)),
                             "plain_flipped": float(np.isfinite(cost0).mean()), "fusion": {}}
-    for fusion in FUSIONS:
+    for fusion in variants:
         det = f"meta_{fusion}"
         t1 = time.perf_counter()
-        scadv.tl.meta_detect(adata, fusion=fusion, baselines=False, key_added=det, seed=seed,
-                             progress=False)
+        rule, rounds = VARIANTS[fusion]
+        before, MD.ADAPTIVE_ROUNDS = MD.ADAPTIVE_ROUNDS, rounds
+        try:
+            scadv.tl.meta_detect(adata, fusion=rule, baselines=False, key_added=det, seed=seed,
+                                 progress=False)
+        finally:
+            MD.ADAPTIVE_ROUNDS = before
         t2 = time.perf_counter()
         costs = []
         per_lam = {}
@@ -160,42 +171,45 @@ def pm(s: pd.Series | list[float]) -> str:
 
 def markdown(df: pd.DataFrame, infos: list[dict[str, Any]], args: argparse.Namespace) -> str:
     seeds = " ".join(str(i["seed"]) for i in infos)
+    cols = tuple(args.variants)
     lams = " ".join(f"{x:g}" for x in args.lams)
     out = [f"# Fusion rules against the querying count attacker, PBMC3k (seeds {seeds}; "
            "mean ± sd over seeds)", "",
            f"Command: `python benchmarks/detection_defence.py --seeds {seeds} --n-attack "
-           f"{args.n_attack} --query-budget {args.query_budget} --lams {lams}`. Every number "
+           f"{args.n_attack} --query-budget {args.query_budget} --lams {lams} --variants "
+           f"{' '.join(args.variants)}`. Every number "
            "at the detector's STORED threshold (split-conformal, 5%, validation cells), with "
            "the realism gate, on test cells.", "",
            "## The querying count attacker (adaptive against each detector; best λ per cell)",
-           "", "| | " + " | ".join(FUSIONS) + " |", "|---|" + "---|" * len(FUSIONS)]
-    f = {fu: [i["fusion"][fu] for i in infos if fu in i["fusion"]] for fu in FUSIONS}
+           "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    f = {fu: [i["fusion"][fu] for i in infos if fu in i["fusion"]] for fu in cols}
     plain = pm([i["plain_median_umis"] for i in infos])
-    out.append(f"| undefended: median UMIs to flip | {plain} | {plain} |")
+    out.append("| undefended: median UMIs to flip | " + " | ".join(plain for _ in cols)
+               + " |")
     for label, k in (("evaded (flipped and unflagged)", "evaded"),
                      ("median UMIs to evade (all attacked cells, inf = not evaded)",
                       "median_umis"),
                      ("cost ratio vs undefended", "cost_ratio"),
                      ("median UMIs of the evading cells", "median_umis_of_evaded")):
-        out.append(f"| {label} | " + " | ".join(pm([d[k] for d in f[fu]]) for fu in FUSIONS)
+        out.append(f"| {label} | " + " | ".join(pm([d[k] for d in f[fu]]) for fu in cols)
                    + " |")
     for lam in args.lams:
         out.append(f"| λ {lam:g} alone: evaded / median UMIs | " + " | ".join(
             f"{pm([d['per_lam'][float(lam)]['evaded'] for d in f[fu]])} / "
-            f"{pm([d['per_lam'][float(lam)]['median_umis'] for d in f[fu]])}" for fu in FUSIONS)
+            f"{pm([d['per_lam'][float(lam)]['median_umis'] for d in f[fu]])}" for fu in cols)
             + " |")
     out.append("| validation AUROC / flagged (count training attacks) | " + " | ".join(
         f"{pm([d['val_auroc'] for d in f[fu]])} / {pm([d['val_flagged'] for d in f[fu]])}"
-        for fu in FUSIONS) + " |")
+        for fu in cols) + " |")
     for kind, title in (("benign", "False alarms at the stored threshold (≤ 5% wanted)"),
                         ("attack", "Flips flagged at the stored threshold (≥ 80% wanted)")):
         d = df[df.kind == kind]
-        out += ["", f"## {title}", "", "| | " + " | ".join(FUSIONS) + " |",
-                "|---|" + "---|" * len(FUSIONS)]
+        out += ["", f"## {title}", "", "| | " + " | ".join(cols) + " |",
+                "|---|" + "---|" * len(cols)]
         for row in dict.fromkeys(d.row):
             r = d[d.row == row]
             out.append(f"| {row} | " + " | ".join(pm(r[r.fusion == fu].value)
-                                                  for fu in FUSIONS) + " |")
+                                                  for fu in cols) + " |")
     out += ["", "Seconds per seed (upper bounds, shared machine): "
             + ", ".join(f"{i['seed']}: {i['seed_s']:.0f}" for i in infos)]
     return "\n".join(out) + "\n"
@@ -209,6 +223,8 @@ def main() -> None:
     parser.add_argument("--n-attack", type=int, default=100)
     parser.add_argument("--query-budget", type=int, default=100)
     parser.add_argument("--lams", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["logistic", "or"])
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "detection_defence")
     args = parser.parse_args()
@@ -218,7 +234,8 @@ def main() -> None:
     infos: list[dict[str, Any]] = []
     md = ""
     for seed in args.seeds:
-        r, info = one_seed(args.data, seed, args.n_attack, args.query_budget, args.lams)
+        r, info = one_seed(args.data, seed, args.n_attack, args.query_budget, args.lams,
+                           args.variants)
         rows += r
         infos.append(info)
         print(f"seed {seed}: {info['seed_s']:.0f} s", json.dumps(info["fusion"], default=float),
