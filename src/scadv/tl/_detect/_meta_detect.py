@@ -365,9 +365,9 @@ def meta_detect(
             fused = {**fused, **CO.fit_or(got.clean["views"][~local_train], float(target_fpr))}
         elif attack == "counts":  # next rounds: the training cells' attacks on the last fit
             found = [pos]
-            for r in range(ADAPTIVE_ROUNDS):
+            for round_ in range(ADAPTIVE_ROUNDS):
                 adaptive = _adaptive_round(src, net, recipe, tr_idx, fits, fused, gate,
-                                           negatives, budget=int(budget), seed=seed + r,
+                                           negatives, budget=int(budget), seed=seed + round_,
                                            device=dev, lib_range=_library_range(adata, cells),
                                            progress=progress)
                 if not len(adaptive):
