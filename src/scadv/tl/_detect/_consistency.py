@@ -17,10 +17,26 @@ Per cell, with ``ŷ`` the classifier's predicted class, three numbers:
     The twin is fitted on the classifier's training cells and labels; its values on those cells
     are cross-fitted (each from a twin that did not see the cell).
 
-A logistic regression on the three (standardised), fitted on clean training cells (and their
-down-sampled versions, when counts are at hand) against the training cells' count-space
-attacks, turns them into one logit. Everything is one differentiable torch module
-(:class:`Consistency`), so the adaptive attackers follow the exact detector.
+Two rules turn the three into one logit (``fusion``):
+
+``'logistic'`` (default)
+    A logistic regression on the three (standardised), fitted on clean training cells (and
+    their down-sampled versions, when counts are at hand) against the training cells'
+    count-space attacks.
+``'or'``
+    Flag a cell when ANY view is out of line. Each view, oriented so that higher is more
+    suspicious (the margin negated), gets its own split-conformal threshold on the clean
+    validation cells at its share of the target false-positive rate α (a Bonferroni split,
+    :data:`OR_SPLIT`: the twin, the view an attacker finds hardest to move, gets most of it),
+    so by the union bound a clean cell is flagged with probability at most α. The logit is
+    the largest view's excess over its threshold (in units of that view's interquartile
+    range): ``≥ 0`` means flagged, and the stored threshold is 0.5 on the probability scale.
+    No weight learnt on attacks can be traded off: an attacker must bring every view under
+    its own limit.
+
+Everything is one differentiable torch module (:class:`Consistency`), so the adaptive
+attackers follow the exact detector (the OR's logit is a maximum: its gradient is that of the
+view in front).
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
@@ -37,6 +54,16 @@ from torch import nn
 from ..._errors import ScadvInputError
 
 VIEWS = ("margin", "squeeze", "twin")
+#: How the views become one logit (see the module docstring).
+FUSIONS = ("logistic", "or")
+#: Orientation of each view for the OR rule: higher is more suspicious (a small margin is).
+OR_SIGN = (-1.0, 1.0, 1.0)
+#: Shares of the target false-positive rate of the OR rule's views (margin, squeeze, twin):
+#: the twin, which a count attacker who queries the detector finds the most expensive to move
+#: (``benchmarks/detection_defence.py``), gets two thirds.
+OR_SPLIT = (1 / 6, 1 / 6, 2 / 3)
+#: Threshold of a view whose share of α is too small for its validation cells (it never flags).
+OR_NEVER = 1e30
 SQUEEZE_CLIP = 5.0
 TWIN_TARGET_SUM = 1000.0
 #: Inverse L2 strength of the twin (chosen on PBMC3k validation cells,
@@ -56,6 +83,8 @@ class Consistency(nn.Module):
     feature_mean: torch.Tensor
     feature_scale: torch.Tensor
     coef: torch.Tensor
+    or_center: torch.Tensor
+    or_scale: torch.Tensor
 
     def __init__(self, net: nn.Module, recipe: Mapping[str, Any], rec: Mapping[str, Any]
                  ) -> None:
@@ -73,6 +102,14 @@ class Consistency(nn.Module):
         self.ratio = float(rec["twin_target_sum"]) / float(recipe["target_sum"])
         self.clip = float(rec["clip"])
         self.intercept = float(rec["intercept"])
+        self.fusion = str(rec.get("fusion", "logistic"))  # records before the option: logistic
+        sign = np.asarray(OR_SIGN, np.float32)
+        if self.fusion == "or":
+            self.register_buffer("or_center", f("or_center"))
+            self.register_buffer("or_scale", f("or_scale") * torch.as_tensor(sign))
+        else:
+            self.register_buffer("or_center", torch.zeros(len(VIEWS)))
+            self.register_buffer("or_scale", torch.as_tensor(sign))
 
     def twin_input(self, x: torch.Tensor) -> torch.Tensor:
         return twin_view(x, self.mean, self.std, self.max_value, self.ratio)
@@ -90,6 +127,8 @@ class Consistency(nn.Module):
 
     def fuse_np(self, views: np.ndarray) -> np.ndarray:
         """The fused logit of views computed by :func:`views_np` (float64)."""
+        if self.fusion == "or":
+            return self.or_parts_np(views).max(axis=1)
         mean = self.feature_mean.cpu().numpy().astype(np.float64)
         scale = self.feature_scale.cpu().numpy().astype(np.float64)
         coef = self.coef.cpu().numpy().astype(np.float64)
@@ -100,7 +139,15 @@ class Consistency(nn.Module):
         scale = self.feature_scale.cpu().numpy().astype(np.float64)
         return (np.asarray(views, np.float64) - mean) / scale
 
+    def or_parts_np(self, views: np.ndarray) -> np.ndarray:
+        """Each view on the OR rule's scale (float64, ``(n, 3)``): 1 at its own α/3 limit."""
+        center = self.or_center.cpu().numpy().astype(np.float64)
+        scale = self.or_scale.cpu().numpy().astype(np.float64)  # carries the orientation
+        return (np.asarray(views, np.float64) - center) / scale
+
     def fuse(self, views: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "or":
+            return ((views - self.or_center) / self.or_scale).max(dim=1).values
         return ((views - self.feature_mean) / self.feature_scale) @ self.coef + self.intercept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +249,37 @@ def fit_fusion(negatives: np.ndarray, positives: np.ndarray, seed: int) -> dict[
             "coef": lr.coef_.ravel().astype(np.float32), "intercept": float(lr.intercept_[0])}
 
 
+def fit_or(clean_val: np.ndarray, alpha: float) -> dict[str, Any]:
+    """The OR rule from the views of clean validation cells: per view (oriented by
+    :data:`OR_SIGN`), the split-conformal threshold at ``alpha · OR_SPLIT[k]`` (the
+    ``⌈(n + 1)(1 − α_k)⌉``-th smallest value, flagged from just above it) and the interquartile
+    range as its unit. Also returns, per view, the rank used and the Beta 95% bound of its
+    false-positive rate (their sum bounds the OR's)."""
+    sign = np.asarray(OR_SIGN)
+    v = np.sort(np.asarray(clean_val, np.float64) * sign, axis=0)
+    n = len(v)
+    center = np.full(len(VIEWS), OR_NEVER)
+    rank = np.zeros(len(VIEWS), dtype=np.int64)
+    fpr_95 = np.zeros(len(VIEWS))
+    alphas = float(alpha) * np.asarray(OR_SPLIT)
+    for j, a in enumerate(alphas):
+        k = int(np.ceil((n + 1) * (1 - a)))
+        rank[j] = k
+        if 0 < k <= n:
+            # the views are float32: just above the k-th value in float32, flagged from there
+            center[j] = float(np.nextafter(np.float32(v[k - 1, j]), np.float32(np.inf)))
+            fpr_95[j] = float(stats.beta.ppf(0.95, n + 1 - k, k))
+    if n:
+        scale = np.quantile(v, 0.75, axis=0) - np.quantile(v, 0.25, axis=0)
+        spread = v.std(axis=0)
+        scale = np.where(scale > 1e-6, scale, np.where(spread > 1e-6, spread, 1.0))
+    else:
+        scale = np.ones(len(VIEWS))
+    return {"fusion": "or", "or_center": (center * sign).astype(np.float32),
+            "or_scale": scale.astype(np.float32), "or_alpha": alphas, "or_rank": rank,
+            "or_fpr_95": fpr_95, "or_n": int(n)}
+
+
 def record(twin: tuple[np.ndarray, np.ndarray], fusion: Mapping[str, Any]) -> dict[str, Any]:
     return {"views": list(VIEWS), "clip": SQUEEZE_CLIP, "twin_target_sum": TWIN_TARGET_SUM,
             "twin_weight": twin[0], "twin_bias": twin[1], **fusion}
@@ -221,3 +299,20 @@ def check_record(rec: Mapping[str, Any], n_genes: int, n_classes: int) -> None:
     if not (np.asarray(rec["feature_scale"]) > 0).all():
         raise ScadvInputError("stored consistency detector is malformed: feature_scale must "
                               "be positive.")
+    fusion = str(rec.get("fusion", "logistic"))
+    if fusion not in FUSIONS:
+        raise ScadvInputError(f"stored consistency detector is malformed: fusion must be one "
+                              f"of {list(FUSIONS)}, got {fusion!r}. Retrain it with "
+                              "scadv.tl.meta_detect.")
+    if fusion == "or":
+        for key in ("or_center", "or_scale"):
+            arr = np.asarray(rec.get(key, np.empty(0)))
+            if arr.shape != (len(VIEWS),) or arr.dtype.kind != "f" or not np.isfinite(
+                    arr).all():
+                raise ScadvInputError(
+                    f"stored consistency detector is malformed: {key} has shape {arr.shape}, "
+                    f"expected ({len(VIEWS)},) finite floats. Retrain it with "
+                    "scadv.tl.meta_detect.")
+        if not (np.asarray(rec["or_scale"]) > 0).all():
+            raise ScadvInputError("stored consistency detector is malformed: or_scale must be "
+                                  "positive.")
