@@ -79,6 +79,24 @@ def test_missing_genes_and_clipped_values_are_not_checked(small_trained):
     assert (G.violations(gate, z) == 0).all()
 
 
+def test_values_beyond_the_clip_are_impossible(small_trained):
+    """adverSCarial's aberrant values (±10,000 × a gene's largest value) lie far past the clip:
+    no measured cell holds them, so the gate counts them, as it counts a value below the clip
+    for a gene whose zero level is above it."""
+    a = small_trained
+    gate = G.gate_arrays(_recipe(a))
+    mv = float(gate["max_value"])
+    zero = np.asarray(gate["zero_level"])
+    j = int(np.argmax(zero > -mv))  # a gene whose zero level lies above the lower clip
+    for value in (1e4 * mv, mv + 0.01, -1e4 * mv, -mv):
+        x = model_x(a)
+        x[:, j] = value
+        assert (G.violations(gate, x) >= 1).all(), value
+    x = model_x(a)
+    x[:, j] = mv  # exactly at the upper clip: possible
+    assert (G.violations(gate, x) == 0).all()
+
+
 def test_scaled_recipes_have_no_count_checks(small_trained):
     recipe = dict(_recipe(small_trained))
     recipe["input_kind"] = "scaled"

@@ -17,7 +17,9 @@ be whole numbers. The gate counts, per cell, the model genes that break this:
 Depth does not matter (deeper or shallower libraries have other ``s``, the same lattice), nor
 the observed range of the reference (the old gate's range check flagged deeper libraries).
 Genes the data lacks (``missing_genes='mean'`` fills them with their training mean, z = 0
-exactly) and values at the clip (``±max_value``, whose counts are lost) are not checked.
+exactly) are not checked, nor is the lattice of values at the clip (``±max_value``, whose counts
+are lost); a value beyond the clip, or below the lowest value the clip and the zero level allow,
+counts as below zero whatever its size.
 
 Every model-space edit of a measured cell — unconstrained or data-respecting PGD, FGSM, the
 gene-level modifications (a percentile of other cells, a fixed value, a rank shift) — leaves
@@ -92,6 +94,7 @@ def violations(gate: Mapping[str, Any], x: np.ndarray, *, missing: np.ndarray | 
     std = np.asarray(gate["std"], dtype=np.float64)
     max_value = float(gate["max_value"])
     skip = np.zeros(g, dtype=bool) if missing is None else np.asarray(missing, dtype=bool)
+    lower = np.maximum(zero, -max_value) if max_value > 0 else zero
     for lo in range(0, n, batch_size):
         xb = np.asarray(x[lo:lo + batch_size], dtype=np.float64)
         checked = ~skip[None, :] & (xb != 0.0)  # z = 0 exactly: a gene filled with its mean
@@ -99,7 +102,13 @@ def violations(gate: Mapping[str, Any], x: np.ndarray, *, missing: np.ndarray | 
             checked &= np.abs(xb) < max_value - Z_TOL
         bad = np.zeros(xb.shape, dtype=bool)
         if check_zero:
-            bad |= checked & (xb < zero - Z_TOL)
+            # below the lowest value a measured cell can hold (its zero level, or the lower
+            # clip when the zero level lies below it) or beyond the upper clip: impossible,
+            # however far out (an aberrant value far past the clip included)
+            outside = xb < lower - Z_TOL
+            if max_value > 0:
+                outside |= xb > max_value + Z_TOL
+            bad |= ~skip[None, :] & (xb != 0.0) & outside
         if check_lattice:
             bad |= _off_lattice(xb, checked & (xb > zero + Z_TOL), mean, std)
         out[lo:lo + batch_size] = bad.sum(axis=1)
