@@ -51,7 +51,6 @@ import scanpy as sc
 
 import scadv
 from scadv import _keys as K
-from scadv.tl._detect import _meta_detect as MD
 
 COUNT_BUDGET = 60
 #: detector variants: name -> (fusion, rounds of the querying attacker in the logistic fit)
@@ -107,12 +106,8 @@ def one_seed(data: Path, seed: int, n_attack: int, budget: int, lams: list[float
         det = f"meta_{fusion}"
         t1 = time.perf_counter()
         rule, rounds = VARIANTS[fusion]
-        before, MD.ADAPTIVE_ROUNDS = MD.ADAPTIVE_ROUNDS, rounds
-        try:
-            scadv.tl.meta_detect(adata, fusion=rule, baselines=False, key_added=det, seed=seed,
-                                 progress=False)
-        finally:
-            MD.ADAPTIVE_ROUNDS = before
+        scadv.tl.meta_detect(adata, fusion=rule, adaptive_rounds=rounds, baselines=False,
+                             key_added=det, seed=seed, progress=False)
         t2 = time.perf_counter()
         costs = []
         per_lam = {}

@@ -144,7 +144,8 @@ CALLS: list[Call] = [
                                            "triplet_epochs": 1,
                                            "detector_epochs": 1, "baselines": False,
                                            "key_added": "meta2", "progress": False}, options={
-        "attack": ["cw", 3], "fusion": ["and", 3, None], "eps": EPS, "steps": POS_INT,
+        "attack": ["cw", 3], "fusion": ["and", 3, None], "adaptive_rounds": NONNEG_INT,
+        "eps": EPS, "steps": POS_INT,
         "positives": ["some", 3],
         "features": [[], ["pickle"], "nope", [3], ["logits", "logits"]],
         "threshold": ["otsu", 3], "target_fpr": FRAC, "input_check": FLAG, "baselines": FLAG,

@@ -131,6 +131,19 @@ def test_bad_fusion(small_trained, value):
         scadv.tl.meta_detect(small_trained, fusion="or", threshold="youden", progress=False)
 
 
+def test_adaptive_rounds_add_the_querying_attackers_successes(small_trained):
+    """Each round attacks the last fit and adds its successes to the positives; 0 rounds
+    fits on the training attacks alone. The record keeps the rounds."""
+    kw = dict(budget=30, baselines=False, target_fpr=0.1, progress=False, copy=True)
+    runs = {r: scadv.tl.meta_detect(small_trained, adaptive_rounds=r, **kw) for r in (0, 1, 2)}
+    found = {r: int(a.uns["scadv"]["meta"]["consistency"]["n_adaptive_positives"])
+             for r, a in runs.items()}
+    assert found[0] == 0 < found[1] <= found[2]
+    assert [int(a.uns["scadv"]["meta"]["training"]["adaptive_rounds"])
+            for a in runs.values()] == [0, 1, 2]
+    assert not np.array_equal(runs[0].obs["scadv_meta_score"], runs[1].obs["scadv_meta_score"])
+
+
 def test_tampered_or_record_is_refused(small_or):
     a = small_or
     rec = dict(a.uns["scadv"]["meta_or"])
