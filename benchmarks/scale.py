@@ -15,8 +15,9 @@ perturbations are loaded only by the steps that read them (``meta_detect`` score
 cells are 4.8 GB of dense float32 changes by themselves (L∞ PGD moves every model gene), which
 a single session running every step would hold on top of each step's peak. For each
 step the script prints the wall time of the scadv call alone, the process's peak resident
-memory (``ru_maxrss``, imports and reading ``obs`` included) and the peak minus the process's
-memory just before the call::
+memory during the call (``VmHWM``, reset just before it: what was resident at its start
+included — imports, ``obs``, ``uns`` — the loading before it not) and that peak minus the
+process's memory just before the call::
 
     python benchmarks/scale.py --cells 10000 50000 --workdir /tmp/scadv_scale
     python benchmarks/scale.py --cells 200000 --workdir /tmp/scadv_scale --max-epochs 10
@@ -45,7 +46,25 @@ STEPS = ("prepare", "train_classifier", "predict", "pgd_test", "pgd_all", "meta_
 NEW_CELLS = 10_000
 
 
+def _reset_peak() -> None:
+    """Start the process's peak resident memory (VmHWM) afresh, so that the peak reported is
+    the step's own and not the loading's before it (Linux; ignored elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _rss_gib() -> float:
+    """Peak resident memory since the last :func:`_reset_peak` (else since the start)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
@@ -67,10 +86,13 @@ def _attach(adata: Any, state: Path, *, perturbations: bool) -> None:
 
     with h5py.File(state, "r") as f:
         adata.obs = read_elem(f["obs"])
-        uns = read_elem(f["uns"])
-        registered = set(uns.get("scadv", {}).get("perturbations", {}))
-        if not perturbations:
-            uns.get("scadv", {}).pop("perturbations", None)
+        uns = {k: read_elem(v) for k, v in f["uns"].items() if k != "scadv"}
+        registered: set[str] = set()
+        if "scadv" in f["uns"]:
+            group = f["uns"]["scadv"]
+            registered = set(group["perturbations"]) if "perturbations" in group else set()
+            uns["scadv"] = {k: read_elem(v) for k, v in group.items()
+                            if perturbations or k != "perturbations"}
         adata.uns = uns
         for k in f["obsm"]:
             if perturbations or k not in registered:
@@ -125,6 +147,7 @@ def _run_step(step: str, atlas: Path, state: Path, opts: dict[str, Any]) -> dict
     if state.exists():
         _attach(adata, state, perturbations=step in READS_PERTURBATIONS)
     before = _current_gib()
+    _reset_peak()
     start = time.perf_counter()
     if step == "prepare":
         scadv.pp.prepare(adata, progress=False)
@@ -146,6 +169,7 @@ def _run_step(step: str, atlas: Path, state: Path, opts: dict[str, Any]) -> dict
     elif step == "predict_new":
         new = ad.read_h5ad(opts["new"])
         before = _current_gib()
+        _reset_peak()
         start = time.perf_counter()
         scadv.tl.predict(new, source=state, progress=False)
     elif step == "write_h5ad":
