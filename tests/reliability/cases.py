@@ -721,16 +721,22 @@ def tampered_cases(*, every: bool = False) -> list[Tamper]:
     data = datasets()
     out = []
     turn = 0
+    first: dict[str, Tamper] = {}  # per operator, the first entry it applies to
     for (dname, key), _ in _loaders().items():
         if key == OBSM:
             continue
         for path, value in _walk(data[dname].uns["scadv"][key], (), 3):
             ops = [op for op in OPS if (op == "delete" and path)
                    or (op != "delete" and _op(op, value) is not None)]
+            for op in ops:
+                first.setdefault(op, Tamper(dname, key, path, op))
             if not every and ops:
                 ops = [ops[turn % len(ops)]]
                 turn += 1
             out += [Tamper(dname, key, path, op) for op in ops]
+    # the turns depend on the records' entries: an operator they skipped is used once anyway
+    used = {t.op for t in out}
+    out += [t for op, t in first.items() if op not in used]
     out += [Tamper("pert", OBSM, (SPARSE,), op) for op in OBSM_OPS]
     return out
 
