@@ -124,7 +124,8 @@ def _off_lattice(x: np.ndarray, expressed: np.ndarray, mean: np.ndarray, std: np
     all large still have neighbouring counts one apart). The first that puts all but
     ``K_SLACK`` (at least one) of the cell's expressed genes on whole numbers (after refining
     it by least squares on the rounded counts) is the cell's scale."""
-    level = np.where(expressed, np.expm1(x * std + mean), np.nan)  # = count · s
+    # = count · s (values not checked are left out: one far past the clip would overflow)
+    level = np.where(expressed, np.expm1(np.where(expressed, x, 0.0) * std + mean), np.nan)
     smallest = np.nanmin(np.where(expressed, level, np.inf), axis=1)
     ok_row = np.isfinite(smallest) & (smallest > 0)
     smallest = np.where(ok_row, smallest, 1.0)
