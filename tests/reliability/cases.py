@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from tests.conftest import make_counts
+
 nan, inf = math.nan, math.inf
 
 # ---- bad option values, by kind of option --------------------------------------------------
@@ -335,25 +337,6 @@ def bad_input_cases() -> list[Case]:
 # ---- data ------------------------------------------------------------------------------------
 
 _DATA: dict[str, ad.AnnData] = {}
-
-
-def make_counts(n_per_class: int = 40, n_classes: int = 3, n_genes: int = 300,
-                n_markers: int = 15, seed: int = 0) -> ad.AnnData:
-    """Synthetic UMI counts: each class over-expresses its own block of marker genes (as
-    ``tests/conftest.make_counts``)."""
-    rng = np.random.default_rng(seed)
-    n = n_per_class * n_classes
-    labels = np.repeat([f"type{i}" for i in range(n_classes)], n_per_class)
-    base = rng.gamma(0.6, 1.0, size=n_genes)
-    rates = np.tile(base, (n, 1))
-    for c in range(n_classes):
-        rows = labels == f"type{c}"
-        rates[np.ix_(rows, np.arange(c * n_markers, (c + 1) * n_markers))] *= 8.0
-    counts = rng.poisson(rates * rng.lognormal(0.0, 0.3, size=(n, 1))).astype(np.float32)
-    return ad.AnnData(X=sparse.csr_matrix(counts),
-                      obs=pd.DataFrame({"cell_type": pd.Categorical(labels)},
-                                       index=[f"cell{i}" for i in range(n)]),
-                      var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]))
 
 
 def datasets() -> dict[str, ad.AnnData]:
